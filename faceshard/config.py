@@ -1,0 +1,231 @@
+"""Build configuration: one validated pydantic tree, loaded from a preset, a file and `--set` overrides.
+
+Everything that changes the output rows lives outside `runtime`; the fingerprint hashes
+`BuildConfig.row_affecting()` so that changing, say, a detector threshold is caught on resume.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+PRESETS = ("demo", "mintime", "megatron", "deepfakebench")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _check_pattern(value: str, pattern: str, what: str) -> str:
+    if not re.fullmatch(pattern, value):
+        raise ValueError(f"{what} {value!r} does not match {pattern}")
+    return value
+
+
+class SamplingConfig(_Section):
+    """Which frames are decoded into RGB and shown to the detector (SPEC §1)."""
+
+    strategy: str = Field(
+        "per_second", description="per_second | uniform:N | stride:K | consecutive:N | all"
+    )
+    max_frames: int | None = Field(None, ge=1, description="stop after this many sampled frames")
+
+    @field_validator("strategy")
+    @classmethod
+    def _strategy(cls, v: str) -> str:
+        return _check_pattern(v, r"per_second|all|(uniform|stride|consecutive):[1-9][0-9]*", "sampling")
+
+
+class DetectConfig(_Section):
+    """Face detector and which detections to keep (SPEC §2)."""
+
+    backend: Literal["mtcnn", "dlib"] = "mtcnn"
+    thresholds: tuple[float, float, float] = (0.85, 0.95, 0.95)
+    min_face_size: int = Field(20, ge=1)
+    factor: float = Field(0.709, gt=0, lt=1)
+    detect_scale: float | Literal["auto"] = 0.5
+    upsample: int = Field(0, ge=0, le=3, description="dlib HOG upsampling")
+    keep: Literal["all", "largest", "first"] = "all"
+    min_score: float = Field(0.0, ge=0, le=1)
+    batch_size: int = Field(8, ge=1)
+
+    @field_validator("detect_scale")
+    @classmethod
+    def _scale(cls, v: float | str) -> float | str:
+        if isinstance(v, float | int) and not 0 < v <= 4:
+            raise ValueError("detect_scale must be in (0, 4] or 'auto'")
+        return v
+
+
+class CropConfig(_Section):
+    """How a face box becomes a crop, and how the crop is stored (SPEC §3)."""
+
+    method: str = Field("mintime", description="mintime | margin:m | align:S")
+    store: str = Field("native", description="native | isotropic:S | pad:S")
+    save: bool = Field(False, description="store encoded crops in the `crop` column")
+    format: Literal["png", "jpeg"] = "png"
+    jpeg_quality: int = Field(95, ge=1, le=100)
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        return _check_pattern(v, r"mintime|margin:(0|[0-9]*\.[0-9]+|[0-9]+)|align:[1-9][0-9]*", "crop.method")
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, v: str) -> str:
+        return _check_pattern(v, r"native|(isotropic|pad):[1-9][0-9]*", "crop.store")
+
+
+class IdentityConfig(_Section):
+    """Per-video identity clustering (SPEC §5)."""
+
+    enabled: bool = True
+    embedder: Literal["dlib", "facenet"] = "dlib"
+    weights: str | None = Field(None, description="facenet: local .pt file (default: facenet-pytorch cache)")
+    clustering: Literal["mintime", "mutual_knn"] = "mintime"
+    threshold: float | None = Field(
+        None, description="similarity (cosine) or distance (euclidean); None = the embedder's default"
+    )
+    metric: Literal["cosine", "euclidean"] | None = None
+    min_cluster_ratio: float = Field(0.0, ge=0, le=1)
+    knn: int = Field(3, ge=1, description="mutual_knn: neighbours per face in another frame")
+
+
+class DepthConfig(_Section):
+    """Depth Anything maps per crop (SPEC §6)."""
+
+    enabled: bool = False
+    model: str = "depth-anything/Depth-Anything-V2-Small-hf"
+    input_size: int = Field(518, ge=14)
+    save: bool = Field(True, description="store encoded depth maps in the `depth` column")
+    batch_size: int = Field(16, ge=1)
+
+
+class EmbedConfig(_Section):
+    """Cached timm embeddings (SPEC §7)."""
+
+    enabled: bool = True
+    model: str = "repvit_m0_9.dist_300e_in1k"
+    checkpoint: str | None = Field(None, description="local weights file or directory")
+    output: Literal["pooled", "tokens"] = "pooled"
+    dtype: Literal["float16", "float32"] = "float16"
+    depth: bool = Field(False, description="also embed depth maps into `emb_depth`")
+    batch_size: int = Field(32, ge=1)
+
+
+class RuntimeConfig(_Section):
+    """Where and how fast: never changes the rows, so it is not fingerprinted."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_cpus: int | None = Field(None, ge=1, description="CPUs given to the local Ray cluster")
+    cpus_per_shard: float = Field(1.0, gt=0)
+    gpus_per_shard: float = Field(0.0, ge=0)
+    ray_address: str | None = Field(None, description="existing Ray cluster; None starts a local one")
+    allow_random_weights: bool = Field(
+        False, description="fall back to random init when weights are unreachable (demo only)"
+    )
+    task_retries: int = Field(2, ge=0)
+
+
+class BuildConfig(_Section):
+    """The whole build: one instance is resolved up front and travels to every worker."""
+
+    preset: str = "demo"
+    shard_size: int = Field(16, ge=1)
+    sampling: SamplingConfig = SamplingConfig()
+    detect: DetectConfig = DetectConfig()
+    crop: CropConfig = CropConfig()
+    identity: IdentityConfig = IdentityConfig()
+    depth: DepthConfig = DepthConfig()
+    embed: EmbedConfig = EmbedConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+    def row_affecting(self) -> dict[str, Any]:
+        """The part of the config that changes output rows (hashed into the fingerprint)."""
+        return self.model_dump(mode="json", exclude={"runtime", "preset"})
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; its message is meant for the user as is."""
+
+
+def preset_path(name: str) -> Path:
+    """The YAML file that defines preset `name`."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return Path(str(resources.files("faceshard") / "presets" / f"{name}.yaml"))
+
+
+def _parse_value(text: str) -> Any:
+    """`--set` values are YAML scalars/lists: `true`, `0.5`, `[0.6,0.7,0.7]`, `uniform:32`."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} must be a mapping at the top level")
+    return data
+
+
+def load_config(
+    preset: str = "demo",
+    config_file: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    shard_size: int | None = None,
+) -> BuildConfig:
+    """Resolve preset → file → `--set key=value` → `--shard-size`, and validate once.
+
+    Raises ConfigError with one readable message listing every bad key or value.
+    """
+    tree = _read_yaml(preset_path(preset))
+    if config_file is not None:
+        tree = _merge(tree, _read_yaml(Path(config_file)))
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        _set_dotted(tree, key.strip(), _parse_value(raw.strip()))
+    if shard_size is not None:
+        tree["shard_size"] = shard_size
+    tree["preset"] = preset
+    try:
+        return BuildConfig.model_validate(tree)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid config: {problems}") from None
