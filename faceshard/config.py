@@ -222,6 +222,16 @@ def load_config(
     if shard_size is not None:
         tree["shard_size"] = shard_size
     tree["preset"] = preset
+    return _validate(tree)
+
+
+def config_from_tree(tree: dict[str, Any]) -> BuildConfig:
+    """A (partial) config tree over the preset it names: what deployments and workers pass around."""
+    preset = tree.get("preset", "demo")
+    return _validate(_merge(_read_yaml(preset_path(preset)), {**tree, "preset": preset}))
+
+
+def _validate(tree: dict[str, Any]) -> BuildConfig:
     try:
         return BuildConfig.model_validate(tree)
     except ValidationError as exc:

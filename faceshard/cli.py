@@ -1,0 +1,210 @@
+"""`faceshard`: the front door (synth, build, status, report, train, export, demo)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from faceshard.config import PRESETS, BuildConfig, ConfigError, load_config
+
+app = typer.Typer(
+    name="faceshard",
+    help="One-pass, resumable face preprocessing for video deepfake-detection datasets.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+stdout = Console()
+
+
+def _fail(message: str, code: int = 2) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Option("--out", help="directory to write clips, truth and manifest.csv")],
+    videos: Annotated[int, typer.Option("--videos", min=1, max=1000, help="number of clips")] = 6,
+    seed: Annotated[int, typer.Option("--seed", help="same seed, same corpus")] = 0,
+) -> None:
+    """Generate a labelled synthetic corpus from real face photos shipped in installed packages."""
+    from faceshard.synth import make_corpus
+
+    manifest = make_corpus(out, n_videos=videos, seed=seed)
+    stdout.print(f"wrote {videos} clips and {manifest}")
+
+
+def resolve_build_config(
+    preset: str, config: Path | None, sets: list[str] | None, shard_size: int | None
+) -> BuildConfig:
+    """Validate everything before anything is written; a bad key or value exits 2 with one message."""
+    try:
+        return load_config(preset, config, sets or [], shard_size)
+    except ConfigError as exc:
+        _fail(str(exc))
+        raise  # unreachable: _fail exits
+
+
+@app.command()
+def build(
+    manifest: Annotated[str, typer.Argument(help="CSV or Parquet with path,label[,method,split,video_id]")],
+    out: Annotated[str, typer.Option("--out", help="output URI: a path, file://, memory:// or s3://")],
+    preset: Annotated[str, typer.Option(help=f"one of {', '.join(PRESETS)}")] = "demo",
+    config: Annotated[Path | None, typer.Option(help="YAML file merged over the preset")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="dotted override, e.g. depth.enabled=false (repeatable)")
+    ] = None,
+    shard_size: Annotated[int | None, typer.Option(min=1, help="videos per shard")] = None,
+    rebuild: Annotated[bool, typer.Option(help="discard an output built with another fingerprint")] = False,
+    retry_failed: Annotated[bool, typer.Option(help="reprocess only videos whose rows say error")] = False,
+    root: Annotated[
+        list[str] | None, typer.Option(help="allowed root for video paths (repeatable; default: manifest dir)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+) -> None:
+    """Build (or resume) a dataset: decode, detect, crop, cluster, embed, commit Parquet shards."""
+    cfg = resolve_build_config(preset, config, set_, shard_size)
+    from flows.build import run_build
+    from storage.errors import StorageError
+
+    try:
+        summary = run_build(manifest, out, cfg, rebuild=rebuild, retry_failed=retry_failed, roots=root)
+    except (StorageError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    if as_json:
+        print(json.dumps(summary, indent=2))
+    else:
+        _print_summary(summary)
+    if summary["failed_shards"]:
+        raise typer.Exit(1)
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    table = Table(title="faceshard build", show_header=False)
+    for key in ("shards_total", "processed", "skipped", "videos", "faces", "identities", "seconds"):
+        table.add_row(key, str(summary[key]))
+    table.add_row("video status", ", ".join(f"{k}={v}" for k, v in sorted(summary["status_counts"].items())))
+    table.add_row("failed shards", str(len(summary["failed_shards"])))
+    table.add_row("fingerprint", summary["fingerprint"])
+    stdout.print(table)
+
+
+@app.command()
+def status(
+    uri: Annotated[str, typer.Argument(help="output URI of a build")],
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Committed / failed / pending shards, failed videos by reason; exits 1 when anything failed."""
+    from storage.errors import StorageError
+    from storage.status import dataset_status
+
+    try:
+        info = dataset_status(uri)
+    except (StorageError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    if as_json:
+        print(json.dumps(info, indent=2, default=str))
+    else:
+        _print_status(info)
+    if info["failed"] or info.get("failed_videos"):
+        raise typer.Exit(1)
+
+
+def _print_status(info: dict[str, Any]) -> None:
+    table = Table(title=f"faceshard status {info.get('uri', '')}", show_header=False)
+    for key in ("shards_total", "committed", "failed", "pending", "fingerprint"):
+        table.add_row(key, str(info.get(key)))
+    for key, value in (info.get("totals") or {}).items():
+        table.add_row(key, str(value))
+    if info.get("random_weights"):
+        table.add_row("[yellow]random weights[/]", ", ".join(info["random_weights"]))
+    stdout.print(table)
+    failed = info.get("failed_videos") or []
+    if failed:
+        errors = Table(title="failed videos")
+        for column in ("video_id", "path", "error"):
+            errors.add_column(column)
+        for row in failed[:50]:
+            errors.add_row(str(row["video_id"]), str(row["path"]), str(row["error"]))
+        stdout.print(errors)
+
+
+@app.command()
+def report(uri: Annotated[str, typer.Argument(help="output URI of a build")]) -> None:
+    """What a build produced: per split and method, size buckets, identities per video."""
+    from faceshard.report import dataset_report
+
+    stdout.print(dataset_report(uri))
+
+
+@app.command()
+def train(
+    uri: Annotated[str, typer.Argument(help="output URI of a build with emb_rgb")],
+    train_split: Annotated[str, typer.Option(help="split to fit on")] = "train",
+    eval_split: Annotated[str | None, typer.Option(help="split to evaluate on (default: all others)")] = None,
+    epochs: Annotated[int, typer.Option(min=1)] = 200,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Fit a linear probe on cached face embeddings (video-level AUC): the lean consumer of a build."""
+    from faceshard.probe import train_probe
+
+    result = train_probe(uri, train_split=train_split, eval_split=eval_split, epochs=epochs, seed=seed)
+    print(json.dumps(result, indent=2))
+
+
+@app.command()
+def export(
+    uri: Annotated[str, typer.Argument(help="output URI of a build with stored crops")],
+    out: Annotated[Path, typer.Option("--out", help="directory for the exported index and frames")],
+    clip: Annotated[int, typer.Option(help="frames per clip in the index (DeepfakeBench: 8)")] = 8,
+) -> None:
+    """Export crops and a DeepfakeBench-style JSON index of frames for clip-based detectors."""
+    from faceshard.export import export_deepfakebench
+
+    index = export_deepfakebench(uri, out, clip=clip)
+    stdout.print(f"wrote {index}")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="where the corpus and the dataset go")] = Path(
+        "faceshard-demo"
+    ),
+    videos: Annotated[int, typer.Option(min=3, help="clips to synthesise")] = 6,
+) -> None:
+    """Synthesise a small corpus, build it with the demo preset, and print a summary."""
+    from faceshard.synth import make_corpus
+    from flows.build import run_build
+    from storage.status import dataset_status
+
+    started = time.perf_counter()
+    manifest = make_corpus(out / "corpus", n_videos=videos, seed=0)
+    cfg = load_config("demo")
+    summary = run_build(str(manifest), str(out / "dataset"), cfg)
+    info = dataset_status(str(out / "dataset"))
+    _print_summary(summary)
+    totals = info.get("totals", {})
+    stdout.print(
+        f"[bold]demo:[/] {totals.get('videos', 0)} videos, {totals.get('faces', 0)} faces, "
+        f"{totals.get('identities', 0)} identities in {time.perf_counter() - started:.1f}s "
+        f"→ {out / 'dataset'}"
+    )
+    if info.get("random_weights"):
+        stdout.print(
+            f"[yellow]random weights:[/] {', '.join(info['random_weights'])} "
+            "(hub weights unreachable offline; the demo preset allows random init)"
+        )
+
+
+def main() -> None:
+    """Entry point that keeps typer's exit codes."""
+    sys.exit(app())

@@ -1,0 +1,494 @@
+"""A labelled synthetic video corpus made from real face photos that ship inside installed packages.
+
+Why: tests, demos and benchmarks need videos whose faces, boxes, identities and fake frames are known
+exactly, offline, in seconds, on any machine where faceshard is installed. Each clip pastes 1–3 real
+people (scikit-image's astronaut and cameraman, matplotlib's Grace Hopper, a few LFW faces) onto a
+noisy background, moving and changing size; "fake" clips replace one person's face by another
+person's face on a run of frames. Every clip has a ground-truth JSON (per frame, per face: box,
+person, area ratio) and the corpus has a `manifest.csv` (`path,label,method,split`).
+
+The persons were chosen empirically: facenet-pytorch MTCNN (thresholds [0.85, 0.95, 0.95],
+min_face_size 20) finds every pasted face, and dlib's face-recognition ResNet puts two different
+persons more than 0.6 apart and the same person less than 0.6 apart (checked in tests/test_synth.py).
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+
+FPS = 10
+FAKE_METHOD = "synthswap"
+FRAME_SIZES = ((320, 240), (400, 300), (480, 360))  # (W, H), even sides for yuv420p
+MIN_FACE_HEIGHT = 48  # px; MTCNN finds far smaller faces, this keeps dlib identities stable too
+MAX_VIDEOS = 100
+
+# Face boxes (x1, y1, x2, y2) that MTCNN returns on the full photos: the truth box is this box carried
+# through the same scaling and translation as the pasted patch, so it is what a detector would return.
+PHOTO_FACES: dict[str, tuple[float, float, float, float]] = {
+    "astronaut": (179.3, 63.8, 265.6, 172.5),
+    "grace_hopper": (175.1, 111.8, 352.9, 334.2),
+    "cameraman": (199.2, 118.9, 254.3, 192.3),
+}
+# skimage.data.lfw_subset() face indices (25×25 tiles) whose identities dlib keeps apart from each other
+# and from the photos above even after upscaling and H.264, with the MTCNN box in tile pixels.
+LFW_FACES: dict[int, tuple[float, float, float, float]] = {}
+LFW_UPSCALE = 4  # tiles are upscaled once (bicubic) so per-frame resizing starts from a larger image
+
+
+@dataclass(frozen=True)
+class _Person:
+    """A head-and-hair patch cut once from a photo, with its feathered mask and face box."""
+
+    name: str
+    patch: np.ndarray  # (h, w, 3) float32 RGB
+    alpha: np.ndarray  # (h, w) float32 in [0, 1]
+    face: tuple[float, float, float, float]  # face box in patch pixels (may exceed the patch slightly)
+
+
+@dataclass(frozen=True)
+class _Track:
+    """One person on screen for a whole clip: its lane and the motion/size curves."""
+
+    person: _Person
+    lane: tuple[int, int]  # x range the person's extent stays in, so tracks never overlap
+    face_lo: float
+    face_hi: float
+    size_freq: float
+    size_phase: float
+    x_freq: float
+    x_phase: float
+    y_freq: float
+    y_phase: float
+
+
+def _ellipse_alpha(h: int, w: int, feather: float) -> np.ndarray:
+    """An inscribed ellipse, 1 inside and fading to 0 over `feather` (fraction of the radius) at its rim."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    r = np.sqrt(((x + 0.5 - w / 2) / (w / 2)) ** 2 + ((y + 0.5 - h / 2) / (h / 2)) ** 2)
+    return np.clip((1.0 - r) / feather, 0.0, 1.0).astype(np.float32)
+
+
+def _rect_alpha(h: int, w: int, feather_px: float) -> np.ndarray:
+    """A rectangle fading to 0 over `feather_px` at its edges (for face-filling tiles)."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    edge = np.minimum(np.minimum(x + 0.5, w - x - 0.5), np.minimum(y + 0.5, h - y - 0.5))
+    return np.clip(edge / feather_px, 0.0, 1.0).astype(np.float32)
+
+
+def _photo(name: str) -> np.ndarray:
+    """The full RGB uint8 photo a photo person comes from."""
+    if name == "astronaut":
+        from skimage import data
+
+        return data.astronaut()
+    if name == "cameraman":
+        from skimage import data
+
+        return np.repeat(data.camera()[:, :, None], 3, axis=2)
+    if name == "grace_hopper":
+        from matplotlib import cbook
+        from PIL import Image
+
+        with cbook.get_sample_data("grace_hopper.jpg") as fh:
+            return np.asarray(Image.open(fh).convert("RGB"))
+    raise KeyError(name)
+
+
+def _photo_person(name: str) -> _Person:
+    """Cut head and hair around the measured face box: sides +35 %, top +50 % (hair), bottom +30 %."""
+    image = _photo(name)
+    fx1, fy1, fx2, fy2 = PHOTO_FACES[name]
+    fw, fh = fx2 - fx1, fy2 - fy1
+    x0 = max(0, int(fx1 - 0.35 * fw))
+    y0 = max(0, int(fy1 - 0.50 * fh))
+    x1 = min(image.shape[1], int(fx2 + 0.35 * fw))
+    y1 = min(image.shape[0], int(fy2 + 0.30 * fh))
+    patch = image[y0:y1, x0:x1].astype(np.float32)
+    face = (fx1 - x0, fy1 - y0, fx2 - x0, fy2 - y0)
+    return _Person(name, patch, _ellipse_alpha(*patch.shape[:2], feather=0.12), face)
+
+
+@functools.cache
+def _lfw_tiles() -> np.ndarray:
+    from skimage import data
+
+    return data.lfw_subset()
+
+
+def _lfw_person(index: int) -> _Person:
+    tile = (_lfw_tiles()[index] * 255).round().astype(np.uint8)
+    side = tile.shape[0] * LFW_UPSCALE
+    big = cv2.resize(tile, (side, side), interpolation=cv2.INTER_CUBIC)
+    patch = np.repeat(big[:, :, None], 3, axis=2).astype(np.float32)
+    face = tuple(v * LFW_UPSCALE for v in LFW_FACES[index])
+    return _Person(f"lfw_{index:03d}", patch, _rect_alpha(side, side, feather_px=0.04 * side), face)
+
+
+@functools.cache
+def _persons() -> tuple[_Person, ...]:
+    """Every person the corpus draws from, photos first (they are the sharpest)."""
+    return tuple(_photo_person(name) for name in PHOTO_FACES) + tuple(_lfw_person(i) for i in LFW_FACES)
+
+
+def person_names() -> list[str]:
+    """Names the truth files use for persons, in pool order."""
+    return [p.name for p in _persons()]
+
+
+def _extent(person: _Person) -> tuple[float, float, float, float]:
+    """Union of the patch and the face box, in patch pixels: what must stay inside the frame."""
+    h, w = person.patch.shape[:2]
+    fx1, fy1, fx2, fy2 = person.face
+    return min(0.0, fx1), min(0.0, fy1), max(float(w), fx2), max(float(h), fy2)
+
+
+def _blend(canvas: np.ndarray, image: np.ndarray, alpha: np.ndarray, x0: int, y0: int) -> None:
+    """Alpha-blend `image` onto `canvas` with its top-left at (x0, y0), clipped to the canvas."""
+    h, w = image.shape[:2]
+    cx0, cy0 = max(x0, 0), max(y0, 0)
+    cx1, cy1 = min(x0 + w, canvas.shape[1]), min(y0 + h, canvas.shape[0])
+    if cx1 <= cx0 or cy1 <= cy0:
+        return
+    src = image[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
+    a = alpha[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0, None]
+    region = canvas[cy0:cy1, cx0:cx1]
+    region *= 1.0 - a
+    region += a * src
+
+
+def _resize(image: np.ndarray, w: int, h: int) -> np.ndarray:
+    shrink = w < image.shape[1]
+    return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def _wave(t: float, freq: float, phase: float) -> float:
+    """A smooth 0…1 curve over the clip (t in 0…1)."""
+    return 0.5 + 0.5 * float(np.sin(2 * np.pi * freq * t + phase))
+
+
+def _place(track: _Track, t: float, height: int) -> tuple[np.ndarray, np.ndarray, int, int, tuple]:
+    """Scale and position a track's patch at time t; returns patch, mask, top-left and float face box."""
+    person = track.person
+    face_h = track.face_lo + (track.face_hi - track.face_lo) * _wave(t, track.size_freq, track.size_phase)
+    scale = face_h / (person.face[3] - person.face[1])
+    ph, pw = person.patch.shape[:2]
+    new_w, new_h = max(1, round(pw * scale)), max(1, round(ph * scale))
+    sx, sy = new_w / pw, new_h / ph
+    ex0, ey0, ex1, ey1 = _extent(person)
+    free_x = (track.lane[1] - track.lane[0]) - (ex1 - ex0) * sx
+    free_y = height - (ey1 - ey0) * sy
+    x0 = round(track.lane[0] + max(free_x, 0.0) * _wave(t, track.x_freq, track.x_phase) - ex0 * sx)
+    y0 = round(max(free_y, 0.0) * _wave(t, track.y_freq, track.y_phase) - ey0 * sy)
+    fx1, fy1, fx2, fy2 = person.face
+    box = (x0 + fx1 * sx, y0 + fy1 * sy, x0 + fx2 * sx, y0 + fy2 * sy)
+    return _resize(person.patch, new_w, new_h), _resize(person.alpha, new_w, new_h), x0, y0, box
+
+
+def _paste_swap(canvas: np.ndarray, source: _Person, box: tuple[float, float, float, float]) -> None:
+    """Face swap: map the source's face box (plus a 15 % margin) onto `box`, blended by a soft ellipse."""
+    fx1, fy1, fx2, fy2 = source.face
+    mx, my = 0.15 * (fx2 - fx1), 0.15 * (fy2 - fy1)
+    ph, pw = source.patch.shape[:2]
+    sx0, sy0 = max(0, int(fx1 - mx)), max(0, int(fy1 - my))
+    sx1, sy1 = min(pw, int(np.ceil(fx2 + mx))), min(ph, int(np.ceil(fy2 + my)))
+    ax = (box[2] - box[0]) / (fx2 - fx1)
+    ay = (box[3] - box[1]) / (fy2 - fy1)
+    dx0, dy0 = round(box[0] + (sx0 - fx1) * ax), round(box[1] + (sy0 - fy1) * ay)
+    dx1, dy1 = round(box[0] + (sx1 - fx1) * ax), round(box[1] + (sy1 - fy1) * ay)
+    if dx1 - dx0 < 2 or dy1 - dy0 < 2:
+        return
+    face = _resize(source.patch[sy0:sy1, sx0:sx1], dx1 - dx0, dy1 - dy0)
+    _blend(canvas, face, _ellipse_alpha(dy1 - dy0, dx1 - dx0, feather=0.3), dx0, dy0)
+
+
+def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """A plain colour with soft blotches and pixel noise, static over the clip."""
+    base = rng.uniform(60, 200, size=3).astype(np.float32)
+    blotches = rng.normal(0, 18, size=(5, 7, 3)).astype(np.float32)
+    smooth = cv2.resize(blotches, (width, height), interpolation=cv2.INTER_CUBIC)
+    noise = rng.normal(0, 6, size=(height, width, 3)).astype(np.float32)
+    return np.clip(base + smooth + noise, 0, 255).astype(np.float32)
+
+
+def _make_tracks(
+    rng: np.random.Generator, persons: list[_Person], width: int, height: int
+) -> list[_Track]:
+    """Split the width into one lane per person and draw each person's size and motion curves."""
+    lanes = np.linspace(0, width, len(persons) + 1).round().astype(int)
+    tracks = []
+    for k, person in enumerate(persons):
+        lane = (int(lanes[k]), int(lanes[k + 1]))
+        ex0, ey0, ex1, ey1 = _extent(person)
+        face_h = person.face[3] - person.face[1]
+        # the largest face whose extent still fits the lane and the frame, with rounding slack
+        face_max = 0.97 * min((lane[1] - lane[0]) * face_h / (ex1 - ex0), height * face_h / (ey1 - ey0))
+        if face_max < MIN_FACE_HEIGHT:
+            raise ValueError(f"{width}x{height} is too small for {len(persons)} faces")
+        lo = rng.uniform(MIN_FACE_HEIGHT, MIN_FACE_HEIGHT + 0.4 * (face_max - MIN_FACE_HEIGHT))
+        hi = rng.uniform(lo + 0.4 * (face_max - lo), face_max)
+        tracks.append(
+            _Track(
+                person=person,
+                lane=lane,
+                face_lo=float(lo),
+                face_hi=float(hi),
+                size_freq=float(rng.uniform(0.5, 1.5)),
+                size_phase=float(rng.uniform(0, 2 * np.pi)),
+                x_freq=float(rng.uniform(0.3, 1.2)),
+                x_phase=float(rng.uniform(0, 2 * np.pi)),
+                y_freq=float(rng.uniform(0.3, 1.2)),
+                y_phase=float(rng.uniform(0, 2 * np.pi)),
+            )
+        )
+    return tracks
+
+
+def _area_ratio(box: list[int], width: int, height: int) -> int:
+    """SPEC §4: int(100 · h · w / (W · H)) of the face box, in exact integer arithmetic."""
+    return (100 * (box[2] - box[0]) * (box[3] - box[1])) // (width * height)
+
+
+def _encode(path: Path, frames: list[np.ndarray], pix_fmt: str = "yuv420p", fps: int = FPS) -> None:
+    """H.264 in MP4 through PyAV; one encoder thread so the bytes are the same on every machine."""
+    height, width = frames[0].shape[:2]
+    with av.open(str(path), mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fps, options={"crf": "18", "preset": "veryfast"})
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        stream.time_base = Fraction(1, fps)
+        stream.codec_context.thread_count = 1
+        in_format = "gray" if frames[0].ndim == 2 else "rgb24"
+        for rgb in frames:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format=in_format)
+            container.mux(stream.encode(frame.reformat(format=pix_fmt)))
+        container.mux(stream.encode(None))
+
+
+@dataclass(frozen=True)
+class _ClipPlan:
+    video_id: str
+    n_persons: int
+    fake: bool
+
+
+def _plan(n_videos: int) -> list[_ClipPlan]:
+    """Clip k shows 1, 2, 3, 1, … persons and every second clip is fake, so any corpus of three or more
+    clips holds a 1-, 2- and 3-person clip and a fake, and every person count has real and fake clips."""
+    return [
+        _ClipPlan(video_id=f"synth_{k:03d}", n_persons=k % 3 + 1, fake=k % 2 == 1) for k in range(n_videos)
+    ]
+
+
+def _splits(n_videos: int, seed: int) -> list[str]:
+    """About 60/20/20 train/val/test, at least one val and one test clip from three clips on."""
+    n_held = 0 if n_videos < 3 else max(1, round(0.2 * n_videos))
+    labels = ["val"] * n_held + ["test"] * n_held + ["train"] * (n_videos - 2 * n_held)
+    order = np.random.default_rng([seed, 7]).permutation(n_videos)
+    return [labels[int(rank)] for rank in np.argsort(order)]
+
+
+def _render_clip(plan: _ClipPlan, seed: int, index: int, videos_dir: Path) -> dict:
+    """Draw, render and encode one clip; returns its truth record (without split)."""
+    rng = np.random.default_rng([seed, index])
+    pool = list(_persons())
+    width, height = FRAME_SIZES[int(rng.integers(1 if plan.n_persons == 3 else 0, len(FRAME_SIZES)))]
+    n_frames = int(rng.integers(30, 41))
+    chosen = [pool[int(i)] for i in rng.choice(len(pool), size=plan.n_persons, replace=False)]
+    tracks = _make_tracks(rng, chosen, width, height)
+
+    swap_track, swap_source, swap_frames = None, None, range(0)
+    if plan.fake:
+        swap_track = int(rng.integers(plan.n_persons))
+        outsiders = [p for p in pool if p not in chosen]
+        candidates = outsiders or [p for p in chosen if p is not chosen[swap_track]]
+        swap_source = candidates[int(rng.integers(len(candidates)))]
+        length = int(rng.integers(n_frames // 3, 2 * n_frames // 3 + 1))
+        start = int(rng.integers(0, n_frames - length + 1))
+        swap_frames = range(start, start + length)
+
+    background = _background(rng, width, height)
+    frames, truth_frames = [], []
+    for i in range(n_frames):
+        canvas = background.copy()
+        faces = []
+        for k, track in enumerate(tracks):
+            patch, alpha, x0, y0, box = _place(track, i / n_frames, height)
+            _blend(canvas, patch, alpha, x0, y0)
+            swapped = k == swap_track and i in swap_frames
+            if swapped:
+                _paste_swap(canvas, swap_source, box)
+            int_box = [round(v) for v in box]
+            faces.append(
+                {
+                    "track": k,
+                    "person": swap_source.name if swapped else track.person.name,
+                    "box": int_box,
+                    "area_ratio": _area_ratio(int_box, width, height),
+                    "swapped_from": track.person.name if swapped else None,
+                }
+            )
+        frames.append(np.clip(canvas, 0, 255).round().astype(np.uint8))
+        truth_frames.append({"frame": i, "faces": faces})
+
+    path = videos_dir / f"{plan.video_id}.mp4"
+    _encode(path, frames)
+    shown = {face["person"] for frame in truth_frames for face in frame["faces"]}
+    return {
+        "video_id": plan.video_id,
+        "path": f"videos/{path.name}",
+        "label": int(plan.fake),
+        "method": FAKE_METHOD if plan.fake else "",
+        "width": width,
+        "height": height,
+        "fps": FPS,
+        "n_frames": n_frames,
+        "persons": [t.person.name for t in tracks],
+        "n_identities": len(shown),
+        "fake_frames": list(swap_frames),
+        "frames": truth_frames,
+    }
+
+
+def make_corpus(out: str | Path, n_videos: int = 6, seed: int = 0) -> Path:
+    """Write `n_videos` labelled clips, `truth/<video_id>.json` and `manifest.csv` under `out`.
+
+    Returns the manifest path. The same seed gives the same manifest, truth and video bytes; clip k
+    is the same whatever `n_videos` is (only the split assignment depends on it).
+    """
+    if not 1 <= n_videos <= MAX_VIDEOS:
+        raise ValueError(f"n_videos must be in 1..{MAX_VIDEOS}, got {n_videos}")
+    root = Path(out)
+    videos_dir, truth_dir = root / "videos", root / "truth"
+    videos_dir.mkdir(parents=True, exist_ok=True)
+    truth_dir.mkdir(parents=True, exist_ok=True)
+    splits = _splits(n_videos, seed)
+    rows = []
+    for index, plan in enumerate(_plan(n_videos)):
+        truth = _render_clip(plan, seed, index, videos_dir)
+        truth = {**truth, "split": splits[index], "seed": seed}
+        (truth_dir / f"{plan.video_id}.json").write_text(json.dumps(truth, indent=1) + "\n")
+        rows.append((truth["path"], truth["label"], truth["method"], truth["split"]))
+    manifest = root / "manifest.csv"
+    with manifest.open("w", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(["path", "label", "method", "split"])
+        writer.writerows(rows)
+    return manifest
+
+
+def load_truth(root: str | Path) -> dict[str, dict]:
+    """Every clip's truth record under a corpus root, keyed by video_id."""
+    truth_dir = Path(root) / "truth"
+    return {p.stem: json.loads(p.read_text()) for p in sorted(truth_dir.glob("*.json"))}
+
+
+def _simple_clip(person: _Person, width: int, height: int, n_frames: int, seed: int) -> list[np.ndarray]:
+    """Frames of one person drifting and breathing in size over a noisy background."""
+    rng = np.random.default_rng(seed)
+    track = _make_tracks(rng, [person], width, height)[0]
+    background = _background(rng, width, height)
+    frames = []
+    for i in range(n_frames):
+        canvas = background.copy()
+        patch, alpha, x0, y0, _ = _place(track, i / max(n_frames, 1), height)
+        _blend(canvas, patch, alpha, x0, y0)
+        frames.append(np.clip(canvas, 0, 255).round().astype(np.uint8))
+    return frames
+
+
+def _mdat_range(data: bytes) -> tuple[int, int]:
+    """Byte range of the payload of the top-level `mdat` box of an MP4 file."""
+    pos = 0
+    while pos + 8 <= len(data):
+        size = int.from_bytes(data[pos : pos + 4], "big")
+        kind = data[pos + 4 : pos + 8]
+        header = 8
+        if size == 1:
+            size, header = int.from_bytes(data[pos + 8 : pos + 16], "big"), 16
+        elif size == 0:
+            size = len(data) - pos
+        if kind == b"mdat":
+            return pos + header, pos + size
+        pos += size
+    raise ValueError("no mdat box")
+
+
+def _write_audio_only(path: Path, seconds: float = 1.0, rate: int = 44100) -> None:
+    """An MP4 with one AAC stream (a 440 Hz tone) and no video stream."""
+    with av.open(str(path), mode="w", format="mp4") as container:
+        stream = container.add_stream("aac", rate=rate)
+        stream.layout = "mono"
+        samples = (0.3 * np.sin(2 * np.pi * 440 * np.arange(int(seconds * rate)) / rate)).astype(np.float32)
+        chunk = 1024
+        for start in range(0, len(samples), chunk):
+            piece = samples[None, start : start + chunk]
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(piece), format="fltp", layout="mono")
+            frame.sample_rate = rate
+            frame.pts = start
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+
+
+ODD_NAME = "odd name – ‘quoted’ \"double\" 'single' é 顔 #1.mp4"
+
+
+def write_broken_samples(directory: str | Path) -> dict[str, Path]:
+    """Write inputs that a robust pipeline must survive (one error row each, or a clean result).
+
+    Keys: `good` (a normal one-person clip the others derive from), `empty` (zero bytes), `truncated`
+    (first 30 % of `good`: no moov box), `text` (plain text named .mp4), `audio_only` (AAC, no video
+    stream), `directory` (a folder named x.mp4), `corrupt_middle` (`good` with its mid frame data
+    overwritten by random bytes), `tiny_frames` (16×16), `one_frame`, `grayscale` (a `gray` pixel-format
+    H.264 stream), `odd_name` (spaces, quotes, non-ASCII) and `symlink` (relative link to `good`).
+    """
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    persons = {p.name: p for p in _persons()}
+    paths: dict[str, Path] = {}
+
+    paths["good"] = root / "good.mp4"
+    _encode(paths["good"], _simple_clip(persons["astronaut"], 320, 240, 20, seed=1))
+    good = paths["good"].read_bytes()
+
+    paths["empty"] = root / "empty.mp4"
+    paths["empty"].write_bytes(b"")
+    paths["truncated"] = root / "truncated.mp4"
+    paths["truncated"].write_bytes(good[: int(0.3 * len(good))])
+    paths["text"] = root / "text.mp4"
+    paths["text"].write_text("this is not a video, only text with an .mp4 name\n")
+    paths["audio_only"] = root / "audio_only.mp4"
+    _write_audio_only(paths["audio_only"])
+    paths["directory"] = root / "x.mp4"
+    paths["directory"].mkdir(exist_ok=True)
+
+    start, stop = _mdat_range(good)
+    lo, hi = start + int(0.4 * (stop - start)), start + int(0.6 * (stop - start))
+    noise = np.random.default_rng(2).integers(0, 256, size=hi - lo, dtype=np.uint8).tobytes()
+    paths["corrupt_middle"] = root / "corrupt_middle.mp4"
+    paths["corrupt_middle"].write_bytes(good[:lo] + noise + good[hi:])
+
+    paths["tiny_frames"] = root / "tiny_frames.mp4"
+    rng = np.random.default_rng(3)
+    _encode(paths["tiny_frames"], [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(10)])
+    paths["one_frame"] = root / "one_frame.mp4"
+    _encode(paths["one_frame"], _simple_clip(persons["grace_hopper"], 320, 240, 1, seed=4))
+    paths["grayscale"] = root / "grayscale.mp4"
+    gray_frames = _simple_clip(persons["cameraman"], 320, 240, 20, seed=5)
+    _encode(paths["grayscale"], [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in gray_frames], pix_fmt="gray")
+    paths["odd_name"] = root / ODD_NAME
+    paths["odd_name"].write_bytes(good)
+
+    paths["symlink"] = root / "link_to_good.mp4"
+    if paths["symlink"].is_symlink() or paths["symlink"].exists():
+        paths["symlink"].unlink()
+    os.symlink(paths["good"].name, paths["symlink"])
+    return paths

@@ -1,0 +1,142 @@
+"""The build flow: plan shards, fan one Prefect task per shard out to Ray, collect the outcomes.
+
+All work lives in `tasks.shard.process_shard`; this module only wires it to Prefect and Ray.
+One task per shard (not per video): Prefect servers are reported unstable past a few thousand
+task runs, and a shard is the unit that commits.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect_ray import RayTaskRunner
+from prefect_ray.context import remote_options
+
+from faceshard.config import BuildConfig, RuntimeConfig, config_from_tree
+from flows.runtime import apply_local_defaults, prefect_api, ray_init_kwargs
+from models.weights import weights_manifest
+from storage.commit import Output
+from storage.manifest import ShardPlan, plan_shards, read_manifest
+from tasks.shard import process_shard, shards_to_retry
+
+
+@task(name="process-shard", retries=2, retry_delay_seconds=2, persist_result=False)
+def process_shard_task(plan: ShardPlan, config: dict[str, Any], output: Output, retry_failed: bool) -> dict:
+    """One shard on one Ray worker: per-video errors stay inside; only shard-level faults retry."""
+    return process_shard(plan, config_from_tree(config), output, retry_failed=retry_failed)
+
+
+@flow(
+    name="faceshard-build",
+    persist_result=False,
+    validate_parameters=False,
+    # Deployments run on the cluster named by FACESHARD_RAY_ADDRESS (or a local one); `run_build`
+    # swaps in a runner sized by the build's own runtime config.
+    task_runner=RayTaskRunner(
+        address=os.environ.get("FACESHARD_RAY_ADDRESS"), init_kwargs=ray_init_kwargs(RuntimeConfig())
+    ),
+)
+def build_dataset(
+    manifest: str,
+    out: str,
+    config: dict[str, Any],
+    rebuild: bool = False,
+    retry_failed: bool = False,
+    roots: list[str] | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Plan → fan out → collect. Failed shards are recorded, never fatal to the build.
+
+    `config` is a config tree over the preset it names (`{"preset": "mintime"}` is enough).
+    """
+    logger = get_run_logger()
+    started = time.perf_counter()
+    cfg = config_from_tree(config)
+    plans = plan_shards(read_manifest(manifest, roots=roots), cfg.shard_size)
+    output = Output.open(
+        out,
+        config=cfg.row_affecting(),
+        weights=weights_manifest(cfg),
+        rebuild=rebuild,
+        storage_options=storage_options,
+    )
+    output.set_plan(plans)
+    if retry_failed:
+        todo = shards_to_retry(output, plans)
+    else:
+        todo = [plan for plan in plans if not output.is_committed(plan)]
+    logger.info("%d shards planned, %d to process", len(plans), len(todo))
+
+    runner_task = process_shard_task.with_options(retries=cfg.runtime.task_retries)
+    with remote_options(num_cpus=cfg.runtime.cpus_per_shard, num_gpus=cfg.runtime.gpus_per_shard):
+        futures = [runner_task.submit(plan, config, output, retry_failed) for plan in todo]
+
+    shard_stats: list[dict] = []
+    failed: list[dict] = []
+    for plan, future in zip(todo, futures, strict=True):
+        future.wait()
+        if future.state.is_completed():
+            shard_stats.append(future.result())
+        else:
+            message = _failure_message(future)
+            output.record_failure(plan, message)
+            failed.append({"shard": plan.shard_id, "error": message})
+            logger.error("shard %05d failed: %s", plan.shard_id, message)
+
+    return {
+        "shards_total": len(plans),
+        "processed": len(shard_stats),
+        "skipped": len(plans) - len(todo),
+        "failed_shards": failed,
+        "videos": sum(s["videos"] for s in shard_stats),
+        "faces": sum(s["faces"] for s in shard_stats),
+        "identities": sum(s["identities"] for s in shard_stats),
+        "status_counts": _sum_counts(s["status_counts"] for s in shard_stats),
+        "seconds": round(time.perf_counter() - started, 2),
+        "fingerprint": output.fingerprint,
+    }
+
+
+def _failure_message(future: Any) -> str:
+    try:
+        future.result()
+    except BaseException as exc:  # the shard's own exception, re-raised by Prefect
+        return f"{type(exc).__name__}: {exc}"
+    return str(future.state.message or future.state.type)
+
+
+def _sum_counts(counts: Any) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for item in counts:
+        for key, value in item.items():
+            total[key] = total.get(key, 0) + value
+    return total
+
+
+def run_build(
+    manifest: str,
+    out: str,
+    cfg: BuildConfig,
+    *,
+    rebuild: bool = False,
+    retry_failed: bool = False,
+    roots: list[str] | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run `build_dataset` on the embedded default: one local Prefect server and a local Ray cluster."""
+    apply_local_defaults()
+    with prefect_api():
+        runner = RayTaskRunner(address=cfg.runtime.ray_address, init_kwargs=ray_init_kwargs(cfg.runtime))
+        flow_with_ray = build_dataset.with_options(task_runner=runner)
+        return flow_with_ray(
+            manifest=manifest,
+            out=out,
+            config=cfg.model_dump(mode="json"),
+            rebuild=rebuild,
+            retry_failed=retry_failed,
+            roots=roots,
+            storage_options=storage_options,
+        )

@@ -1,0 +1,92 @@
+"""The embedded default runtime: one local Prefect API server and the settings Ray workers inherit.
+
+Prefect's ephemeral mode would start one API server per Ray worker (~4 s each); instead one
+server is started here and its URL is exported before Ray starts, so every worker reports to it.
+When the user already points PREFECT_API_URL at a server, that server is used as is.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from faceshard.config import RuntimeConfig
+
+log = logging.getLogger(__name__)
+
+# Quiet, local, offline-friendly defaults; a user's explicit environment always wins.
+LOCAL_ENV_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "PREFECT_LOGGING_TO_API_ENABLED": "false",
+    "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "false",
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_DEDUP_LOGS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+# Environment variables that Ray workers must see exactly as the driver does.
+FORWARDED_ENV = (
+    "PREFECT_API_URL",
+    "PREFECT_HOME",
+    "PREFECT_SERVER_ANALYTICS_ENABLED",
+    "PREFECT_LOGGING_LEVEL",
+    "PREFECT_LOGGING_TO_API_ENABLED",
+    "PREFECT_RESULTS_PERSIST_BY_DEFAULT",
+    "HF_HUB_OFFLINE",
+    "HF_HOME",
+    "TORCH_HOME",
+    "TOKENIZERS_PARALLELISM",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_ENDPOINT_URL",
+    "FACESHARD_FAULTS",
+)
+
+
+def apply_local_defaults() -> None:
+    """Set the quiet local defaults without overriding anything the user exported."""
+    for key, value in LOCAL_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("PREFECT_HOME", str(Path.home() / ".faceshard" / "prefect"))
+
+
+@contextmanager
+def prefect_api() -> Iterator[str]:
+    """Yield a Prefect API URL: the user's server if configured, else one local server for this build."""
+    existing = os.environ.get("PREFECT_API_URL")
+    if existing:
+        yield existing
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start(timeout=120)
+    os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            yield server.api_url
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+        server.stop()
+
+
+def ray_init_kwargs(runtime: RuntimeConfig) -> dict:
+    """Arguments for `ray.init` of a local cluster whose workers share the driver's settings."""
+    env_vars = {key: os.environ[key] for key in FORWARDED_ENV if key in os.environ}
+    kwargs: dict = {
+        "runtime_env": {"env_vars": env_vars},
+        "include_dashboard": False,
+        "log_to_driver": True,
+        "configure_logging": True,
+        "logging_level": logging.WARNING,
+    }
+    if runtime.num_cpus is not None:
+        kwargs["num_cpus"] = runtime.num_cpus
+    return kwargs

@@ -1,0 +1,195 @@
+"""Depth Anything maps per face crop (SPEC §6, Megatron).
+
+The model and its image processor come from transformers (`AutoModelForDepthEstimation`,
+`AutoImageProcessor`): Depth Anything V2 Small by hub id by default, or a local directory written by
+`save_pretrained`. The processor resizes each crop keeping its aspect ratio so that both sides are
+multiples of 14 near `input_size`, and normalises with ImageNet mean/std.
+
+Batching crops of different aspect ratios: the processor gives each crop its own tensor shape. Padding
+them to one shape would change the prediction (the ViT attends over the padding), and squashing them to
+a square would change the preprocessing, so crops are grouped by processed shape and each group runs as
+its own batches. Square crops (MINTIME's and Megatron's) all share one shape whatever their size, so a
+video's crops usually form a single group. The result is the same as calling the model on each crop
+alone. Each predicted map is then resized back (bicubic) to ITS OWN crop size — transformers ≤ 4.45's
+batched pipeline resized every map to the last crop's size, a bug not copied — and min–max
+normalised per crop to uint8 (a constant map becomes zeros).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models.registry import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    WeightsInfo,
+    build_random,
+    cached_model,
+    fingerprint_dir,
+    hub_offline,
+    hub_weights_info,
+    is_local_ref,
+    model_card,
+    resolve_device,
+)
+from tasks.types import Face
+
+DEFAULT_DEPTH_MODEL = "depth-anything/Depth-Anything-V2-Small-hf"
+DEPTH_CARD = model_card(DEFAULT_DEPTH_MODEL)
+RANDOM_ARCH = "DepthAnythingForDepthEstimation"  # DepthAnythingConfig(): the V2-Small layout
+
+
+def depth_anything_processor(input_size: int = DEPTH_CARD.input_size or 518) -> object:
+    """The image processor Depth Anything ships with: keep aspect, multiple of 14, bicubic, ImageNet."""
+    from transformers import DPTImageProcessor
+
+    return DPTImageProcessor(
+        do_resize=True,
+        size={"height": input_size, "width": input_size},
+        keep_aspect_ratio=True,
+        ensure_multiple_of=14,
+        resample=3,  # bicubic
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=list(IMAGENET_MEAN),
+        image_std=list(IMAGENET_STD),
+        do_pad=False,
+    )
+
+
+def _from_pretrained(ref: str, local_only: bool) -> tuple[torch.nn.Module, object]:
+    from transformers import AutoImageProcessor, AutoModelForDepthEstimation
+
+    model = AutoModelForDepthEstimation.from_pretrained(ref, local_files_only=local_only)
+    try:
+        processor = AutoImageProcessor.from_pretrained(ref, local_files_only=local_only)
+    except (OSError, ValueError):  # a directory written by model.save_pretrained alone has no processor
+        processor = depth_anything_processor()
+    return model, processor
+
+
+def load_depth_model(model_ref: str, allow_random: bool) -> tuple[torch.nn.Module, object, WeightsInfo]:
+    """Model, processor and weights info for `model_ref` (local directory or hub id), on the CPU."""
+    if is_local_ref(model_ref):
+        path = Path(model_ref).expanduser()
+        tried = [f"local directory {path}"]
+        if path.is_dir():
+            model, processor = _from_pretrained(str(path), local_only=True)
+            return model, processor, WeightsInfo(model_ref, str(path.resolve()), fingerprint_dir(path))
+        cause: BaseException | None = None
+    else:
+        offline = hub_offline()
+        tried = [f"hub id {model_ref!r}" + (" (HF_HUB_OFFLINE set: cache only)" if offline else "")]
+        try:
+            model, processor = _from_pretrained(model_ref, local_only=offline)
+            return model, processor, hub_weights_info(model_ref, model_ref)
+        except OSError as exc:  # transformers raises OSError (or a subclass) for unreachable/missing repos
+            cause = exc
+
+    def random_model() -> tuple[torch.nn.Module, object]:
+        from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation
+
+        return DepthAnythingForDepthEstimation(DepthAnythingConfig()), depth_anything_processor()
+
+    (model, processor), info = build_random(
+        RANDOM_ARCH,
+        random_model,
+        allow_random=allow_random,
+        what=model_ref,
+        tried=tried,
+        how=(
+            f"Put the model in the Hugging Face cache (`hf download {DEFAULT_DEPTH_MODEL}` on a connected "
+            "machine, then copy the cache), or pass a directory written by save_pretrained with "
+            "--set depth.model=/path/to/dir"
+        ),
+        cause=cause,
+    )
+    return model, processor, info
+
+
+class DepthEstimator:
+    """Stage filling `Face.depth` with a uint8 map the size of `Face.crop`."""
+
+    def __init__(
+        self,
+        model_ref: str = DEFAULT_DEPTH_MODEL,
+        input_size: int = 518,
+        device: str = "cpu",
+        allow_random: bool = False,
+        batch_size: int = 16,
+    ) -> None:
+        if input_size < 14:
+            raise ValueError("input_size must be at least one 14-pixel patch")
+        self.input_size = input_size
+        self.device = resolve_device(device)
+        self.batch_size = batch_size
+        model, self.processor, self.weights = cached_model(
+            ("depth", model_ref, self.device, allow_random), lambda: self._load(model_ref, allow_random)
+        )
+        self.model = model
+
+    def _load(self, model_ref: str, allow_random: bool) -> tuple[torch.nn.Module, object, WeightsInfo]:
+        model, processor, info = load_depth_model(model_ref, allow_random)
+        return model.eval().to(self.device), processor, info
+
+    @property
+    def fingerprint(self) -> str:
+        return self.weights.fingerprint
+
+    def preprocess(self, crops: list[np.ndarray]) -> list[torch.Tensor]:
+        """One (3, h, w) tensor per crop, h and w multiples of 14 near `input_size`, aspect kept."""
+        kwargs: dict[str, object] = {}
+        if self.device != "cpu":
+            kwargs["device"] = self.device  # resize on the accelerator
+        out = self.processor(  # type: ignore[operator]
+            [np.ascontiguousarray(c) for c in crops],
+            size={"height": self.input_size, "width": self.input_size},
+            input_data_format="channels_last",
+            **kwargs,
+        )
+        return list(out["pixel_values"])
+
+    @torch.inference_mode()
+    def predict(self, crops: list[np.ndarray]) -> list[np.ndarray]:
+        """uint8 depth maps, each (h, w) of its own crop, min–max normalised per crop."""
+        if not crops:
+            return []
+        pixels = self.preprocess(crops)
+        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for index, tensor in enumerate(pixels):
+            groups[tuple(tensor.shape)].append(index)
+        maps: list[np.ndarray | None] = [None] * len(crops)
+        for members in groups.values():
+            for start in range(0, len(members), self.batch_size):
+                chunk = members[start : start + self.batch_size]
+                batch = torch.stack([pixels[i] for i in chunk]).to(self.device)
+                predicted = self.model(pixel_values=batch).predicted_depth  # (b, H, W)
+                for row, index in enumerate(chunk):
+                    maps[index] = to_uint8_map(predicted[row], crops[index].shape[:2])
+        return maps  # type: ignore[return-value]
+
+    def __call__(self, faces: list[Face]) -> list[Face]:
+        missing = [face for face in faces if face.crop is None]
+        if missing:
+            raise ValueError(f"{len(missing)} faces have no crop: run the cropper first")
+        for face, depth in zip(faces, self.predict([face.crop for face in faces]), strict=True):  # type: ignore[misc]
+            face.depth = depth
+        return faces
+
+
+def to_uint8_map(predicted: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """Resize one (H, W) prediction to `size` (bicubic) and min–max it to uint8."""
+    resized = F.interpolate(predicted[None, None].float(), size=size, mode="bicubic", align_corners=False)[
+        0, 0
+    ]
+    low, high = resized.min(), resized.max()
+    if not bool(high > low):
+        return np.zeros(size, np.uint8)
+    scaled = (resized - low) / (high - low) * 255.0
+    return scaled.round().clamp(0, 255).to(torch.uint8).cpu().numpy()

@@ -1,0 +1,263 @@
+"""Identity embedders (SPEC §5): one vector per face crop, compared within a video to cluster people.
+
+* `facenet` (MINTIME): facenet-pytorch InceptionResnetV1 trained on VGGFace2. The crop is resized to
+  128×128 (non-isotropic, PIL bilinear, as MINTIME's torchvision `Resize` on PIL images), kept RGB,
+  standardised as `(x − 127.5) / 128`, and the 512-d output is L2-normalised. Compared by cosine
+  similarity; MINTIME's threshold is 0.45. The weights are read from a local file; facenet-pytorch's
+  own `pretrained=` would download from GitHub, so the state dict is loaded here with
+  `torch.load(weights_only=True)` and a missing file is an error naming every path looked at.
+* `dlib` (offline default): dlib's ResNet face recogniser with its 5-point landmark predictor, both
+  shipped in `face_recognition_models`. 128-d descriptors compared by Euclidean distance; 0.6 is
+  dlib's usual operating point.
+
+Every embedder is a stage `embedder(faces) -> faces` filling `Face.id_embedding` (float32), with
+`.metric`, `.default_threshold`, `.dim` and `.weights` (a `WeightsInfo`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+
+from faceshard.config import IdentityConfig
+from models.registry import (
+    WeightsInfo,
+    WeightsUnavailableError,
+    cached_model,
+    combine_fingerprints,
+    fingerprint_file,
+    model_card,
+    resolve_device,
+)
+from tasks.types import Face
+
+FACENET = model_card("facenet")
+DLIB = model_card("dlib")
+DLIB_SHAPE_PREDICTOR = "shape_predictor_5_face_landmarks.dat"
+
+
+class IdentityEmbedder(Protocol):
+    """What the pipeline needs from an identity embedder."""
+
+    metric: str
+    default_threshold: float
+    dim: int
+    weights: WeightsInfo
+
+    def embed(self, faces: list[Face]) -> np.ndarray: ...
+
+    def __call__(self, faces: list[Face]) -> list[Face]: ...
+
+
+def _fill(faces: list[Face], embeddings: np.ndarray) -> list[Face]:
+    for face, embedding in zip(faces, embeddings, strict=True):
+        face.id_embedding = embedding
+    return faces
+
+
+def _require_crop(face: Face) -> np.ndarray:
+    if face.crop is None:
+        raise ValueError(f"face {face.face} of frame {face.frame} has no crop: run the cropper first")
+    return face.crop
+
+
+# --------------------------------------------------------------------------------------------- FaceNet
+
+
+def facenet_weight_candidates(weights: str | None) -> list[Path]:
+    """Where the vggface2 state dict is looked for: the configured file, else facenet-pytorch's cache.
+
+    facenet-pytorch caches its download at `$TORCH_HOME/checkpoints/<file>`; torch.hub's own cache
+    (`torch.hub.get_dir()/checkpoints`) is also accepted for files fetched with torch.hub.
+    """
+    if weights:
+        return [Path(weights).expanduser()]
+    from facenet_pytorch.models.inception_resnet_v1 import get_torch_home
+
+    candidates = [
+        Path(get_torch_home()) / "checkpoints" / FACENET.weights,
+        Path(torch.hub.get_dir()) / "checkpoints" / FACENET.weights,
+    ]
+    return list(dict.fromkeys(candidates))
+
+
+def facenet_preprocess(crops: list[np.ndarray]) -> torch.Tensor:
+    """SPEC §5: 128×128 non-isotropic PIL bilinear resize, RGB, (x − 127.5) / 128, NCHW float32."""
+    size = FACENET.input_size or 128
+    resized = np.stack(
+        [np.asarray(Image.fromarray(crop).resize((size, size), Image.Resampling.BILINEAR)) for crop in crops]
+    )
+    pixels = torch.from_numpy(resized).permute(0, 3, 1, 2).float()
+    return (pixels - FACENET.mean[0]) / FACENET.std[0]  # type: ignore[index]
+
+
+def _load_facenet(path: Path, device: str) -> torch.nn.Module:
+    from facenet_pytorch import InceptionResnetV1
+
+    model = InceptionResnetV1(pretrained=None, classify=False)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    # The vggface2 file carries the 8631-class training head; embeddings never use it.
+    state = {
+        k.removeprefix("module."): v
+        for k, v in state.items()
+        if not k.startswith(("logits.", "module.logits."))
+    }
+    model.load_state_dict(state, strict=True)
+    return model.eval().to(device)
+
+
+class FaceNetEmbedder:
+    """MINTIME's identity embedder: L2-normalised 512-d InceptionResnetV1 (vggface2), batched."""
+
+    metric = "cosine"
+    default_threshold = 0.45
+    dim = FACENET.dim or 512
+
+    def __init__(self, weights: str | None = None, device: str = "cpu", batch_size: int = 64) -> None:
+        candidates = facenet_weight_candidates(weights)
+        path = next((p for p in candidates if p.is_file()), None)
+        if path is None:
+            looked = ", ".join(str(p) for p in candidates)
+            raise WeightsUnavailableError(
+                f"FaceNet (InceptionResnetV1 vggface2) weights not found; looked for: {looked}. "
+                f"Download {FACENET.weights} from facenet-pytorch's releases and pass it with "
+                "--set identity.weights=/path/to/file, or place it in $TORCH_HOME/checkpoints/; "
+                "nothing is downloaded. The dlib embedder (identity.embedder=dlib) runs offline."
+            )
+        self.device = resolve_device(device)
+        self.batch_size = batch_size
+        fingerprint = fingerprint_file(path)
+        self.weights = WeightsInfo("facenet", str(path.resolve()), fingerprint)
+        self.model = cached_model(
+            ("facenet", str(path.resolve()), fingerprint, self.device),
+            lambda: _load_facenet(path, self.device),
+        )
+
+    @property
+    def fingerprint(self) -> str:
+        return self.weights.fingerprint
+
+    @torch.inference_mode()
+    def embed_crops(self, crops: list[np.ndarray]) -> np.ndarray:
+        """(n, 512) float32, unit length."""
+        out = np.zeros((len(crops), self.dim), np.float32)
+        for start in range(0, len(crops), self.batch_size):
+            batch = facenet_preprocess(crops[start : start + self.batch_size]).to(self.device)
+            out[start : start + len(batch)] = self.model(batch).float().cpu().numpy()
+        return out
+
+    def embed(self, faces: list[Face]) -> np.ndarray:
+        return self.embed_crops([_require_crop(face) for face in faces])
+
+    def __call__(self, faces: list[Face]) -> list[Face]:
+        return _fill(faces, self.embed(faces))
+
+
+# ------------------------------------------------------------------------------------------------ dlib
+
+
+def dlib_models_dir() -> Path:
+    """`face_recognition_models/models/`, found without importing the package (it needs pkg_resources)."""
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise WeightsUnavailableError(
+            "dlib identity models not found: the face_recognition_models package is not installed "
+            "(it ships dlib_face_recognition_resnet_model_v1.dat); install the project's dependencies"
+        )
+    return Path(spec.submodule_search_locations[0]) / "models"
+
+
+def _load_dlib(recogniser: Path, predictor: Path) -> tuple[object, object]:
+    import dlib
+
+    return dlib.face_recognition_model_v1(str(recogniser)), dlib.shape_predictor(str(predictor))
+
+
+class DlibEmbedder:
+    """dlib's 128-d face descriptor, computed on the crop with the detection box in crop coordinates."""
+
+    metric = "euclidean"
+    default_threshold = 0.6
+    dim = DLIB.dim or 128
+
+    def __init__(self, device: str = "cpu", batch_size: int = 64) -> None:
+        del device  # dlib-bin runs on the CPU
+        models_dir = dlib_models_dir()
+        recogniser, predictor = models_dir / DLIB.weights, models_dir / DLIB_SHAPE_PREDICTOR
+        missing = [str(p) for p in (recogniser, predictor) if not p.is_file()]
+        if missing:
+            raise WeightsUnavailableError(
+                f"dlib identity model files not found: {', '.join(missing)}; "
+                "reinstall face_recognition_models"
+            )
+        self.batch_size = batch_size
+        fingerprint = combine_fingerprints([fingerprint_file(recogniser), fingerprint_file(predictor)])
+        self.weights = WeightsInfo("dlib", str(models_dir), fingerprint)
+        self.recogniser, self.predictor = cached_model(
+            ("dlib-identity", str(models_dir), fingerprint), lambda: _load_dlib(recogniser, predictor)
+        )
+
+    @property
+    def fingerprint(self) -> str:
+        return self.weights.fingerprint
+
+    def embed_crops(self, crops: list[np.ndarray], boxes: list[np.ndarray | None]) -> np.ndarray:
+        """(n, 128) float32; a missing box means the face fills the crop."""
+        import dlib
+
+        out = np.zeros((len(crops), self.dim), np.float32)
+        for start in range(0, len(crops), self.batch_size):
+            stop = start + self.batch_size
+            images, shapes = [], []
+            for crop, box in zip(crops[start:stop], boxes[start:stop], strict=True):
+                image = np.ascontiguousarray(crop, dtype=np.uint8)
+                shape = dlib.full_object_detections()
+                shape.append(self.predictor(image, dlib_rectangle(box, image.shape)))  # type: ignore[operator]
+                images.append(image)
+                shapes.append(shape)
+            descriptors = self.recogniser.compute_face_descriptor(images, shapes)  # type: ignore[attr-defined]
+            out[start : start + len(images)] = np.array([np.asarray(d[0]) for d in descriptors], np.float32)
+        return out
+
+    def embed(self, faces: list[Face]) -> np.ndarray:
+        return self.embed_crops([_require_crop(face) for face in faces], [face.box_in_crop for face in faces])
+
+    def __call__(self, faces: list[Face]) -> list[Face]:
+        return _fill(faces, self.embed(faces))
+
+
+def dlib_rectangle(box: np.ndarray | None, shape: tuple[int, ...]) -> object:
+    """A dlib rectangle for a float (x1, y1, x2, y2) box in crop pixels; the whole crop when None."""
+    import dlib
+
+    if box is None:
+        return dlib.rectangle(0, 0, shape[1] - 1, shape[0] - 1)
+    x1, y1, x2, y2 = (round(float(v)) for v in box)
+    return dlib.rectangle(x1, y1, x2, y2)
+
+
+# -------------------------------------------------------------------------------------------- registry
+
+IDENTITY_EMBEDDERS: dict[str, Callable[[IdentityConfig, str], IdentityEmbedder]] = {
+    "facenet": lambda cfg, device: FaceNetEmbedder(cfg.weights, device),
+    "dlib": lambda cfg, device: DlibEmbedder(device),
+}
+
+
+def build_identity_embedder(cfg: IdentityConfig, device: str = "cpu") -> IdentityEmbedder:
+    """The identity embedder named by `cfg.embedder`, with its weights loaded once per process."""
+    try:
+        factory = IDENTITY_EMBEDDERS[cfg.embedder]
+    except KeyError:
+        raise ValueError(
+            f"unknown identity embedder {cfg.embedder!r}; choose one of {', '.join(IDENTITY_EMBEDDERS)}"
+        ) from None
+    return factory(cfg, device)

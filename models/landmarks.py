@@ -1,0 +1,64 @@
+"""Five facial landmarks for alignment (SPEC §3 `align:S`) from dlib's 68-point shape predictor.
+
+The predictor file ships in the `face_recognition_models` package; it is located on disk instead of
+imported because `import face_recognition_models` needs pkg_resources (gone in setuptools >= 81).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.registry import cached_model
+
+PREDICTOR_FILE = "shape_predictor_68_face_landmarks.dat"
+
+# 68-point indices: eye contours (image-left eye first), nose tip, mouth corners — the ArcFace order.
+_LEFT_EYE = slice(36, 42)
+_RIGHT_EYE = slice(42, 48)
+_NOSE_TIP = 30
+_MOUTH_LEFT = 48
+_MOUTH_RIGHT = 54
+
+
+def predictor_path() -> Path:
+    """Where `shape_predictor_68_face_landmarks.dat` lies inside the installed face_recognition_models."""
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("face_recognition_models is not installed: no dlib landmark model")
+    path = Path(spec.submodule_search_locations[0]) / "models" / PREDICTOR_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"dlib landmark model missing: {path}")
+    return path
+
+
+def _predictor() -> Any:
+    """Loaded once per process (the file is ~100 MB)."""
+    import dlib
+
+    path = predictor_path()
+    return cached_model(("dlib-shape-predictor", str(path)), lambda: dlib.shape_predictor(str(path)))
+
+
+def five_points(rgb: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """(5, 2) float32 x, y: image-left eye centre, image-right eye centre, nose tip, mouth corners L, R.
+
+    `box` is (x1, y1, x2, y2) in `rgb`'s pixels, as a detector returns it (may exceed the frame).
+    """
+    import dlib
+
+    x1, y1, x2, y2 = (round(float(v)) for v in box[:4])
+    shape = _predictor()(np.ascontiguousarray(rgb, dtype=np.uint8), dlib.rectangle(x1, y1, x2, y2))
+    points = np.array([(p.x, p.y) for p in shape.parts()], np.float32)
+    return np.stack(
+        [
+            points[_LEFT_EYE].mean(axis=0),
+            points[_RIGHT_EYE].mean(axis=0),
+            points[_NOSE_TIP],
+            points[_MOUTH_LEFT],
+            points[_MOUTH_RIGHT],
+        ]
+    ).astype(np.float32)

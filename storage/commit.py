@@ -1,0 +1,733 @@
+"""The shard commit protocol: the single source of truth for what is done in an output.
+
+Layout under the output root (any fsspec URL):
+
+    _faceshard.json                                  dataset metadata (schema version, config,
+                                                     fingerprint, weights, plan summary)
+    _faceshard/plan.json                             shards_total and each shard's fingerprint
+    _faceshard/commits/shard-000042.json             commit marker: files, rows, sha256, stats
+    _faceshard/failures/shard-000042.json            a shard whose whole task failed
+    _faceshard/staging/                              local staging (temp files renamed into place)
+    {videos,faces,identities}/split=<s>/shard=000042/part-<attempt>.parquet
+
+A shard is committed when its marker exists, names the current dataset fingerprint and, once a
+plan is recorded, the plan's fingerprint for that shard. Data files are published first (atomic
+rename locally, one atomic PUT on object stores) under names carrying a unique attempt id, the
+marker last; readers and status only follow markers. Files no marker references (a writer killed
+between publishing and its marker, or the superseded files of a replacement) are deleted by the
+next `Output.open`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from importlib import metadata as importlib_metadata
+from typing import Any
+from urllib.parse import quote
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from fsspec import AbstractFileSystem
+
+from storage import fsio
+from storage.errors import FingerprintMismatch, StorageError
+from storage.manifest import ShardPlan
+from storage.schema import (
+    PARTITION_COLUMNS,
+    SCHEMA_VERSION,
+    SCHEMA_VERSION_KEY,
+    TABLE_KEY,
+    TABLES,
+    schema_version_of,
+)
+
+METADATA_FILE = "_faceshard.json"
+STATE_DIR = "_faceshard"
+PLAN_FILE = f"{STATE_DIR}/plan.json"
+COMMITS_DIR = f"{STATE_DIR}/commits"
+FAILURES_DIR = f"{STATE_DIR}/failures"
+STAGING_DIR = f"{STATE_DIR}/staging"
+FORMAT = "faceshard"
+ROW_GROUP_TARGET_BYTES = 64 << 20
+MAX_ERROR_CHARS = 20_000
+_DATA_FILE = re.compile(r"part-[0-9A-Za-z_-]+\.parquet$")
+_MARKER_FILE = re.compile(r"shard-(\d+)\.json$")
+_DICTIONARY_COLUMNS = ("video_id", "path", "method", "status", "error")
+
+
+# ---------------------------------------------------------------- fingerprints
+
+
+def canonical_json(value: Any) -> str:
+    """Key-sorted, compact JSON: equal values hash equally whatever their dict order."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(canonical_json(value).encode()).hexdigest()[:16]
+
+
+def row_affecting_weights(weights: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """What of each model's weights info changes rows: its fingerprint and whether it ran randomly.
+
+    Where a weights record carries no `fingerprint`, all of it except `source` is hashed.
+    """
+    out: dict[str, Any] = {}
+    for name, info in weights.items():
+        if "fingerprint" in info:
+            out[name] = {"fingerprint": info["fingerprint"], "random": bool(info.get("random", False))}
+        else:
+            out[name] = {k: v for k, v in info.items() if k != "source"}
+    return out
+
+
+def dataset_fingerprint(
+    config: Mapping[str, Any], weights: Mapping[str, Mapping[str, Any]], schema_version: int = SCHEMA_VERSION
+) -> str:
+    """Hash of everything that changes rows: row-affecting config, weight fingerprints, schema version."""
+    return _digest(
+        {"config": config, "weights": row_affecting_weights(weights), "schema_version": schema_version}
+    )
+
+
+def shard_fingerprint(dataset_fp: str, plan: ShardPlan) -> str:
+    """Hash of the dataset fingerprint and the shard's ordered videos (every VideoTask field changes rows)."""
+    videos = [[v.video_id, v.path, v.label, v.method, v.split, v.error] for v in plan.videos]
+    return _digest({"dataset": dataset_fp, "shard": plan.shard_id, "videos": videos})
+
+
+def describe_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """'detect.thresholds: [0.85,0.95,0.95] → [0.6,0.7,0.7]' lines for every changed leaf."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        lines: list[str] = []
+        for key in sorted(set(old) | set(new), key=str):
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if key not in old:
+                lines.append(f"{name}: (absent) → {canonical_json(new[key])}")
+            elif key not in new:
+                lines.append(f"{name}: {canonical_json(old[key])} → (absent)")
+            else:
+                lines.extend(describe_differences(old[key], new[key], name))
+        return lines
+    if canonical_json(old) == canonical_json(new):
+        return []
+    return [f"{prefix or '<root>'}: {canonical_json(old)} → {canonical_json(new)}"]
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def new_attempt_id() -> str:
+    """Sortable and unique: UTC time + random suffix, so a retried shard never reuses a file name."""
+    return f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
+
+
+def faceshard_version() -> str:
+    try:
+        return importlib_metadata.version("faceshard")
+    except importlib_metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def marker_name(shard_id: int) -> str:
+    return f"shard-{shard_id:06d}.json"
+
+
+def data_file_path(table: str, split: str, shard_id: int, attempt: str) -> str:
+    """Relative path of one data file; the split is URI-encoded as pyarrow's hive partitioning expects."""
+    return f"{table}/split={quote(split, safe='')}/shard={shard_id:06d}/part-{attempt}.parquet"
+
+
+def _load_json(data: bytes | None) -> dict[str, Any] | None:
+    if data is None:
+        return None
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _dump_json(value: Any) -> bytes:
+    return json.dumps(value, indent=1, sort_keys=True, default=str).encode()
+
+
+@dataclass
+class OutputState:
+    """Everything committed in an output, read once: metadata, plan, visible markers, failures."""
+
+    metadata: dict[str, Any]
+    plan: dict[str, Any] | None
+    markers: dict[int, dict[str, Any]]
+    failures: dict[int, dict[str, Any]]
+
+    @property
+    def fingerprint(self) -> str:
+        return self.metadata["fingerprint"]
+
+    def files(self, table: str, splits: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        """The committed file entries of `table` (with `shard`), in shard order."""
+        wanted = None if splits is None else set(splits)
+        return [
+            {**entry, "shard": shard_id}
+            for shard_id, marker in sorted(self.markers.items())
+            for entry in marker["files"][table]
+            if wanted is None or entry["split"] in wanted
+        ]
+
+
+def read_metadata(fs: AbstractFileSystem, root: str) -> dict[str, Any] | None:
+    """`_faceshard.json` of the output at `root`, or None when there is none."""
+    meta = _load_json(fsio.read_optional(fs, fsio.join(root, METADATA_FILE)))
+    if meta is not None and meta.get("format") != FORMAT:
+        raise StorageError(f"{fsio.join(root, METADATA_FILE)} is not a faceshard metadata file")
+    return meta
+
+
+def read_state(fs: AbstractFileSystem, root: str) -> OutputState:
+    """The committed view of an output: only markers that match the dataset (and plan) are kept."""
+    metadata = read_metadata(fs, root)
+    if metadata is None:
+        raise StorageError(f"{root}: not a faceshard output (no {METADATA_FILE})")
+    fingerprint = metadata["fingerprint"]
+    plan = _load_json(fsio.read_optional(fs, fsio.join(root, PLAN_FILE)))
+    if plan is not None and plan.get("dataset_fingerprint") != fingerprint:
+        plan = None
+    planned = _planned_fingerprints(plan)
+    markers = {
+        shard: marker
+        for shard, marker in _read_records(fs, fsio.join(root, COMMITS_DIR)).items()
+        if marker.get("dataset_fingerprint") == fingerprint
+        and (planned is None or planned.get(shard) == marker.get("fingerprint"))
+    }
+    failures = {
+        shard: record
+        for shard, record in _read_records(fs, fsio.join(root, FAILURES_DIR)).items()
+        if record.get("dataset_fingerprint") == fingerprint
+        and (planned is None or planned.get(shard) == record.get("fingerprint"))
+    }
+    return OutputState(metadata, plan, markers, failures)
+
+
+def _planned_fingerprints(plan: dict[str, Any] | None) -> dict[int, str] | None:
+    if plan is None:
+        return None
+    return {int(shard): fp for shard, fp, _ in plan["shards"]}
+
+
+def _read_records(fs: AbstractFileSystem, directory: str) -> dict[int, dict[str, Any]]:
+    """Every `shard-N.json` under `directory`, parsed; unreadable ones are skipped."""
+    paths = {p: int(m.group(1)) for p in fsio.list_files(fs, directory) if (m := _MARKER_FILE.search(p))}
+    out: dict[int, dict[str, Any]] = {}
+    for path, data in fsio.read_many(fs, list(paths)).items():
+        record = _load_json(data)
+        if record is not None and path in paths:
+            out[paths[path]] = record
+    return out
+
+
+def read_files(
+    fs: AbstractFileSystem, root: str, entries: list[dict[str, Any]], columns: list[str] | None = None
+) -> pa.Table | None:
+    """Concatenate committed files, adding the `split`/`shard` partition columns from their entries."""
+    tables = []
+    for entry in entries:
+        with fs.open(fsio.join(root, entry["path"]), "rb") as handle:
+            table = pq.read_table(handle, columns=columns)
+        n = table.num_rows
+        table = table.append_column("split", pa.array([entry["split"]] * n, pa.string()))
+        table = table.append_column("shard", pa.array([entry["shard"]] * n, pa.int32()))
+        tables.append(table)
+    if not tables:
+        return None
+    return pa.concat_tables(tables, promote_options="default")
+
+
+# ---------------------------------------------------------------- the output
+
+
+class Output:
+    """One output URI being built. Small and picklable: workers re-open the filesystem lazily.
+
+    `Output.open` (driver, once per run) checks the fingerprint and cleans crashed writes;
+    `Output.attach` (workers, or any later reader) only reads the metadata.
+    """
+
+    def __init__(self, uri: str, fingerprint: str, storage_options: dict[str, Any] | None = None) -> None:
+        self.uri = uri
+        self.fingerprint = fingerprint
+        self.storage_options = dict(storage_options or {})
+        self._fs: AbstractFileSystem | None = None
+        self._root: str | None = None
+
+    # -- construction
+
+    @classmethod
+    def open(
+        cls,
+        uri: str,
+        *,
+        config: Mapping[str, Any] | Any,
+        weights: Mapping[str, Mapping[str, Any]],
+        rebuild: bool = False,
+        storage_options: dict[str, Any] | None = None,
+    ) -> Output:
+        """Create or resume the output at `uri` for this configuration.
+
+        `config` is the row-affecting config dict (`BuildConfig.row_affecting()`), or a BuildConfig
+        (its full resolved config is then recorded too). A different dataset fingerprint raises
+        FingerprintMismatch naming the changed keys unless `rebuild`, which deletes every old table,
+        marker and failure first. Staging leftovers and unreferenced data files are deleted.
+        """
+        row_config, resolved = _config_views(config)
+        weights = {name: dict(info) for name, info in weights.items()}
+        fingerprint = dataset_fingerprint(row_config, weights)
+        out = cls(uri, fingerprint, storage_options)
+        fs, root = out.fs, out.root
+        existing = read_metadata(fs, root)
+        if existing is None:
+            out._refuse_foreign_directory()
+        elif existing["fingerprint"] != fingerprint and not rebuild:
+            raise FingerprintMismatch(_mismatch_message(uri, existing, row_config, weights, fingerprint))
+        metadata = {
+            "format": FORMAT,
+            "schema_version": SCHEMA_VERSION,
+            "fingerprint": fingerprint,
+            "created_at": now_iso() if existing is None or rebuild else existing.get("created_at"),
+            "opened_at": now_iso(),
+            "faceshard_version": faceshard_version(),
+            "row_affecting": row_config,
+            "config": resolved,
+            "weights": weights,
+            "random_weights": sorted(n for n, w in weights.items() if w.get("random")),
+            "plan": None if existing is None or rebuild else existing.get("plan"),
+        }
+        # The new fingerprint is written first: should a rebuild die half way, every old marker
+        # already names another fingerprint and is invisible, and the next open deletes it.
+        out._put(METADATA_FILE, _dump_json(metadata))
+        if rebuild and existing is not None:
+            out._wipe()
+        out.cleanup()
+        return out
+
+    @classmethod
+    def attach(cls, uri: str, storage_options: dict[str, Any] | None = None) -> Output:
+        """Re-open an existing output cheaply (one read): no validation, no cleanup."""
+        fs, root = fsio.open_fs(uri, storage_options)
+        metadata = read_metadata(fs, root)
+        if metadata is None:
+            raise StorageError(f"{uri}: not a faceshard output (no {METADATA_FILE})")
+        return cls(uri, metadata["fingerprint"], storage_options)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"uri": self.uri, "fingerprint": self.fingerprint, "storage_options": self.storage_options}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["uri"], state["fingerprint"], state["storage_options"])  # type: ignore[misc]
+
+    def __repr__(self) -> str:
+        return f"Output({self.uri!r}, fingerprint={self.fingerprint!r})"
+
+    @property
+    def fs(self) -> AbstractFileSystem:
+        if self._fs is None:
+            self._fs, self._root = fsio.open_fs(self.uri, self.storage_options)
+        return self._fs
+
+    @property
+    def root(self) -> str:
+        if self._root is None:
+            self._fs, self._root = fsio.open_fs(self.uri, self.storage_options)
+        return self._root
+
+    # -- plan and state
+
+    def shard_fingerprint(self, plan: ShardPlan) -> str:
+        return shard_fingerprint(self.fingerprint, plan)
+
+    def set_plan(self, plans: list[ShardPlan]) -> list[int]:
+        """Record shards_total and every shard's fingerprint; retire shards the plan no longer has.
+
+        A committed shard whose videos changed (another manifest, another shard size) or that the
+        plan no longer contains would mix stale rows with fresh ones: its marker is removed first
+        (invisible at once), then its files. Returns the retired shard ids.
+        """
+        wanted = {plan.shard_id: self.shard_fingerprint(plan) for plan in plans}
+        if len(wanted) != len(plans):
+            raise ValueError("set_plan: shard ids must be unique")
+        retired: list[int] = []
+        for shard, marker in sorted(self._all_records(COMMITS_DIR).items()):
+            if wanted.get(shard) != marker.get("fingerprint"):
+                self._remove_marker(shard, marker)
+                retired.append(shard)
+        for shard, record in self._all_records(FAILURES_DIR).items():
+            if wanted.get(shard) != record.get("fingerprint"):
+                fsio.remove_files(self.fs, [self._path(FAILURES_DIR, marker_name(shard))])
+        plan_doc = {
+            "dataset_fingerprint": self.fingerprint,
+            "shards_total": len(plans),
+            "videos_total": sum(len(p.videos) for p in plans),
+            "shards": [[p.shard_id, wanted[p.shard_id], len(p.videos)] for p in plans],
+        }
+        self._put(PLAN_FILE, _dump_json(plan_doc))
+        metadata = self.metadata()
+        metadata["plan"] = {k: plan_doc[k] for k in ("shards_total", "videos_total")}
+        self._put(METADATA_FILE, _dump_json(metadata))
+        return retired
+
+    def metadata(self) -> dict[str, Any]:
+        """The current `_faceshard.json`."""
+        meta = read_metadata(self.fs, self.root)
+        if meta is None:
+            raise StorageError(f"{self.uri}: not a faceshard output (no {METADATA_FILE})")
+        return meta
+
+    def state(self) -> OutputState:
+        """The committed view (metadata, plan, visible markers, failures) in one pass."""
+        return read_state(self.fs, self.root)
+
+    def marker(self, shard_id: int) -> dict[str, Any] | None:
+        """The shard's commit marker if it belongs to this dataset fingerprint."""
+        marker = _load_json(fsio.read_optional(self.fs, self._path(COMMITS_DIR, marker_name(shard_id))))
+        if marker is None or marker.get("dataset_fingerprint") != self.fingerprint:
+            return None
+        return marker
+
+    def is_committed(self, plan: ShardPlan) -> bool:
+        """The shard's marker exists and was written for exactly these videos and this fingerprint."""
+        marker = self.marker(plan.shard_id)
+        return marker is not None and marker.get("fingerprint") == self.shard_fingerprint(plan)
+
+    def pending(self, plans: list[ShardPlan]) -> list[ShardPlan]:
+        """The plans not committed yet, from one listing of the markers (cheap for 10⁴+ shards)."""
+        markers = self._all_records(COMMITS_DIR)
+        return [
+            plan
+            for plan in plans
+            if (m := markers.get(plan.shard_id)) is None
+            or m.get("dataset_fingerprint") != self.fingerprint
+            or m.get("fingerprint") != self.shard_fingerprint(plan)
+        ]
+
+    def shards_with_errors(self) -> list[int]:
+        """Committed shards holding at least one `error` video row (from the markers, no data read)."""
+        return sorted(
+            shard
+            for shard, marker in self.state().markers.items()
+            if marker.get("status_counts", {}).get("error", 0) > 0
+        )
+
+    def failures(self) -> dict[int, dict[str, Any]]:
+        """Failure records of shards whose whole task failed and that have not committed since."""
+        state = self.state()
+        return {shard: rec for shard, rec in state.failures.items() if shard not in state.markers}
+
+    # -- reading committed rows
+
+    def committed_rows(self, shard_id: int, table: str, columns: list[str] | None = None) -> pa.Table:
+        """The committed rows of one shard's table, with `split` and `shard` columns."""
+        if table not in TABLES:
+            raise ValueError(f"unknown table {table!r}; one of {', '.join(TABLES)}")
+        marker = self.marker(shard_id)
+        if marker is None:
+            raise StorageError(f"{self.uri}: shard {shard_id} is not committed")
+        entries = [{**entry, "shard": shard_id} for entry in marker["files"][table]]
+        result = read_files(self.fs, self.root, entries, columns)
+        if result is None:
+            raise StorageError(f"{self.uri}: shard {shard_id} has no {table} files")
+        return result
+
+    def failed_video_ids(self, shard_id: int) -> list[str]:
+        """Video ids of the shard whose committed `videos` row says `error`, in row order."""
+        videos = self.committed_rows(shard_id, "videos", columns=["video_id", "status"])
+        return videos.filter(pc.equal(videos["status"], "error"))["video_id"].to_pylist()
+
+    # -- writing
+
+    def commit_shard(
+        self, plan: ShardPlan, tables: Mapping[str, pa.Table], stats: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Publish the shard's three tables and then its marker; returns the marker.
+
+        `tables` are the logical tables of `storage.schema` (partition columns included or not).
+        The videos table must hold exactly one row per planned video. Files of a previous commit
+        of this shard are deleted after the new marker is in place.
+        """
+        shard_fp = self.shard_fingerprint(plan)
+        self._check_fingerprint_unchanged()
+        prepared = _prepare_tables(plan, tables)
+        attempt = new_attempt_id()
+        files: dict[str, list[dict[str, Any]]] = {name: [] for name in TABLES}
+        total_bytes = 0
+        for name in TABLES:
+            for split, part in prepared[name]:
+                data = _parquet_bytes(part)
+                path = data_file_path(name, split, plan.shard_id, attempt)
+                self._put(path, data)
+                files[name].append(
+                    {
+                        "path": path,
+                        "split": split,
+                        "rows": part.num_rows,
+                        "bytes": len(data),
+                        "sha256": hashlib.sha256(data).hexdigest(),
+                    }
+                )
+                total_bytes += len(data)
+        previous = self.marker(plan.shard_id)
+        history = (previous or {}).get("history", [])
+        if previous is not None:
+            history = [*history, {k: previous.get(k) for k in ("attempt", "committed_at", "stats")}]
+        marker = {
+            "shard": plan.shard_id,
+            "fingerprint": shard_fp,
+            "dataset_fingerprint": self.fingerprint,
+            "attempt": attempt,
+            "committed_at": now_iso(),
+            "files": files,
+            "rows": {name: sum(f["rows"] for f in files[name]) for name in TABLES},
+            "bytes": total_bytes,
+            "status_counts": dict(Counter(prepared["videos_status"])),
+            "stats": dict(stats or {}),
+            "history": history[-10:],
+        }
+        self._write_marker(plan.shard_id, marker)
+        fsio.remove_files(self.fs, [self._path(FAILURES_DIR, marker_name(plan.shard_id))])
+        if previous is not None:
+            keep = {f["path"] for entries in files.values() for f in entries}
+            fsio.remove_files(self.fs, [self._path(p) for p in _marker_paths(previous) if p not in keep])
+        return marker
+
+    def replace_videos(
+        self, plan: ShardPlan, tables: Mapping[str, pa.Table], stats: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Commit a shard in which the videos of `tables["videos"]` were reprocessed (retry-failed).
+
+        Their committed rows (in all three tables) are replaced by the new ones, every other
+        video's rows are kept; the result is committed atomically as a new attempt and the
+        superseded files are deleted.
+        """
+        replaced = pa.array(sorted(set(tables["videos"]["video_id"].to_pylist())), pa.string())
+        order = {video.video_id: i for i, video in enumerate(plan.videos)}
+        merged: dict[str, pa.Table] = {}
+        for name in TABLES:
+            old = _without_partitions(self.committed_rows(plan.shard_id, name))
+            kept = old.filter(pc.invert(pc.is_in(old["video_id"], value_set=replaced)))
+            new = _without_partitions(tables[name])
+            combined = pa.concat_tables([kept, new.select(kept.column_names).cast(kept.schema)])
+            # Back into manifest order (stable within a video) so a retried shard reads like a fresh one.
+            rank = [order[v] for v in combined["video_id"].to_pylist()]
+            merged[name] = combined.take(sorted(range(len(rank)), key=rank.__getitem__))
+        return self.commit_shard(plan, merged, stats)
+
+    def record_failure(self, plan: ShardPlan, error: str) -> None:
+        """Record that the shard's whole task failed; status counts it failed until it commits."""
+        text = error if len(error) <= MAX_ERROR_CHARS else error[:MAX_ERROR_CHARS] + " …(truncated)"
+        record = {
+            "shard": plan.shard_id,
+            "fingerprint": self.shard_fingerprint(plan),
+            "dataset_fingerprint": self.fingerprint,
+            "error": text,
+            "videos": len(plan.videos),
+            "at": now_iso(),
+        }
+        self._put(fsio.join(FAILURES_DIR, marker_name(plan.shard_id)), _dump_json(record))
+
+    # -- maintenance
+
+    def cleanup(self) -> dict[str, int]:
+        """Delete what no commit marker vouches for: staging leftovers, markers of another
+        fingerprint or with missing files, and unreferenced data files. Driver-side only: a
+        writer running concurrently on the same output would lose its staged files.
+        """
+        fs = self.fs
+        fsio.remove_tree(fs, self._path(STAGING_DIR))
+        listed = {name: fsio.list_files(fs, self._path(name)) for name in TABLES}
+        existing = {path for paths in listed.values() for path in paths}
+        referenced: set[str] = set()
+        dropped_markers = 0
+        for shard, marker in self._all_records(COMMITS_DIR).items():
+            paths = {self._path(p) for p in _marker_paths(marker)}
+            if marker.get("dataset_fingerprint") != self.fingerprint or not paths <= existing:
+                self._remove_marker(shard, None)
+                dropped_markers += 1
+            else:
+                referenced |= paths
+        for shard, record in self._all_records(FAILURES_DIR).items():
+            if record.get("dataset_fingerprint") != self.fingerprint:
+                fsio.remove_files(fs, [self._path(FAILURES_DIR, marker_name(shard))])
+        orphans = [p for p in existing if p not in referenced and _DATA_FILE.search(p)]
+        fsio.remove_files(fs, orphans)
+        return {"orphan_files": len(orphans), "dropped_markers": dropped_markers}
+
+    # -- internals
+
+    def _path(self, *parts: str) -> str:
+        return fsio.join(self.root, *parts)
+
+    def _put(self, relative: str, data: bytes) -> None:
+        fsio.put_bytes(self.fs, self._path(relative), data, self._path(STAGING_DIR))
+
+    def _write_marker(self, shard_id: int, marker: dict[str, Any]) -> None:
+        """The commit point: once this PUT/rename lands the shard is visible, not a moment before."""
+        self._put(fsio.join(COMMITS_DIR, marker_name(shard_id)), _dump_json(marker))
+
+    def _remove_marker(self, shard_id: int, marker: dict[str, Any] | None) -> None:
+        """Marker first (the shard disappears atomically), then the files it referenced."""
+        fsio.remove_files(self.fs, [self._path(COMMITS_DIR, marker_name(shard_id))])
+        if marker is not None:
+            fsio.remove_files(self.fs, [self._path(p) for p in _marker_paths(marker)])
+
+    def _all_records(self, directory: str) -> dict[int, dict[str, Any]]:
+        return _read_records(self.fs, self._path(directory))
+
+    def _check_fingerprint_unchanged(self) -> None:
+        meta = read_metadata(self.fs, self.root)
+        if meta is None or meta["fingerprint"] != self.fingerprint:
+            found = None if meta is None else meta["fingerprint"]
+            raise StorageError(
+                f"{self.uri}: the output now has fingerprint {found} (rebuilt while this shard ran?);"
+                f" refusing to commit rows of fingerprint {self.fingerprint}"
+            )
+
+    def _refuse_foreign_directory(self) -> None:
+        """Never adopt (or later wipe) a directory that holds something other than faceshard state."""
+        fs, root = self.fs, self.root
+        fs.invalidate_cache(root)
+        try:
+            entries = fsio.retrying(fs.ls, root, detail=False)
+        except FileNotFoundError:
+            return
+        ours = {*TABLES, STATE_DIR, METADATA_FILE}
+        foreign = sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in entries)
+        foreign = [name for name in foreign if name not in ours]
+        if foreign:
+            raise StorageError(
+                f"{self.uri} is not empty and not a faceshard output (found {', '.join(foreign[:5])});"
+                " choose an empty or new output path"
+            )
+
+    def _wipe(self) -> None:
+        """Rebuild: markers first (the old rows vanish at once), then everything else of ours."""
+        for directory in (COMMITS_DIR, FAILURES_DIR):
+            fsio.remove_tree(self.fs, self._path(directory))
+        fsio.remove_files(self.fs, [self._path(PLAN_FILE)])
+        for name in (*TABLES, STAGING_DIR):
+            fsio.remove_tree(self.fs, self._path(name))
+
+
+def _config_views(config: Mapping[str, Any] | Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(row-affecting dict, full resolved dict) from a BuildConfig or a row-affecting dict."""
+    if hasattr(config, "row_affecting"):
+        return config.row_affecting(), config.model_dump(mode="json")
+    as_json = json.loads(canonical_json(dict(config)))
+    return as_json, as_json
+
+
+def _mismatch_message(
+    uri: str, existing: dict[str, Any], config: dict[str, Any], weights: dict[str, Any], fingerprint: str
+) -> str:
+    old = {
+        "schema_version": existing.get("schema_version"),
+        **(existing.get("row_affecting") or {}),
+        "weights": row_affecting_weights(existing.get("weights") or {}),
+    }
+    new = {"schema_version": SCHEMA_VERSION, **config, "weights": row_affecting_weights(weights)}
+    changes = describe_differences(old, new)
+    shown = "\n".join(f"  {line}" for line in changes[:20])
+    if len(changes) > 20:
+        shown += f"\n  … {len(changes) - 20} more"
+    return (
+        f"{uri} was built with another configuration (fingerprint {existing['fingerprint']} →"
+        f" {fingerprint}); its rows would not match:\n{shown or '  (differences not derivable)'}\n"
+        "use --rebuild (rebuild=True) to discard it, or a new output path"
+    )
+
+
+def _marker_paths(marker: Mapping[str, Any]) -> list[str]:
+    return [entry["path"] for entries in marker.get("files", {}).values() for entry in entries]
+
+
+def _prepare_tables(plan: ShardPlan, tables: Mapping[str, pa.Table]) -> dict[str, Any]:
+    """Check the tables against the plan and split them by `split` into file tables."""
+    missing = [name for name in TABLES if name not in tables]
+    if missing:
+        raise ValueError(f"shard {plan.shard_id}: tables missing: {', '.join(missing)}")
+    split_of = {video.video_id: video.split for video in plan.videos}
+    videos = tables["videos"]
+    ids = videos["video_id"].to_pylist()
+    if sorted(ids) != sorted(split_of):
+        extra = sorted(set(ids) - set(split_of))
+        absent = sorted(set(split_of) - set(ids))
+        dups = sorted(v for v, n in Counter(ids).items() if n > 1)
+        raise ValueError(
+            f"shard {plan.shard_id}: the videos table must hold one row per planned video"
+            f" (missing {absent[:5]}, unplanned {extra[:5]}, duplicated {dups[:5]})"
+        )
+    if "shard" in videos.column_names and any(
+        s not in (None, plan.shard_id) for s in videos["shard"].to_pylist()
+    ):
+        raise ValueError(f"shard {plan.shard_id}: videos rows name another shard")
+    prepared: dict[str, Any] = {"videos_status": videos["status"].to_pylist()}
+    splits = list(dict.fromkeys(video.split for video in plan.videos))
+    for name in TABLES:
+        table = tables[name]
+        version = schema_version_of(table.schema)
+        if version is not None and version != SCHEMA_VERSION:
+            raise ValueError(f"{name}: schema version {version}, this faceshard writes {SCHEMA_VERSION}")
+        row_ids = table["video_id"].to_pylist()
+        unknown = sorted({v for v in row_ids if v not in split_of})
+        if unknown:
+            raise ValueError(f"shard {plan.shard_id}: {name} rows of unplanned videos {unknown[:5]}")
+        row_splits = pa.array([split_of[v] for v in row_ids], pa.string())
+        if "split" in table.column_names:
+            given = table["split"].combine_chunks().cast(pa.string())
+            if pc.sum(pc.not_equal(given, row_splits).cast(pa.int64())).as_py():
+                raise ValueError(f"shard {plan.shard_id}: {name}.split disagrees with the plan")
+        stored = _without_partitions(table).replace_schema_metadata(
+            {
+                **(table.schema.metadata or {}),
+                SCHEMA_VERSION_KEY: str(SCHEMA_VERSION).encode(),
+                TABLE_KEY: name.encode(),
+            }
+        )
+        prepared[name] = [(split, stored.filter(pc.equal(row_splits, split))) for split in splits]
+    return prepared
+
+
+def _without_partitions(table: pa.Table) -> pa.Table:
+    return table.select([c for c in table.column_names if c not in PARTITION_COLUMNS])
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    """One zstd Parquet file, row groups of ~64 MiB uncompressed (one group for typical shards)."""
+    rows_per_group = max(1, table.num_rows)
+    if table.num_rows and table.nbytes > ROW_GROUP_TARGET_BYTES:
+        rows_per_group = max(1024, int(table.num_rows * ROW_GROUP_TARGET_BYTES / table.nbytes))
+    scalar = [
+        f.name
+        for f in table.schema
+        if not (pa.types.is_fixed_size_list(f.type) or pa.types.is_binary(f.type))
+    ]
+    sink = pa.BufferOutputStream()
+    pq.write_table(
+        table,
+        sink,
+        compression="zstd",
+        row_group_size=rows_per_group,
+        use_dictionary=[c for c in _DICTIONARY_COLUMNS if c in table.column_names],
+        write_statistics=scalar,
+    )
+    return sink.getvalue().to_pybytes()

@@ -1,0 +1,186 @@
+"""fsspec I/O with the two properties the commit protocol needs: atomic writes and retried transients.
+
+Local disk: bytes go to a staging file, are fsynced and renamed into place (rename is atomic).
+Object stores: every PUT is atomic already (a multipart upload appears only when completed), so a
+file is written straight to its final key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+from fsspec import AbstractFileSystem
+from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
+
+T = TypeVar("T")
+
+RETRY_ATTEMPTS = 4
+RETRY_BASE_DELAY_S = 0.05
+
+# OSError subclasses that describe the request, not the network: retrying cannot help.
+_PERMANENT_OS_ERRORS = (
+    FileNotFoundError,
+    FileExistsError,
+    PermissionError,
+    IsADirectoryError,
+    NotADirectoryError,
+)
+_TRANSIENT_NAMES = {
+    "EndpointConnectionError",
+    "ConnectTimeoutError",
+    "ReadTimeoutError",
+    "ConnectionClosedError",
+    "ServerDisconnectedError",
+    "ClientOSError",
+    "ClientPayloadError",
+    "IncompleteReadError",
+    "ResponseStreamingError",
+}
+_TRANSIENT_CODES = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "InternalError",
+    "ServiceUnavailable",
+    "503",
+    "500",
+}
+
+
+def open_fs(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[AbstractFileSystem, str]:
+    """The filesystem and root path of `uri` (a local path or any fsspec URL), without a trailing slash."""
+    fs, path = url_to_fs(uri, **(storage_options or {}))
+    path = path.rstrip("/") or "/"
+    if isinstance(fs, LocalFileSystem):
+        path = os.path.abspath(path)
+    return fs, path
+
+
+def is_local(fs: AbstractFileSystem) -> bool:
+    """Local disk renames atomically; everything else gets direct atomic PUTs."""
+    return isinstance(fs, LocalFileSystem)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Network hiccups, throttling and 5xx answers; never a missing file or a refused permission."""
+    if isinstance(exc, _PERMANENT_OS_ERRORS):
+        return False
+    if type(exc).__name__ in _TRANSIENT_NAMES:
+        return True
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        code = str(response.get("Error", {}).get("Code", ""))
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return code in _TRANSIENT_CODES or int(status) >= 500
+    return isinstance(exc, OSError | TimeoutError)
+
+
+def retrying(fn: Callable[..., T], *args: Any, attempts: int = RETRY_ATTEMPTS, **kwargs: Any) -> T:
+    """Call `fn`, retrying transient failures with exponential backoff (50, 100, 200 ms)."""
+    for attempt in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if attempt == attempts - 1 or not is_transient(exc):
+                raise
+            time.sleep(RETRY_BASE_DELAY_S * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def put_bytes(fs: AbstractFileSystem, path: str, data: bytes, staging_dir: str) -> None:
+    """Write `data` to `path` so that readers see either nothing or the whole file.
+
+    Local: staged under `staging_dir`, fsynced, then renamed over `path`; elsewhere one PUT.
+    """
+    if is_local(fs):
+        retrying(_put_local, path, data, staging_dir)
+    else:
+        retrying(fs.pipe_file, path, data)
+
+
+def _put_local(path: str, data: bytes, staging_dir: str) -> None:
+    os.makedirs(staging_dir, exist_ok=True)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = os.path.join(staging_dir, f"{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def read_bytes(fs: AbstractFileSystem, path: str) -> bytes:
+    """The whole object at `path`; FileNotFoundError when absent."""
+    return retrying(fs.cat_file, path)
+
+
+def read_optional(fs: AbstractFileSystem, path: str) -> bytes | None:
+    """The object at `path`, or None when it does not exist."""
+    try:
+        return read_bytes(fs, path)
+    except FileNotFoundError:
+        return None
+
+
+def read_many(fs: AbstractFileSystem, paths: list[str]) -> dict[str, bytes]:
+    """Several small objects at once (concurrent on object stores); missing ones are left out."""
+    if not paths:
+        return {}
+    found = retrying(fs.cat, paths, on_error="return")
+    out: dict[str, bytes] = {}
+    for path, value in found.items():
+        if isinstance(value, bytes):
+            out[_strip(fs, path)] = value
+        elif not isinstance(value, FileNotFoundError):
+            raise value
+    return out
+
+
+def list_files(fs: AbstractFileSystem, path: str) -> list[str]:
+    """Every file below `path` (recursively), freshly listed; [] when `path` does not exist."""
+    fs.invalidate_cache(path)
+    try:
+        found = retrying(fs.find, path)
+    except FileNotFoundError:
+        return []
+    return sorted(_strip(fs, p) for p in found)
+
+
+def remove_files(fs: AbstractFileSystem, paths: Iterable[str]) -> None:
+    """Delete files, tolerating ones already gone (a crashed cleanup may have removed them)."""
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            retrying(fs.rm_file, path)
+
+
+def remove_tree(fs: AbstractFileSystem, path: str) -> None:
+    """Delete a directory/prefix and everything below it, if present."""
+    fs.invalidate_cache(path)
+    try:
+        if retrying(fs.exists, path):
+            retrying(fs.rm, path, recursive=True)
+    except FileNotFoundError:
+        pass
+
+
+def join(*parts: str) -> str:
+    """Join fsspec path segments with '/' (also for local paths, which are POSIX here)."""
+    return posixpath.join(*parts)
+
+
+def _strip(fs: AbstractFileSystem, path: str) -> str:
+    stripped = fs._strip_protocol(path)
+    return stripped.rstrip("/") if isinstance(stripped, str) else str(stripped)

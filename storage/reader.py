@@ -1,0 +1,196 @@
+"""The training reader: committed rows only, found through the commit markers, never by listing.
+
+A directory listing would also see files of a shard that is half published or being replaced;
+the markers name exactly the files of committed shards, which are then scanned with one
+`pyarrow.dataset` (parallel over files), and fixed_size_list columns become numpy arrays
+without per-row work (`values` buffer reshaped).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+from fsspec import AbstractFileSystem
+
+from storage import fsio
+from storage.commit import OutputState, read_state
+from storage.schema import PARTITION_COLUMNS, PARTITION_SCHEMA, TABLES, fixed_shape, table_schemas
+
+FACE_KEYS = ("video_id", "frame", "face", "identity", "size_bucket")
+
+
+@dataclass
+class FaceArrays:
+    """Per-face arrays of the committed `faces` rows, aligned by position (N faces).
+
+    Embedding arrays keep the stored dtype (float16 by default) unless asked otherwise; they are
+    None when not requested or not stored. Other requested columns land in `extra`.
+    """
+
+    video_id: np.ndarray  # (N,) object (str)
+    label: np.ndarray  # (N,) int8, from the videos table: 0 real, 1 fake
+    frame: np.ndarray  # (N,) int32
+    face: np.ndarray  # (N,) int16, rank within the frame
+    identity: np.ndarray  # (N,) int32, -1 = unassigned
+    size_bucket: np.ndarray  # (N,) int8, 1…20
+    emb_rgb: Any = None  # (N, D)
+    emb_depth: Any = None  # (N, D)
+    tokens: Any = None  # (N, T, C)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.video_id)
+
+
+def load_faces(
+    uri: str,
+    split: str | Sequence[str] | None = None,
+    columns: Sequence[str] = ("emb_rgb",),
+    as_torch: bool = False,
+    emb_dtype: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> FaceArrays:
+    """Load committed faces (optionally of some splits) as numpy arrays (torch tensors if `as_torch`).
+
+    `columns` adds face columns to the always-loaded keys (video_id, frame, face, identity,
+    size_bucket); `emb_dtype` ("float32") converts embeddings, None keeps the stored dtype.
+    """
+    fs, root = fsio.open_fs(uri, storage_options)
+    state = read_state(fs, root)
+    splits = _splits(split)
+    wanted = list(dict.fromkeys([*FACE_KEYS, *columns]))
+    faces = _scan(fs, root, state, "faces", splits, wanted)
+    videos = _scan(fs, root, state, "videos", splits, ["video_id", "label"])
+    positions = pc.index_in(faces["video_id"], value_set=videos["video_id"].combine_chunks())
+    labels = videos["label"].combine_chunks().take(positions)
+
+    arrays: dict[str, Any] = {"label": labels.to_numpy(zero_copy_only=False)}
+    extra: dict[str, Any] = {}
+    for name in wanted:
+        if name not in faces.column_names:  # only when nothing is committed
+            continue
+        column = faces[name]
+        if pa.types.is_fixed_size_list(column.type):
+            value = fixed_list_to_numpy(column, emb_dtype)
+        else:
+            value = column.to_numpy()
+        if name in FACE_KEYS or name in ("emb_rgb", "emb_depth", "tokens"):
+            arrays[name] = value
+        else:
+            extra[name] = value
+    if as_torch:
+        arrays = {k: _to_torch(v) for k, v in arrays.items()}
+        extra = {k: _to_torch(v) for k, v in extra.items()}
+    return FaceArrays(**arrays, extra=extra)
+
+
+def read_table(
+    uri: str,
+    table: str,
+    split: str | Sequence[str] | None = None,
+    columns: Sequence[str] | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> pa.Table:
+    """The committed rows of one table (with `split` and `shard`), optionally some splits/columns."""
+    if table not in TABLES:
+        raise ValueError(f"unknown table {table!r}; one of {', '.join(TABLES)}")
+    fs, root = fsio.open_fs(uri, storage_options)
+    return _scan(fs, root, read_state(fs, root), table, _splits(split), list(columns) if columns else None)
+
+
+def fixed_list_to_numpy(column: pa.ChunkedArray | pa.Array, dtype: str | None = None) -> np.ndarray:
+    """(N, *shape) numpy from a (nested) fixed_size_list column: zero-copy for one chunk, one copy else.
+
+    Null rows (an embedding that was not produced) come back as NaN.
+    """
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    shape, leaf = fixed_shape(column.type)
+    leaf_dtype = np.dtype(leaf.to_pandas_dtype())
+    views = [_leaf_view(chunk, shape, leaf_dtype) for chunk in chunks]
+    if len(views) == 1:
+        out = views[0]
+    else:
+        out = np.empty((len(column), *shape), dtype=leaf_dtype)
+        offset = 0
+        for view in views:
+            out[offset : offset + len(view)] = view
+            offset += len(view)
+    if column.null_count:
+        out = np.array(out, dtype=np.result_type(out.dtype, np.float16), copy=True)
+        out[column.is_null().to_numpy(zero_copy_only=False)] = np.nan
+    if dtype is not None and out.dtype != np.dtype(dtype):
+        out = out.astype(dtype)
+    return out
+
+
+def _leaf_view(chunk: pa.Array, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    values: pa.Array = chunk
+    for size in shape:
+        # `.values` ignores the array's slice offset; `.flatten()` would drop null rows.
+        values = values.values.slice(values.offset * size, len(values) * size)
+    if values.null_count:
+        values = values.fill_null(0)
+    array = values.to_numpy(zero_copy_only=values.null_count == 0)
+    return array.astype(dtype, copy=False).reshape(len(chunk), *shape)
+
+
+def _splits(split: str | Sequence[str] | None) -> list[str] | None:
+    if split is None:
+        return None
+    return [split] if isinstance(split, str) else list(split)
+
+
+def _arrow_fs(fs: AbstractFileSystem) -> pafs.FileSystem | AbstractFileSystem:
+    """pyarrow's native local filesystem is faster; other fsspec filesystems are wrapped by pyarrow."""
+    return pafs.LocalFileSystem() if fsio.is_local(fs) else fs
+
+
+def _scan(
+    fs: AbstractFileSystem,
+    root: str,
+    state: OutputState,
+    table: str,
+    splits: list[str] | None,
+    columns: list[str] | None,
+) -> pa.Table:
+    entries = state.files(table, splits)
+    if not entries:
+        # Nothing committed yet: an empty table of the base schema (optional columns left out).
+        empty = table_schemas()[table].empty_table()
+        return empty.select([c for c in columns if c in empty.column_names]) if columns else empty
+    dataset = ds.dataset(
+        [fsio.join(root, entry["path"]) for entry in entries],
+        format="parquet",
+        filesystem=_arrow_fs(fs),
+        partitioning=ds.partitioning(PARTITION_SCHEMA, flavor="hive"),
+        partition_base_dir=fsio.join(root, table),
+    )
+    if columns is not None:
+        missing = [c for c in columns if c not in dataset.schema.names]
+        if missing:
+            raise KeyError(
+                f"{table} has no column(s) {', '.join(missing)} (stored: {', '.join(dataset.schema.names)})"
+            )
+    return dataset.to_table(columns=columns)
+
+
+def _to_torch(value: Any) -> Any:
+    import torch
+
+    if not isinstance(value, np.ndarray) or value.dtype == object:
+        return value
+    with warnings.catch_warnings():
+        # Zero-copy views of Arrow buffers are flagged read-only; the tensor shares that memory.
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(value)
+
+
+__all__ = ["PARTITION_COLUMNS", "FaceArrays", "fixed_list_to_numpy", "load_faces", "read_table"]

@@ -1,0 +1,252 @@
+"""Face boxes → crops (SPEC §3): crop methods, stored formats and image encoding.
+
+Crop methods (`CropConfig.method`), each a registry entry:
+
+* `mintime` — integer box w, h; padding p_h = h // 3, p_w = w // 3; the longer side's padding shrinks
+  by int(|h − w| / 2) so the crop is near square; the rectangle is clipped to the frame and then
+  trimmed to a square (side = the shorter side), the trimmed axis centred on the box centre as far as
+  the clipped rectangle allows. No resize.
+* `margin:m` — the float box grown by m × its width left and right and m × its height top and bottom
+  (DFDC: 0.3), outward to whole pixels, clipped. `margin:0` is the plain box (Megatron).
+* `align:S` — 5 dlib landmarks → least-squares similarity transform onto the ArcFace 112-px template
+  scaled to S and zoomed out by 1.3 (DeepfakeBench) → `cv2.warpAffine` to S × S.
+
+Boxes that do not overlap the frame, or have no area, give no face (ranks stay contiguous).
+`Face.crop` is always a copy: it never keeps the whole frame alive.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import cv2
+import numpy as np
+
+from faceshard.config import CropConfig
+from tasks.types import Detections, Face, Frame
+
+# (crop, box_in_crop) or None when the box gives no usable crop.
+CropResult = tuple[np.ndarray, np.ndarray] | None
+CropMethod = Callable[[np.ndarray, np.ndarray], CropResult]
+
+# ArcFace's 5-point template for 112 × 112 crops (x, y): eyes, nose tip, mouth corners.
+ARCFACE_112 = np.array(
+    [
+        [38.2946, 51.6963],
+        [73.5318, 51.5014],
+        [56.0252, 71.7366],
+        [41.5493, 92.3655],
+        [70.7299, 92.2041],
+    ],
+    np.float64,
+)
+ALIGN_ZOOM_OUT = 1.3
+
+
+def _overlaps_frame(box: np.ndarray, width: int, height: int) -> bool:
+    x1, y1, x2, y2 = (float(v) for v in box[:4])
+    return x2 > x1 and y2 > y1 and x2 > 0 and y2 > 0 and x1 < width and y1 < height
+
+
+def _cut(rgb: np.ndarray, box: np.ndarray, x0: int, y0: int, x1: int, y1: int) -> CropResult:
+    if x1 <= x0 or y1 <= y0:
+        return None
+    crop = rgb[y0:y1, x0:x1].copy()
+    return crop, (np.asarray(box[:4], np.float32) - np.array([x0, y0, x0, y0], np.float32))
+
+
+def _trim(lo: int, hi: int, side: int, centre: float) -> tuple[int, int]:
+    """`side` pixels of [lo, hi) centred on `centre`, shifted inside [lo, hi) where needed."""
+    start = min(max(math.floor(centre - side / 2), lo), hi - side)
+    return start, start + side
+
+
+def mintime_rect(box: np.ndarray, width: int, height: int) -> tuple[int, int, int, int]:
+    """MINTIME's square-padded crop rectangle (x0, y0, x1, y1), clipped to the frame, end exclusive."""
+    xmin, ymin, xmax, ymax = (int(v) for v in box[:4])
+    w, h = xmax - xmin, ymax - ymin
+    p_h, p_w = h // 3, w // 3
+    if h > w:
+        p_h -= int((h - w) / 2)
+    elif w > h:
+        p_w -= int((w - h) / 2)
+    x0, x1 = max(xmin - p_w, 0), min(xmax + p_w, width)
+    y0, y1 = max(ymin - p_h, 0), min(ymax + p_h, height)
+    side = min(x1 - x0, y1 - y0)
+    if side <= 0:
+        return x0, y0, x0, y0
+    x0, x1 = _trim(x0, x1, side, (xmin + xmax) / 2)
+    y0, y1 = _trim(y0, y1, side, (ymin + ymax) / 2)
+    return x0, y0, x1, y1
+
+
+def _mintime(rgb: np.ndarray, box: np.ndarray) -> CropResult:
+    return _cut(rgb, box, *mintime_rect(box, rgb.shape[1], rgb.shape[0]))
+
+
+def _margin(m: float) -> CropMethod:
+    def crop(rgb: np.ndarray, box: np.ndarray) -> CropResult:
+        x1, y1, x2, y2 = (float(v) for v in box[:4])
+        dx, dy = m * (x2 - x1), m * (y2 - y1)
+        height, width = rgb.shape[:2]
+        return _cut(
+            rgb,
+            box,
+            max(math.floor(x1 - dx), 0),
+            max(math.floor(y1 - dy), 0),
+            min(math.ceil(x2 + dx), width),
+            min(math.ceil(y2 + dy), height),
+        )
+
+    return crop
+
+
+def align_template(size: int, zoom_out: float = ALIGN_ZOOM_OUT) -> np.ndarray:
+    """The ArcFace template scaled to `size` px and shrunk about the centre by `zoom_out` (more context)."""
+    scaled = ARCFACE_112 * (size / 112.0)
+    return (scaled - size / 2) / zoom_out + size / 2
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """2 × 3 least-squares similarity (rotation, uniform scale, shift) mapping src points onto dst."""
+    src = np.asarray(src, np.float64)
+    dst = np.asarray(dst, np.float64)
+    x, y = src[:, 0], src[:, 1]
+    ones, zeros = np.ones_like(x), np.zeros_like(x)
+    # u = a·x − b·y + tx ; v = b·x + a·y + ty
+    design = np.concatenate([np.stack([x, -y, ones, zeros], 1), np.stack([y, x, zeros, ones], 1)])
+    (a, b, tx, ty), *_ = np.linalg.lstsq(design, np.concatenate([dst[:, 0], dst[:, 1]]), rcond=None)
+    return np.array([[a, -b, tx], [b, a, ty]], np.float64)
+
+
+def _align(size: int) -> CropMethod:
+    template = align_template(size)
+
+    def crop(rgb: np.ndarray, box: np.ndarray) -> CropResult:
+        from models.landmarks import five_points
+
+        matrix = similarity_transform(five_points(rgb, box), template)
+        warped = cv2.warpAffine(rgb, matrix, (size, size), flags=cv2.INTER_LINEAR)
+        x1, y1, x2, y2 = (float(v) for v in box[:4])
+        corners = np.array([[x1, y1, 1], [x2, y1, 1], [x1, y2, 1], [x2, y2, 1]]) @ matrix.T
+        box_in_crop = np.concatenate([corners.min(axis=0), corners.max(axis=0)]).astype(np.float32)
+        return np.ascontiguousarray(warped), box_in_crop
+
+    return crop
+
+
+CROP_METHODS: dict[str, Callable[[str | None], CropMethod]] = {
+    "mintime": lambda arg: _mintime,
+    "margin": lambda arg: _margin(float(arg or 0.0)),
+    "align": lambda arg: _align(int(arg or 256)),
+}
+
+
+def _parse(spec: str, registry: dict[str, Callable[[str | None], object]], what: str) -> object:
+    name, sep, arg = spec.partition(":")
+    if name not in registry:
+        raise ValueError(f"unknown {what} {spec!r}; choose one of {', '.join(registry)}")
+    return registry[name](arg if sep else None)
+
+
+class Cropper:
+    """`cropper(frame, dets) -> list[Face]` with crop, box_in_crop, frame size and rank filled."""
+
+    def __init__(self, cfg: CropConfig) -> None:
+        self.cfg = cfg
+        self._crop: CropMethod = _parse(cfg.method, CROP_METHODS, "crop method")  # type: ignore[assignment]
+
+    def __call__(self, frame: Frame, dets: Detections) -> list[Face]:
+        height, width = frame.rgb.shape[:2]
+        faces: list[Face] = []
+        for box, score in zip(dets.boxes, dets.scores, strict=True):
+            if not _overlaps_frame(box, width, height):
+                continue
+            result = self._crop(frame.rgb, box)
+            if result is None:
+                continue
+            crop, box_in_crop = result
+            faces.append(
+                Face(
+                    frame=frame.index,
+                    face=len(faces),
+                    box=np.asarray(box, np.float32).copy(),
+                    score=float(score),
+                    frame_width=width,
+                    frame_height=height,
+                    crop=crop,
+                    box_in_crop=box_in_crop,
+                )
+            )
+        return faces
+
+
+def _isotropic(size: int) -> Callable[[np.ndarray], np.ndarray]:
+    """MINTIME's loader: longest side → size (INTER_AREA down, INTER_CUBIC up), zero-pad centred."""
+
+    def fmt(img: np.ndarray) -> np.ndarray:
+        h, w = img.shape[:2]
+        scale = size / max(h, w)
+        new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+        if (new_w, new_h) != (w, h):
+            interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+            img = cv2.resize(img, (new_w, new_h), interpolation=interpolation)
+        return _pad_or_centre_crop(img, size)
+
+    return fmt
+
+
+def _pad_or_centre_crop(img: np.ndarray, size: int) -> np.ndarray:
+    """size × size without resampling: zero-pad each short axis centred, centre-crop each long axis."""
+    out = np.zeros((size, size, *img.shape[2:]), img.dtype)
+    h, w = img.shape[:2]
+    src_y, src_x = max(0, (h - size) // 2), max(0, (w - size) // 2)
+    dst_y, dst_x = max(0, (size - h) // 2), max(0, (size - w) // 2)
+    ch, cw = min(h, size), min(w, size)
+    out[dst_y : dst_y + ch, dst_x : dst_x + cw] = img[src_y : src_y + ch, src_x : src_x + cw]
+    return out
+
+
+STORE_FORMATS: dict[str, Callable[[str | None], Callable[[np.ndarray], np.ndarray]]] = {
+    "native": lambda arg: lambda img: img,
+    "isotropic": lambda arg: _isotropic(int(arg or 224)),
+    # Megatron: zero-pad to S × S, no resize; a crop larger than S is centre-cropped to S.
+    "pad": lambda arg: lambda img: _pad_or_centre_crop(img, int(arg or 224)),
+}
+
+
+def store_format(img: np.ndarray, spec: str) -> np.ndarray:
+    """The crop as stored: `native` | `isotropic:S` (resize longest side, pad square) | `pad:S`."""
+    fmt: Callable[[np.ndarray], np.ndarray] = _parse(spec, STORE_FORMATS, "store format")  # type: ignore[assignment]
+    return fmt(img)
+
+
+def encode_image(img: np.ndarray, fmt: str = "png", quality: int = 95) -> bytes:
+    """PNG or JPEG bytes of an RGB (H, W, 3) or single-channel (H, W) uint8 image."""
+    fmt = fmt.lower()
+    if fmt not in ("png", "jpeg", "jpg"):
+        raise ValueError(f"unknown image format {fmt!r}; use png or jpeg")
+    pixels = cv2.cvtColor(img, cv2.COLOR_RGB2BGR) if img.ndim == 3 else img
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if fmt != "png" else []
+    ok, buffer = cv2.imencode(".png" if fmt == "png" else ".jpg", np.ascontiguousarray(pixels), params)
+    if not ok:
+        raise ValueError(f"cv2 could not encode a {img.shape} {img.dtype} image as {fmt}")
+    return buffer.tobytes()
+
+
+class CropEncoder:
+    """Stage: `Face.crop_bytes` = the crop in the stored format, encoded (only when `cfg.save`)."""
+
+    def __init__(self, cfg: CropConfig) -> None:
+        self.cfg = cfg
+        self._store: Callable[[np.ndarray], np.ndarray] = _parse(cfg.store, STORE_FORMATS, "store format")  # type: ignore[assignment]
+
+    def __call__(self, faces: list[Face]) -> list[Face]:
+        if not self.cfg.save:
+            return faces
+        for face in faces:
+            if face.crop is not None:
+                stored = self._store(face.crop)
+                face.crop_bytes = encode_image(stored, self.cfg.format, self.cfg.jpeg_quality)
+        return faces

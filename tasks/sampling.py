@@ -1,0 +1,243 @@
+"""Which frames of a video are decoded to RGB, shown to the detector and kept (SPEC §1).
+
+Strategies live in a registry (`STRATEGIES`), parsed from `"name"` or `"name:N"`.
+
+Selector protocol — one selector per worker, `start` per video::
+
+    selector = make_selector("per_second", max_frames=None)
+    selector.start(info, path)
+    for frame in iter_frames(path, info, selector.want, lambda: selector.done):
+        if selector.needs_feedback:             # detect this frame now, before the next is pulled
+            dets = detector([frame.rgb])[0]
+            selector.found(frame.index, len(dets))
+        else:                                    # free to batch frames for the detector
+            ...
+    kept = [f for f in faces if selector.accepted(f.frame)]   # final once iteration has ended
+
+* `want(i)` — should frame `i` be converted to RGB and detected? The decode thread asks ahead of the
+  detector, so a feedback selector answers from what it knows so far and only ever narrows later
+  (`iter_frames` asks again just before yielding). Indices are asked in increasing order.
+* `needs_feedback` — True when `want` depends on earlier detections (`per_second`, `consecutive:N`):
+  the pipeline must call `found(i, n_faces)` for each yielded frame before pulling the next one.
+  Otherwise `found` is optional and frames may be batched.
+* `done` — no further frame will be wanted; decoding stops. Breaking out of the loop on `done` is safe.
+* `accepted(i)` — are the faces of frame `i` part of the sample? Selectors without feedback accept every
+  frame they want; `per_second` accepts the frame whose box was used for its second; `consecutive:N`
+  accepts its run, which is only final when iteration has ended.
+* `max_frames` caps the frames a selector accepts.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from tasks.decode import count_frames
+from tasks.types import VideoInfo
+
+
+class FrameSelector(ABC):
+    """Base of all strategies; see the module docstring for the protocol."""
+
+    needs_feedback: bool = False
+
+    def __init__(self, max_frames: int | None = None) -> None:
+        if max_frames is not None and max_frames < 1:
+            raise ValueError("max_frames must be >= 1")
+        self.max_frames = max_frames
+
+    @abstractmethod
+    def start(self, info: VideoInfo, path: str | Path | None = None) -> None:
+        """Reset for a new video; `path` lets a strategy count frames without decoding."""
+
+    @abstractmethod
+    def want(self, index: int) -> bool: ...
+
+    def found(self, index: int, n_faces: int) -> None:  # noqa: B027 - optional for index selectors
+        """Detector feedback for a yielded frame; required when `needs_feedback`."""
+
+    @property
+    @abstractmethod
+    def done(self) -> bool: ...
+
+    @abstractmethod
+    def accepted(self, index: int) -> bool: ...
+
+
+class _IndexSelector(FrameSelector):
+    """A fixed set of indices known up front: no feedback, batchable."""
+
+    def start(self, info: VideoInfo, path: str | Path | None = None) -> None:
+        self._last = self._plan(info, path)
+        self._past_last = False
+
+    @abstractmethod
+    def _plan(self, info: VideoInfo, path: str | Path | None) -> int | None:
+        """Prepare for a video; return the last index that can be wanted (None: until the end)."""
+
+    @abstractmethod
+    def _member(self, index: int) -> bool: ...
+
+    def want(self, index: int) -> bool:
+        if self._last is not None and index > self._last:
+            self._past_last = True
+            return False
+        return self._member(index)
+
+    @property
+    def done(self) -> bool:
+        return self._past_last
+
+    def accepted(self, index: int) -> bool:
+        return (self._last is None or index <= self._last) and self._member(index)
+
+
+class AllFrames(_IndexSelector):
+    """Every frame (up to `max_frames`)."""
+
+    def _plan(self, info: VideoInfo, path: str | Path | None) -> int | None:
+        return None if self.max_frames is None else self.max_frames - 1
+
+    def _member(self, index: int) -> bool:
+        return True
+
+
+class Stride(_IndexSelector):
+    """Frames 0, K, 2K, …"""
+
+    def __init__(self, k: int, max_frames: int | None = None) -> None:
+        super().__init__(max_frames)
+        self.k = k
+
+    def _plan(self, info: VideoInfo, path: str | Path | None) -> int | None:
+        return None if self.max_frames is None else (self.max_frames - 1) * self.k
+
+    def _member(self, index: int) -> bool:
+        return index % self.k == 0
+
+
+class Uniform(_IndexSelector):
+    """DeepfakeBench: `numpy.linspace(0, n_frames - 1, N, dtype=int)` over the true frame count.
+
+    The count comes from `count_frames(path)` (demuxing, no decoding) because headers can be wrong;
+    without a path, from `info`. Duplicate indices (N > n_frames) are sampled once.
+    """
+
+    def __init__(self, n: int, max_frames: int | None = None) -> None:
+        super().__init__(max_frames)
+        self.n = n
+        self.indices: list[int] = []
+
+    def _plan(self, info: VideoInfo, path: str | Path | None) -> int | None:
+        if path is not None:
+            n_frames = count_frames(path)
+        else:
+            n_frames = info.n_frames_decoded or info.n_frames_container or 0
+        planned = np.unique(np.linspace(0, n_frames - 1, self.n, dtype=int)) if n_frames else []
+        self.indices = [int(i) for i in planned][: self.max_frames]
+        self._members = frozenset(self.indices)
+        return self.indices[-1] if self.indices else -1
+
+    def _member(self, index: int) -> bool:
+        return index in self._members
+
+
+class PerSecond(FrameSelector):
+    """MINTIME: one frame per second, at 0, fps, 2·fps… with fps = int(reported fps).
+
+    If the second's first frame has no face, the following frames of that second are tried in order
+    and the first one with a face is the sample: its boxes and its pixels (MINTIME mixed the two).
+    """
+
+    needs_feedback = True
+
+    def start(self, info: VideoInfo, path: str | Path | None = None) -> None:
+        self.fps = max(1, int(info.fps))
+        self.chosen: dict[int, int] = {}  # second -> frame whose faces are kept
+
+    def want(self, index: int) -> bool:
+        return not self.done and index // self.fps not in self.chosen
+
+    def found(self, index: int, n_faces: int) -> None:
+        second = index // self.fps
+        if n_faces > 0 and second not in self.chosen and not self.done:
+            self.chosen[second] = index
+
+    @property
+    def done(self) -> bool:
+        return self.max_frames is not None and len(self.chosen) >= self.max_frames
+
+    def accepted(self, index: int) -> bool:
+        return self.chosen.get(index // self.fps) == index
+
+
+class Consecutive(FrameSelector):
+    """Megatron: the first N consecutive frames that contain a face; a face-less frame restarts the run.
+
+    If no run reaches N (short or face-poor video), the longest run (earliest on ties) is accepted.
+    """
+
+    needs_feedback = True
+
+    def __init__(self, n: int, max_frames: int | None = None) -> None:
+        super().__init__(max_frames)
+        self.n = n if max_frames is None else min(n, max_frames)
+
+    def start(self, info: VideoInfo, path: str | Path | None = None) -> None:
+        self._run_start = 0
+        self._run_len = 0
+        self._last = -2
+        self._best = (0, 0)  # (start, length)
+
+    def want(self, index: int) -> bool:
+        return not self.done
+
+    def found(self, index: int, n_faces: int) -> None:
+        if self.done:
+            return
+        if n_faces <= 0:
+            self._run_len = 0
+        elif self._run_len and index == self._last + 1:
+            self._run_len += 1
+        else:
+            self._run_start, self._run_len = index, 1
+        self._last = index
+        if self._run_len > self._best[1]:
+            self._best = (self._run_start, self._run_len)
+
+    @property
+    def done(self) -> bool:
+        return self._best[1] >= self.n
+
+    def accepted(self, index: int) -> bool:
+        start, length = self._best
+        return start <= index < start + length
+
+
+def _integer(arg: str | None, name: str) -> int:
+    if arg is None or not arg.isdigit() or int(arg) < 1:
+        raise ValueError(f"sampling strategy {name!r} needs a positive integer, e.g. '{name}:32'")
+    return int(arg)
+
+
+STRATEGIES: dict[str, Callable[[str | None, int | None], FrameSelector]] = {
+    "all": lambda arg, cap: AllFrames(cap),
+    "per_second": lambda arg, cap: PerSecond(cap),
+    "stride": lambda arg, cap: Stride(_integer(arg, "stride"), cap),
+    "uniform": lambda arg, cap: Uniform(_integer(arg, "uniform"), cap),
+    "consecutive": lambda arg, cap: Consecutive(_integer(arg, "consecutive"), cap),
+}
+_TAKES_ARGUMENT = {"stride", "uniform", "consecutive"}
+
+
+def make_selector(strategy: str, max_frames: int | None = None) -> FrameSelector:
+    """A fresh selector for `"per_second" | "all" | "uniform:N" | "stride:K" | "consecutive:N"`."""
+    name, sep, arg = strategy.partition(":")
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown sampling strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if sep and name not in _TAKES_ARGUMENT:
+        raise ValueError(f"sampling strategy {name!r} takes no argument")
+    return STRATEGIES[name](arg if sep else None, max_frames)

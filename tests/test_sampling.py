@@ -1,0 +1,185 @@
+"""Frame selectors driven through the real decoder (tasks/decode.py) with detector feedback."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+
+from faceshard.config import DetectConfig
+from models.detectors import build_detector
+from tasks.decode import iter_frames, probe
+from tasks.sampling import STRATEGIES, FrameSelector, make_selector
+from tasks.types import VideoInfo
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: int = 10) -> Path:
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps, options={"g": "10"})
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        for rgb in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        out.mux(stream.encode())
+    return path
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """50 frames at 10 fps (content is irrelevant here: feedback is scripted)."""
+    base = cv2.resize(skimage.data.astronaut(), (64, 64))
+    frames = [np.roll(base, i, axis=0) for i in range(50)]
+    return write_video(tmp_path_factory.mktemp("sampling") / "clip.mp4", frames)
+
+
+def drive(selector: FrameSelector, path: Path, info: VideoInfo, has_face: Callable[[int], bool]) -> list[int]:
+    """The pipeline's loop: feedback after each frame when the selector needs it. Returns yielded indices."""
+    selector.start(info, path)
+    yielded = []
+    for frame in iter_frames(path, info, selector.want, lambda: selector.done, queue_size=4):
+        yielded.append(frame.index)
+        if selector.needs_feedback:
+            time.sleep(0.001)  # a detector is slower than the decoder: the decode thread runs ahead
+            selector.found(frame.index, int(has_face(frame.index)))
+    return yielded
+
+
+def accepted(selector: FrameSelector, n: int) -> list[int]:
+    return [i for i in range(n) if selector.accepted(i)]
+
+
+def test_per_second_falls_back_within_the_second(clip: Path) -> None:
+    faces = {0, 12, 13, 30, 31, 40}  # second 1 finds a face at 12; second 2 has none
+    info = probe(clip)
+    selector = make_selector("per_second")
+    assert selector.needs_feedback
+    yielded = drive(selector, clip, info, faces.__contains__)
+    assert yielded == [0, 10, 11, 12, *range(20, 30), 30, 40]
+    assert accepted(selector, 50) == [0, 12, 30, 40]
+
+
+def test_per_second_uses_int_of_reported_fps() -> None:
+    selector = make_selector("per_second")
+    selector.start(VideoInfo(fps=29.97, width=1, height=1, n_frames_container=None))
+    selector.found(0, 1)
+    assert not selector.want(28)  # still second 0 (fps 29)
+    assert selector.want(29)
+
+
+def test_per_second_max_frames_stops_decoding(clip: Path) -> None:
+    info = probe(clip)
+    selector = make_selector("per_second", max_frames=2)
+    yielded = drive(selector, clip, info, lambda i: i in {0, 11})
+    assert yielded == [0, 10, 11]
+    assert accepted(selector, 50) == [0, 11]
+    assert selector.done and info.n_frames_decoded < 50
+
+
+def test_per_second_want_only_narrows_with_feedback() -> None:
+    """What the decode thread asks ahead of feedback is a superset of the final answer."""
+    selector = make_selector("per_second")
+    selector.start(VideoInfo(fps=10, width=1, height=1, n_frames_container=None))
+    assert selector.want(0) and selector.want(1) and selector.want(5)
+    selector.found(0, 2)
+    assert not selector.want(1) and not selector.want(5) and selector.want(10)
+
+
+def test_uniform_uses_decoded_count_not_the_header(clip: Path) -> None:
+    info = probe(clip)
+    info.n_frames_container = 500  # a wrong header
+    selector = make_selector("uniform:8")
+    assert not selector.needs_feedback
+    assert drive(selector, clip, info, lambda i: True) == [0, 7, 14, 21, 28, 35, 42, 49]
+    assert accepted(selector, 50) == [0, 7, 14, 21, 28, 35, 42, 49]
+    assert info.n_frames_decoded == 50
+
+
+def test_uniform_max_frames_stops_after_the_last_planned_frame(clip: Path) -> None:
+    info = probe(clip)
+    selector = make_selector("uniform:8", max_frames=3)
+    assert drive(selector, clip, info, lambda i: True) == [0, 7, 14]
+    assert selector.done and info.n_frames_decoded <= 16
+
+
+def test_uniform_without_path_and_more_samples_than_frames() -> None:
+    selector = make_selector("uniform:32")
+    selector.start(VideoInfo(fps=10, width=1, height=1, n_frames_container=5))
+    assert [i for i in range(10) if selector.want(i)] == [0, 1, 2, 3, 4]
+
+
+def test_stride_and_all_with_cap(clip: Path) -> None:
+    info = probe(clip)
+    assert drive(make_selector("stride:7"), clip, info, lambda i: True) == [0, 7, 14, 21, 28, 35, 42, 49]
+    assert drive(make_selector("stride:7", max_frames=3), clip, info, lambda i: True) == [0, 7, 14]
+    assert drive(make_selector("all", max_frames=4), clip, info, lambda i: True) == [0, 1, 2, 3]
+    assert info.n_frames_decoded == 5  # stopped right after the last wanted frame
+    assert len(drive(make_selector("all"), clip, info, lambda i: True)) == 50
+
+
+def test_consecutive_restarts_on_a_faceless_frame(clip: Path) -> None:
+    info = probe(clip)
+    selector = make_selector("consecutive:4")
+    assert selector.needs_feedback
+    yielded = drive(selector, clip, info, lambda i: i not in {2, 9})
+    assert accepted(selector, 50) == [3, 4, 5, 6]
+    assert yielded == list(range(7))
+    assert selector.done and info.n_frames_decoded < 50
+
+
+def test_consecutive_short_video_keeps_the_longest_run(clip: Path) -> None:
+    info = probe(clip)
+    selector = make_selector("consecutive:20")
+    drive(selector, clip, info, lambda i: i in {1, 2, 3, 10, 11, 12, 30, 31})
+    assert not selector.done
+    assert accepted(selector, 50) == [1, 2, 3]  # earliest of the longest runs
+
+
+def test_consecutive_max_frames_caps_the_run() -> None:
+    selector = make_selector("consecutive:20", max_frames=2)
+    selector.start(VideoInfo(fps=10, width=1, height=1, n_frames_container=None))
+    for i in range(3):
+        selector.found(i, 1)
+    assert selector.done and accepted(selector, 5) == [0, 1]
+
+
+def test_start_resets_between_videos() -> None:
+    selector = make_selector("per_second")
+    info = VideoInfo(fps=10, width=1, height=1, n_frames_container=None)
+    selector.start(info)
+    selector.found(0, 1)
+    selector.start(info)
+    assert not selector.accepted(0) and selector.want(1)
+
+
+@pytest.mark.parametrize("bad", ["bogus", "uniform", "uniform:0", "stride:x", "all:3", "consecutive:-1"])
+def test_bad_strategies_are_refused(bad: str) -> None:
+    with pytest.raises(ValueError):
+        make_selector(bad)
+
+
+def test_registry_covers_the_config_strategies() -> None:
+    assert set(STRATEGIES) == {"all", "per_second", "uniform", "stride", "consecutive"}
+
+
+def test_per_second_with_a_real_detector(tmp_path: Path) -> None:
+    """Faceless opening frames: the second's sample is the first frame dlib finds a face on."""
+    face = cv2.resize(skimage.data.astronaut(), (256, 256), interpolation=cv2.INTER_AREA)
+    no_face = cv2.resize(skimage.data.coffee(), (256, 256), interpolation=cv2.INTER_AREA)
+    frames = [no_face] * 3 + [face] * 8 + [no_face] * 2 + [face] * 2  # 15 frames at 10 fps
+    path = write_video(tmp_path / "mixed.mp4", frames)
+    detector = build_detector(DetectConfig(backend="dlib", upsample=1), "cpu")
+    info = probe(path)
+    selector = make_selector("per_second")
+    selector.start(info, path)
+    found = {}
+    for frame in iter_frames(path, info, selector.want, lambda: selector.done):
+        found[frame.index] = len(detector([frame.rgb])[0])
+        selector.found(frame.index, found[frame.index])
+    assert {i: n > 0 for i, n in found.items()} == {0: False, 1: False, 2: False, 3: True, 10: True}
+    assert accepted(selector, 15) == [3, 10]

@@ -1,0 +1,426 @@
+"""The shard commit protocol on local disk, file:// and memory://: visibility, crashes, resume, retry."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pytest
+
+from storage import commit as commit_module
+from storage import fsio
+from storage.commit import Output
+from storage.errors import FingerprintMismatch, StorageError
+from storage.manifest import ShardPlan, plan_shards
+from storage.reader import load_faces, read_table
+from storage.schema import rows_to_tables, table_schemas
+from storage.status import dataset_status
+from storage.testing import fake_shard_tables, fake_videos
+
+CONFIG = {"detect": {"thresholds": [0.85, 0.95, 0.95], "keep": "all"}, "embed": {"dtype": "float16"}}
+WEIGHTS = {"repvit": {"source": "hub:repvit", "fingerprint": "aaa", "random": False}}
+
+
+def _open(uri: str, config: dict | None = None, **kwargs) -> Output:
+    return Output.open(uri, config=config or CONFIG, weights=kwargs.pop("weights", WEIGHTS), **kwargs)
+
+
+def _data_files(root: Path) -> list[Path]:
+    return sorted(p for table in ("videos", "faces", "identities") for p in (root / table).rglob("*.parquet"))
+
+
+def _build(uri: str, n_videos: int = 12, shard_size: int = 4, errors: dict[str, str] | None = None):
+    plans = plan_shards(fake_videos(n_videos, splits=("train", "val")), shard_size)
+    out = _open(uri)
+    out.set_plan(plans)
+    for plan in plans:
+        out.commit_shard(plan, fake_shard_tables(plan, errors=errors), {"stage_seconds": {"detect": 1.0}})
+    return out, plans
+
+
+@pytest.fixture(params=["path", "file", "memory"])
+def uri(request, tmp_path) -> str:
+    if request.param == "memory":
+        return f"memory://faceshard-{uuid.uuid4().hex}/out"
+    if request.param == "file":
+        return f"file://{tmp_path}/out"
+    return str(tmp_path / "out")
+
+
+def test_committed_shards_are_visible_to_reader_status_and_hive(uri) -> None:
+    out, _ = _build(uri, errors={"v00005": "decode failed: truncated stream"})
+    faces = load_faces(uri)
+    assert len(faces) == 11 * 3 and faces.emb_rgb.shape == (33, 8) and faces.emb_rgb.dtype == np.float16
+    labels = dict(zip(faces.video_id.tolist(), faces.label.tolist(), strict=True))
+    assert labels["v00000"] == 0 and labels["v00003"] == 1 and "v00005" not in labels
+    train = load_faces(uri, split="train", columns=("emb_rgb", "score"), emb_dtype="float32")
+    assert set(train.video_id.tolist()) == {f"v{i:05d}" for i in range(0, 12, 2)}
+    assert train.emb_rgb.dtype == np.float32 and train.extra["score"].shape == (18,)
+
+    videos = read_table(uri, "videos")
+    assert sorted(videos["video_id"].to_pylist()) == [f"v{i:05d}" for i in range(12)]
+    assert videos["shard"].to_pylist() == [0] * 4 + [1] * 4 + [2] * 4
+    assert read_table(uri, "identities", split="val").num_rows == 5
+
+    status = dataset_status(uri)
+    assert (status["shards_total"], status["committed"], status["failed"], status["pending"]) == (3, 3, 0, 0)
+    assert status["fingerprint"] == out.fingerprint
+    assert status["totals"]["videos"] == 12 and status["totals"]["faces"] == 33
+    assert status["totals"]["identities"] == 11 and status["totals"]["bytes"] > 0
+    assert status["video_status"] == {"error": 1, "ok": 11}
+    assert status["failed_videos"] == [
+        {
+            "video_id": "v00005",
+            "path": "/data/v00005.mp4",
+            "error": "decode failed: truncated stream",
+            "shard": 1,
+        }
+    ]
+    assert status["stage_seconds"] == {"detect": 3.0}
+    assert status["ok"] is False
+
+    fs, root = fsio.open_fs(uri)
+    dataset = ds.dataset(
+        fsio.join(root, "videos"),
+        format="parquet",
+        partitioning="hive",
+        filesystem=None if "memory" not in uri else fs,
+    )
+    table = dataset.to_table()
+    assert table.num_rows == 12
+    assert {"video_id", "label", "status", "error", "split", "shard", "n_faces"} <= set(table.column_names)
+
+
+def test_plain_hive_dataset_reads_local_output_by_path(tmp_path) -> None:
+    _build(str(tmp_path / "out"))
+    for table, rows in (("videos", 12), ("faces", 36), ("identities", 12)):
+        read = ds.dataset(f"{tmp_path}/out/{table}", format="parquet", partitioning="hive").to_table()
+        assert read.num_rows == rows
+        assert read.schema.names[-2:] == ["split", "shard"]
+
+
+def test_same_fingerprint_resumes_and_skips_committed(uri) -> None:
+    out, plans = _build(uri)
+    again = _open(uri)
+    assert again.fingerprint == out.fingerprint
+    assert all(again.is_committed(plan) for plan in plans)
+    more = plan_shards(fake_videos(14, splits=("train", "val")), 4)
+    assert [p.shard_id for p in again.pending(more)] == [3]
+    assert again.set_plan(more) == []
+    assert dataset_status(uri)["pending"] == 1
+
+
+def test_changed_config_is_refused_with_the_changed_key(uri) -> None:
+    _build(uri)
+    changed = {**CONFIG, "detect": {"thresholds": [0.6, 0.7, 0.7], "keep": "all"}}
+    with pytest.raises(FingerprintMismatch) as info:
+        _open(uri, changed)
+    message = str(info.value)
+    assert "detect.thresholds: [0.85,0.95,0.95] → [0.6,0.7,0.7]" in message
+    assert "keep" not in message
+    assert "--rebuild" in message and "new output path" in message
+    with pytest.raises(FingerprintMismatch, match=r"weights\.repvit\.fingerprint: \"aaa\" → \"bbb\""):
+        _open(uri, weights={"repvit": {"source": "hub:repvit", "fingerprint": "bbb"}})
+    # Where the weights come from does not change the rows.
+    _open(uri, weights={"repvit": {"source": "/local/copy", "fingerprint": "aaa"}})
+
+
+def test_rebuild_removes_every_old_row(uri) -> None:
+    _, old_plans = _build(uri, n_videos=12)
+    changed = {**CONFIG, "embed": {"dtype": "float32"}}
+    out = _open(uri, changed, rebuild=True)
+    assert dataset_status(uri)["committed"] == 0
+    assert len(load_faces(uri)) == 0
+    assert not any(out.is_committed(plan) for plan in old_plans)
+    plans = plan_shards(fake_videos(4, prefix="new"), 4)
+    out.set_plan(plans)
+    out.commit_shard(plans[0], fake_shard_tables(plans[0], emb_dtype="float32"), {})
+    faces = load_faces(uri)
+    assert set(faces.video_id.tolist()) == {f"new{i:05d}" for i in range(4)}
+    assert faces.emb_rgb.dtype == np.float32
+    fs, root = fsio.open_fs(uri)
+    assert all("new" in p or "shard=000000" in p for p in fsio.list_files(fs, fsio.join(root, "faces")))
+    assert len(fsio.list_files(fs, fsio.join(root, "faces"))) == 1
+
+
+def test_staging_leftovers_and_orphans_are_cleaned_on_open(tmp_path) -> None:
+    root = tmp_path / "out"
+    _build(str(root))
+    committed = {p: p.stat().st_mtime_ns for p in _data_files(root)}
+    staging = root / "_faceshard" / "staging"
+    staging.mkdir(parents=True, exist_ok=True)
+    (staging / "deadbeef.tmp").write_bytes(b"half a parquet file")
+    orphan = root / "faces" / "split=train" / "shard=000007" / "part-20260101T000000-abc.parquet"
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(b"published but never committed")
+    assert len(load_faces(str(root))) == 36  # orphans are invisible to the reader even before cleanup
+
+    _open(str(root))
+    assert not orphan.exists() and not any(staging.glob("*"))
+    assert {p: p.stat().st_mtime_ns for p in _data_files(root)} == committed
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def test_crash_between_publish_and_marker_leaves_nothing_visible(uri, monkeypatch) -> None:
+    plans = plan_shards(fake_videos(8), 4)
+    out = _open(uri)
+    out.set_plan(plans)
+    out.commit_shard(plans[0], fake_shard_tables(plans[0]), {})
+
+    def die(self, shard_id, marker):
+        raise Crash("killed after publishing the data files")
+
+    monkeypatch.setattr(Output, "_write_marker", die)
+    with pytest.raises(Crash):
+        out.commit_shard(plans[1], fake_shard_tables(plans[1]), {})
+    fs, root = fsio.open_fs(uri)
+    published = fsio.list_files(fs, fsio.join(root, "faces"))
+    assert any("shard=000001" in p for p in published)  # the files did land
+    assert set(load_faces(uri).video_id.tolist()) == {f"v{i:05d}" for i in range(4)}
+    assert dataset_status(uri)["committed"] == 1 and dataset_status(uri)["pending"] == 1
+    monkeypatch.undo()
+
+    reopened = _open(uri)
+    assert not any("shard=000001" in p for p in fsio.list_files(fs, fsio.join(root, "faces")))
+    assert not reopened.is_committed(plans[1]) and reopened.is_committed(plans[0])
+    reopened.commit_shard(plans[1], fake_shard_tables(plans[1]), {})
+    assert len(load_faces(uri)) == 24
+
+
+def test_crash_in_the_middle_of_publishing(tmp_path, monkeypatch) -> None:
+    uri = str(tmp_path / "out")
+    plans = plan_shards(fake_videos(4), 4)
+    out = _open(uri)
+    out.set_plan(plans)
+    real_put = fsio.put_bytes
+    calls = {"n": 0}
+
+    def put_then_die(fs, path, data, staging_dir):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            # A half-written staging file, as a SIGKILL during the write would leave.
+            os.makedirs(staging_dir, exist_ok=True)
+            Path(staging_dir, "partial.tmp").write_bytes(data[: len(data) // 2])
+            raise Crash("killed while writing")
+        real_put(fs, path, data, staging_dir)
+
+    monkeypatch.setattr(fsio, "put_bytes", put_then_die)
+    with pytest.raises(Crash):
+        out.commit_shard(plans[0], fake_shard_tables(plans[0]), {})
+    monkeypatch.undo()
+    assert len(load_faces(uri)) == 0 and dataset_status(uri)["committed"] == 0
+    _open(uri)
+    assert _data_files(tmp_path / "out") == []
+    assert not any((tmp_path / "out" / "_faceshard" / "staging").glob("*"))
+
+
+def test_retry_failed_replaces_rows_atomically_and_leaves_other_shards_alone(tmp_path) -> None:
+    uri = str(tmp_path / "out")
+    out, plans = _build(uri, errors={"v00001": "decode failed", "v00006": "oom"})
+    root = tmp_path / "out"
+    others = {
+        p: (p.stat().st_mtime_ns, p.read_bytes()) for p in _data_files(root) if "shard=000000" not in str(p)
+    }
+    before = {p for p in _data_files(root) if "shard=000000" in str(p)}
+    assert out.shards_with_errors() == [0, 1]
+    assert out.failed_video_ids(0) == ["v00001"]
+    old_rows = out.committed_rows(0, "faces")
+
+    plan = plans[0]
+    retry = ShardPlan(plan.shard_id, [v for v in plan.videos if v.video_id == "v00001"])
+    fixed = fake_shard_tables(retry, faces_per_video=2, seed=99)
+    marker = out.replace_videos(plan, fixed, {"stage_seconds": {"detect": 0.2}})
+
+    assert marker["status_counts"] == {"ok": 4}
+    assert marker["history"][0]["stats"] == {"stage_seconds": {"detect": 1.0}}
+    videos = out.committed_rows(0, "videos")
+    assert videos["video_id"].to_pylist() == ["v00000", "v00002", "v00001", "v00003"]  # split-major order
+    assert videos.filter(pc.equal(videos["video_id"], "v00001"))["status"].to_pylist() == ["ok"]
+    faces = out.committed_rows(0, "faces")
+    assert faces.num_rows == old_rows.num_rows + 2
+    kept = faces.filter(pc.not_equal(faces["video_id"], "v00001"))
+    assert kept.to_pylist() == old_rows.filter(pc.not_equal(old_rows["video_id"], "v00001")).to_pylist()
+
+    assert not any(p.exists() for p in before)  # superseded files removed
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in others} == others
+    status = dataset_status(uri)
+    assert status["video_status"] == {"error": 1, "ok": 11}
+    assert [v["video_id"] for v in status["failed_videos"]] == ["v00006"]
+    assert out.is_committed(plan)
+
+
+def test_crash_after_replacement_marker_keeps_only_new_rows(tmp_path, monkeypatch) -> None:
+    uri = str(tmp_path / "out")
+    out, plans = _build(uri, n_videos=4, errors={"v00001": "decode failed"})
+    retry = ShardPlan(0, [plans[0].videos[1]])
+    monkeypatch.setattr(fsio, "remove_files", lambda fs, paths: None)  # die before deleting old files
+    out.replace_videos(plans[0], fake_shard_tables(retry), {})
+    monkeypatch.undo()
+    assert len(_data_files(tmp_path / "out")) == 12  # 2 splits × 3 tables, old and new side by side
+    assert read_table(uri, "videos")["status"].to_pylist() == ["ok"] * 4  # reader follows the marker
+    _open(uri)
+    assert len(_data_files(tmp_path / "out")) == 6
+    assert ds.dataset(f"{uri}/videos", format="parquet", partitioning="hive").to_table().num_rows == 4
+
+
+def test_failure_record_counts_until_the_shard_commits(uri) -> None:
+    plans = plan_shards(fake_videos(8), 4)
+    out = _open(uri)
+    out.set_plan(plans)
+    out.commit_shard(plans[0], fake_shard_tables(plans[0]), {})
+    out.record_failure(plans[1], "RuntimeError: CUDA out of memory")
+    status = dataset_status(uri)
+    assert (status["committed"], status["failed"], status["pending"]) == (1, 1, 0)
+    assert status["failed_shards"][0]["error"] == "RuntimeError: CUDA out of memory"
+    assert status["ok"] is False
+    assert list(out.failures()) == [1]
+    out.commit_shard(plans[1], fake_shard_tables(plans[1]), {})
+    status = dataset_status(uri)
+    assert (status["committed"], status["failed"], status["ok"]) == (2, 0, True)
+
+
+def test_changed_manifest_retires_shards_whose_videos_changed(uri) -> None:
+    out, _ = _build(uri, n_videos=8, shard_size=4)
+    videos = fake_videos(8, splits=("train", "val"))
+    videos[5] = type(videos[5])(videos[5].video_id, videos[5].path, 0, None, "val")  # label fixed
+    plans = plan_shards(videos, 4)
+    assert out.is_committed(plans[0]) and not out.is_committed(plans[1])
+    assert out.set_plan(plans) == [1]
+    assert set(read_table(uri, "videos")["shard"].to_pylist()) == {0}
+    assert dataset_status(uri)["pending"] == 1
+
+
+def test_commit_checks_rows_against_the_plan(uri) -> None:
+    plans = plan_shards(fake_videos(4), 4)
+    out = _open(uri)
+    tables = fake_shard_tables(ShardPlan(0, plans[0].videos[:3]))
+    with pytest.raises(ValueError, match="one row per planned video"):
+        out.commit_shard(plans[0], tables, {})
+    assert not out.is_committed(plans[0])
+
+
+def test_commit_refuses_after_a_rebuild_elsewhere(uri) -> None:
+    plans = plan_shards(fake_videos(4), 4)
+    worker_copy = pickle.loads(pickle.dumps(_open(uri)))
+    _open(uri, {"other": True}, rebuild=True)
+    with pytest.raises(StorageError, match="rebuilt"):
+        worker_copy.commit_shard(plans[0], fake_shard_tables(plans[0]), {})
+
+
+def test_output_is_small_picklable_and_attachable(uri) -> None:
+    out, plans = _build(uri, n_videos=4)
+    blob = pickle.dumps(out)
+    assert len(blob) < 1000
+    copy = pickle.loads(blob)
+    assert copy.fingerprint == out.fingerprint and copy.is_committed(plans[0])
+    attached = Output.attach(uri)
+    assert attached.shard_fingerprint(plans[0]) == out.shard_fingerprint(plans[0])
+    with pytest.raises(StorageError, match="not a faceshard output"):
+        Output.attach(uri.rstrip("/") + "-missing")
+
+
+def test_metadata_records_config_weights_plan_and_random_models(uri) -> None:
+    weights = {**WEIGHTS, "depth": {"source": "random-init", "fingerprint": "rnd", "random": True}}
+    out = _open(uri, weights=weights)
+    out.set_plan(plan_shards(fake_videos(9), 4))
+    meta = out.metadata()
+    assert meta["schema_version"] == 1 and meta["fingerprint"] == out.fingerprint
+    assert meta["row_affecting"] == CONFIG and meta["weights"]["depth"]["random"] is True
+    assert meta["random_weights"] == ["depth"] and meta["plan"] == {"shards_total": 3, "videos_total": 9}
+    assert meta["created_at"] and meta["faceshard_version"]
+    assert dataset_status(uri)["random_weights"] == ["depth"]
+
+
+def test_refuses_a_foreign_non_empty_directory(tmp_path) -> None:
+    (tmp_path / "thesis.tex").write_text("do not delete")
+    with pytest.raises(StorageError, match="not empty and not a faceshard output"):
+        _open(str(tmp_path), rebuild=True)
+    assert (tmp_path / "thesis.tex").exists()
+
+
+def test_shard_with_only_failed_videos_commits_empty_faces(uri) -> None:
+    plans = plan_shards(fake_videos(2), 2)
+    out = _open(uri)
+    out.set_plan(plans)
+    errors = {"v00000": "no such file", "v00001": "path outside allowed roots: /etc/passwd"}
+    out.commit_shard(plans[0], fake_shard_tables(plans[0], errors=errors), {})
+    assert len(load_faces(uri)) == 0
+    status = dataset_status(uri)
+    assert status["committed"] == 1 and status["failed_by_reason"] == {
+        "no such file": 1,
+        "path outside allowed roots: /etc/passwd": 1,
+    }
+
+
+def test_tables_from_rows_commit_without_partition_columns(uri) -> None:
+    plans = plan_shards(fake_videos(1), 1)
+    schemas = table_schemas()
+    tables = rows_to_tables(
+        [
+            {
+                "video_id": "v00000",
+                "path": "/data/v00000.mp4",
+                "label": 0,
+                "split": "train",
+                "status": "no_faces",
+            }
+        ],
+        [],
+        [],
+        schemas,
+    )
+    out = _open(uri)
+    out.commit_shard(plans[0], {k: t.drop_columns(["split", "shard"]) for k, t in tables.items()}, {})
+    assert read_table(uri, "videos").select(["video_id", "status", "split", "shard"]).to_pylist() == [
+        {"video_id": "v00000", "status": "no_faces", "split": "train", "shard": 0}
+    ]
+
+
+def test_split_names_are_encoded_in_paths(tmp_path) -> None:
+    uri = str(tmp_path / "out")
+    videos = fake_videos(2, splits=("test/hard", "train"))
+    plans = plan_shards(videos, 2)
+    out = _open(uri)
+    out.commit_shard(plans[0], fake_shard_tables(plans[0]), {})
+    assert (tmp_path / "out" / "videos" / "split=test%2Fhard").is_dir()
+    table = ds.dataset(f"{uri}/videos", format="parquet", partitioning="hive").to_table()
+    assert sorted(table["split"].to_pylist()) == ["test/hard", "train"]
+    assert len(load_faces(uri, split="test/hard")) == 3
+
+
+def test_marker_holds_checksums_and_stats(tmp_path) -> None:
+    import hashlib
+    import json
+
+    uri = str(tmp_path / "out")
+    _build(uri, n_videos=4)
+    marker = json.loads((tmp_path / "out" / "_faceshard" / "commits" / "shard-000000.json").read_text())
+    assert marker["rows"] == {"videos": 4, "faces": 12, "identities": 4}
+    for entries in marker["files"].values():
+        for entry in entries:
+            data = (tmp_path / "out" / entry["path"]).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == entry["sha256"] and len(data) == entry["bytes"]
+            assert entry["path"].endswith(f"part-{marker['attempt']}.parquet")
+    assert marker["stats"] == {"stage_seconds": {"detect": 1.0}} and marker["status_counts"] == {"ok": 4}
+    assert dataset_status(uri, verify=True)["corrupt_files"] == []
+    victim = tmp_path / "out" / marker["files"]["faces"][0]["path"]
+    victim.write_bytes(victim.read_bytes()[:-10] + b"0123456789")
+    verified = dataset_status(uri, verify=True)
+    assert verified["corrupt_files"][0]["problem"] == "checksum mismatch" and verified["ok"] is False
+
+
+def test_fingerprint_helpers_are_order_independent() -> None:
+    a = commit_module.dataset_fingerprint({"a": 1, "b": {"c": 2, "d": 3}}, WEIGHTS)
+    b = commit_module.dataset_fingerprint({"b": {"d": 3, "c": 2}, "a": 1}, WEIGHTS)
+    assert a == b != commit_module.dataset_fingerprint({"a": 1, "b": {"c": 2, "d": 4}}, WEIGHTS)
+    assert a != commit_module.dataset_fingerprint({"a": 1, "b": {"c": 2, "d": 3}}, WEIGHTS, schema_version=2)
+    plans = plan_shards(fake_videos(8), 4)
+    assert commit_module.shard_fingerprint(a, plans[0]) != commit_module.shard_fingerprint(a, plans[1])

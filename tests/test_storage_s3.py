@@ -1,0 +1,119 @@
+"""The commit protocol against a real S3 endpoint (moto's server): no renames, retried transient PUTs."""
+
+from __future__ import annotations
+
+import socket
+
+import boto3
+import pytest
+
+from storage import fsio
+from storage.commit import Output
+from storage.manifest import ShardPlan, plan_shards
+from storage.reader import load_faces, read_table
+from storage.status import dataset_status
+from storage.testing import fake_shard_tables, fake_videos
+
+BUCKET = "faceshard-test"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3_options():
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    options = {
+        "key": "testing",
+        "secret": "testing",
+        "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}", "region_name": "us-east-1"},
+        "skip_instance_cache": True,
+    }
+    boto3.client(
+        "s3",
+        endpoint_url=options["client_kwargs"]["endpoint_url"],
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    ).create_bucket(Bucket=BUCKET)
+    yield options
+    server.stop()
+
+
+def _transient_error():
+    from botocore.exceptions import ClientError
+
+    return ClientError(
+        {
+            "Error": {"Code": "SlowDown", "Message": "Please reduce your request rate."},
+            "ResponseMetadata": {"HTTPStatusCode": 503},
+        },
+        "PutObject",
+    )
+
+
+def test_s3_round_trip_with_a_retried_transient_write(s3_options, monkeypatch) -> None:
+    uri = f"s3://{BUCKET}/build-1"
+    plans = plan_shards(fake_videos(8, splits=("train", "val")), 4)
+    out = Output.open(uri, config={"k": 1}, weights={}, storage_options=s3_options)
+    out.set_plan(plans)
+
+    real_pipe = out.fs.pipe_file
+    failures: list[str] = []
+
+    def flaky_pipe(path, data, **kwargs):
+        if path.endswith(".parquet") and not failures:
+            failures.append(path)
+            raise _transient_error()
+        return real_pipe(path, data, **kwargs)
+
+    monkeypatch.setattr(out.fs, "pipe_file", flaky_pipe)
+    out.commit_shard(plans[0], fake_shard_tables(plans[0], errors={"v00002": "decode failed"}), {})
+    monkeypatch.undo()
+    assert len(failures) == 1  # the failure happened and the retry published the file
+    assert out.fs.exists(failures[0])
+
+    status = dataset_status(uri, storage_options=s3_options, verify=True)
+    assert (status["committed"], status["pending"], status["corrupt_files"]) == (1, 1, [])
+    assert [v["video_id"] for v in status["failed_videos"]] == ["v00002"]
+    faces = load_faces(uri, storage_options=s3_options)
+    assert len(faces) == 9 and faces.emb_rgb.shape == (9, 8)
+    assert read_table(uri, "videos", split="val", storage_options=s3_options).num_rows == 2
+
+    # A crash after publishing shard 1's files: nothing visible, cleaned by the next open.
+    def killed(self, shard_id, marker):
+        raise KeyboardInterrupt("killed before the marker")
+
+    monkeypatch.setattr(Output, "_write_marker", killed)
+    with pytest.raises(KeyboardInterrupt):
+        out.commit_shard(plans[1], fake_shard_tables(plans[1]), {})
+    monkeypatch.undo()
+    fs, root = fsio.open_fs(uri, s3_options)
+    assert any("shard=000001" in p for p in fsio.list_files(fs, f"{root}/faces"))
+    assert len(load_faces(uri, storage_options=s3_options)) == 9
+
+    again = Output.open(uri, config={"k": 1}, weights={}, storage_options=s3_options)
+    assert not any("shard=000001" in p for p in fsio.list_files(fs, f"{root}/faces"))
+    assert again.is_committed(plans[0]) and again.pending(plans) == [plans[1]]
+    again.commit_shard(plans[1], fake_shard_tables(plans[1]), {})
+    retry_plan = ShardPlan(0, [plans[0].videos[2]])
+    retry = again.replace_videos(plans[0], fake_shard_tables(retry_plan), {})
+    assert retry["status_counts"] == {"ok": 4}
+    status = dataset_status(uri, storage_options=s3_options)
+    assert (status["committed"], status["failed"], status["pending"], status["ok"]) == (2, 0, 0, True)
+    assert status["totals"]["faces"] == 24
+
+
+def test_s3_transient_errors_are_classified() -> None:
+    assert fsio.is_transient(_transient_error())
+    assert fsio.is_transient(ConnectionResetError())
+    assert not fsio.is_transient(FileNotFoundError("gone"))
+    assert not fsio.is_transient(PermissionError("denied"))
+    assert not fsio.is_transient(ValueError("bug"))
