@@ -7,15 +7,21 @@ Layout under the output root (any fsspec URL):
     _faceshard/plan.json                             shards_total and each shard's fingerprint
     _faceshard/commits/shard-000042.json             commit marker: files, rows, sha256, stats
     _faceshard/failures/shard-000042.json            a shard whose whole task failed
-    _faceshard/staging/                              local staging (temp files renamed into place)
+    _faceshard/staging/<attempt>/<table>/...         files of a commit not yet moved into place
     {videos,faces,identities}/split=<s>/shard=000042/part-<attempt>.parquet
 
-A shard is committed when its marker exists, names the current dataset fingerprint and, once a
-plan is recorded, the plan's fingerprint for that shard. Data files are published first (atomic
-rename locally, one atomic PUT on object stores) under names carrying a unique attempt id, the
-marker last; readers and status only follow markers. Files no marker references (a writer killed
-between publishing and its marker, or the superseded files of a replacement) are deleted by the
-next `Output.open`.
+Commit of one shard (every data file name carries a unique attempt id):
+  1. each file is written under `_faceshard/staging/<attempt>/` (local: temp file, fsync, rename;
+     object stores: one atomic PUT);
+  2. the marker is written: THE commit point (one atomic rename / PUT). Before it nothing of the
+     attempt is visible anywhere; after it readers following markers see the whole shard;
+  3. publishing: the files of a superseded commit are deleted, the staged files are moved under the
+     table directories (rename locally, server-side copy on object stores), and the marker is
+     rewritten with `published: true`.
+A plain `pyarrow.dataset` listing of `{URI}/{table}` therefore only ever sees committed shards
+(possibly fewer while one is being published). A crash before 2 leaves staging junk, a crash in 3
+leaves a committed-but-unpublished shard: `Output.open` deletes the first and rolls the second
+forward, and deletes any data file no marker references.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 import re
 import uuid
 from collections import Counter
@@ -181,11 +188,28 @@ class OutputState:
         """The committed file entries of `table` (with `shard`), in shard order."""
         wanted = None if splits is None else set(splits)
         return [
-            {**entry, "shard": shard_id}
-            for shard_id, marker in sorted(self.markers.items())
+            file_entry(marker, entry)
+            for _, marker in sorted(self.markers.items())
             for entry in marker["files"][table]
             if wanted is None or entry["split"] in wanted
         ]
+
+
+def file_entry(marker: Mapping[str, Any], entry: Mapping[str, Any]) -> dict[str, Any]:
+    """A file entry with its shard and, while the marker is unpublished, where it was staged."""
+    out = {**entry, "shard": marker["shard"]}
+    if not marker.get("published", True):
+        out["staged_path"] = f"{marker['staging']}/{entry['path']}"
+    return out
+
+
+def locate(fs: AbstractFileSystem, root: str, entry: Mapping[str, Any]) -> str:
+    """The full path to read a committed file from: its table path, or staging while unpublished."""
+    final = fsio.join(root, entry["path"])
+    staged = entry.get("staged_path")
+    if staged and not fsio.retrying(fs.exists, final):
+        return fsio.join(root, staged)
+    return final
 
 
 def read_metadata(fs: AbstractFileSystem, root: str) -> dict[str, Any] | None:
@@ -244,8 +268,7 @@ def read_files(
     """Concatenate committed files, adding the `split`/`shard` partition columns from their entries."""
     tables = []
     for entry in entries:
-        with fs.open(fsio.join(root, entry["path"]), "rb") as handle:
-            table = pq.read_table(handle, columns=columns)
+        table = _read_committed_file(fs, root, entry, columns)
         n = table.num_rows
         table = table.append_column("split", pa.array([entry["split"]] * n, pa.string()))
         table = table.append_column("shard", pa.array([entry["shard"]] * n, pa.int32()))
@@ -253,6 +276,20 @@ def read_files(
     if not tables:
         return None
     return pa.concat_tables(tables, promote_options="default")
+
+
+def _read_committed_file(
+    fs: AbstractFileSystem, root: str, entry: Mapping[str, Any], columns: list[str] | None
+) -> pa.Table:
+    """One committed file; if it was moved out of staging between locating and opening, again."""
+    for attempt in range(3):
+        try:
+            with fs.open(locate(fs, root, entry), "rb") as handle:
+                return pq.read_table(handle, columns=columns)
+        except FileNotFoundError:
+            if attempt == 2 or "staged_path" not in entry:
+                raise
+    raise AssertionError("unreachable")
 
 
 # ---------------------------------------------------------------- the output
@@ -443,7 +480,7 @@ class Output:
         marker = self.marker(shard_id)
         if marker is None:
             raise StorageError(f"{self.uri}: shard {shard_id} is not committed")
-        entries = [{**entry, "shard": shard_id} for entry in marker["files"][table]]
+        entries = [file_entry(marker, entry) for entry in marker["files"][table]]
         result = read_files(self.fs, self.root, entries, columns)
         if result is None:
             raise StorageError(f"{self.uri}: shard {shard_id} has no {table} files")
@@ -469,13 +506,14 @@ class Output:
         self._check_fingerprint_unchanged()
         prepared = _prepare_tables(plan, tables)
         attempt = new_attempt_id()
+        staging = f"{STAGING_DIR}/{attempt}"
         files: dict[str, list[dict[str, Any]]] = {name: [] for name in TABLES}
         total_bytes = 0
         for name in TABLES:
             for split, part in prepared[name]:
                 data = _parquet_bytes(part)
                 path = data_file_path(name, split, plan.shard_id, attempt)
-                self._put(path, data)
+                self._put(f"{staging}/{path}", data)
                 files[name].append(
                     {
                         "path": path,
@@ -496,6 +534,8 @@ class Output:
             "dataset_fingerprint": self.fingerprint,
             "attempt": attempt,
             "committed_at": now_iso(),
+            "published": False,
+            "staging": staging,
             "files": files,
             "rows": {name: sum(f["rows"] for f in files[name]) for name in TABLES},
             "bytes": total_bytes,
@@ -505,10 +545,7 @@ class Output:
         }
         self._write_marker(plan.shard_id, marker)
         fsio.remove_files(self.fs, [self._path(FAILURES_DIR, marker_name(plan.shard_id))])
-        if previous is not None:
-            keep = {f["path"] for entries in files.values() for f in entries}
-            fsio.remove_files(self.fs, [self._path(p) for p in _marker_paths(previous) if p not in keep])
-        return marker
+        return self._publish(marker, previous)
 
     def replace_videos(
         self, plan: ShardPlan, tables: Mapping[str, pa.Table], stats: Mapping[str, Any] | None = None
@@ -548,29 +585,45 @@ class Output:
     # -- maintenance
 
     def cleanup(self) -> dict[str, int]:
-        """Delete what no commit marker vouches for: staging leftovers, markers of another
-        fingerprint or with missing files, and unreferenced data files. Driver-side only: a
-        writer running concurrently on the same output would lose its staged files.
+        """Delete what no commit marker vouches for and finish interrupted publishing.
+
+        Markers of another fingerprint or whose files are gone are dropped; committed but
+        unpublished shards are rolled forward; staging leftovers and unreferenced data files are
+        deleted. Driver-side only: a writer running concurrently on the same output would lose
+        its staged files.
         """
         fs = self.fs
-        fsio.remove_tree(fs, self._path(STAGING_DIR))
-        listed = {name: fsio.list_files(fs, self._path(name)) for name in TABLES}
-        existing = {path for paths in listed.values() for path in paths}
-        referenced: set[str] = set()
-        dropped_markers = 0
-        for shard, marker in self._all_records(COMMITS_DIR).items():
-            paths = {self._path(p) for p in _marker_paths(marker)}
-            if marker.get("dataset_fingerprint") != self.fingerprint or not paths <= existing:
-                self._remove_marker(shard, None)
-                dropped_markers += 1
+        markers: dict[int, dict[str, Any]] = {}
+        dropped = rolled_forward = 0
+        for shard, marker in sorted(self._all_records(COMMITS_DIR).items()):
+            if marker.get("dataset_fingerprint") == self.fingerprint:
+                markers[shard] = marker
             else:
-                referenced |= paths
+                self._remove_marker(shard, None)
+                dropped += 1
+        # Unreferenced files go before any roll-forward moves files in: an interrupted replacement's
+        # old files must vanish before its new ones appear, or a listing would see videos twice.
+        referenced = {self._path(p) for marker in markers.values() for p in _marker_paths(marker)}
+        existing = {path for name in TABLES for path in fsio.list_files(fs, self._path(name))}
+        orphans = sorted(p for p in existing - referenced if _DATA_FILE.search(p))
+        fsio.remove_files(fs, orphans)
+        for shard, marker in markers.items():
+            if marker.get("published", True):
+                if any(self._path(p) not in existing for p in _marker_paths(marker)):
+                    self._remove_marker(shard, marker)  # a committed file was deleted behind our back
+                    dropped += 1
+                continue
+            try:
+                self._publish(marker, None)
+                rolled_forward += 1
+            except FileNotFoundError:
+                self._remove_marker(shard, marker)
+                dropped += 1
+        fsio.remove_tree(fs, self._path(STAGING_DIR))
         for shard, record in self._all_records(FAILURES_DIR).items():
             if record.get("dataset_fingerprint") != self.fingerprint:
                 fsio.remove_files(fs, [self._path(FAILURES_DIR, marker_name(shard))])
-        orphans = [p for p in existing if p not in referenced and _DATA_FILE.search(p)]
-        fsio.remove_files(fs, orphans)
-        return {"orphan_files": len(orphans), "dropped_markers": dropped_markers}
+        return {"orphan_files": len(orphans), "dropped_markers": dropped, "rolled_forward": rolled_forward}
 
     # -- internals
 
@@ -584,11 +637,54 @@ class Output:
         """The commit point: once this PUT/rename lands the shard is visible, not a moment before."""
         self._put(fsio.join(COMMITS_DIR, marker_name(shard_id)), _dump_json(marker))
 
+    def _publish(self, marker: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:
+        """Step 3 of a commit (idempotent, so `cleanup` can roll it forward after a crash).
+
+        The superseded commit's files go first, so a directory listing never sees a video twice.
+        """
+        shard = marker["shard"]
+        paths = _marker_paths(marker)
+        if previous is not None:
+            keep = set(paths)
+            fsio.remove_files(self.fs, [self._path(p) for p in _marker_paths(previous) if p not in keep])
+            if not previous.get("published", True):
+                fsio.remove_tree(self.fs, self._path(previous["staging"]))
+        for path in paths:
+            self._move_into_place(f"{marker['staging']}/{path}", path)
+        current = self.marker(shard)
+        if current is None or current.get("attempt") != marker["attempt"]:
+            # A concurrent commit of the same shard (a zombie retry) won: ours are now orphans.
+            fsio.remove_files(self.fs, [self._path(p) for p in paths])
+            return current or marker
+        published = {k: v for k, v in marker.items() if k != "staging"} | {"published": True}
+        self._write_marker(shard, published)
+        fsio.remove_tree(self.fs, self._path(marker["staging"]))
+        return published
+
+    def _move_into_place(self, staged: str, final: str) -> None:
+        """Rename (local) or server-side copy + delete (object stores); done already is fine."""
+        fs, src, dst = self.fs, self._path(staged), self._path(final)
+        if fsio.is_local(fs):
+            if os.path.exists(src):
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                os.replace(src, dst)
+            elif not os.path.exists(dst):
+                raise FileNotFoundError(f"committed file lost before publishing: {src}")
+            return
+        try:
+            fsio.retrying(fs.copy, src, dst)
+        except FileNotFoundError:
+            if not fsio.retrying(fs.exists, dst):
+                raise FileNotFoundError(f"committed file lost before publishing: {src}") from None
+        fsio.remove_files(fs, [src])
+
     def _remove_marker(self, shard_id: int, marker: dict[str, Any] | None) -> None:
         """Marker first (the shard disappears atomically), then the files it referenced."""
         fsio.remove_files(self.fs, [self._path(COMMITS_DIR, marker_name(shard_id))])
         if marker is not None:
             fsio.remove_files(self.fs, [self._path(p) for p in _marker_paths(marker)])
+            if not marker.get("published", True):
+                fsio.remove_tree(self.fs, self._path(marker["staging"]))
 
     def _all_records(self, directory: str) -> dict[int, dict[str, Any]]:
         return _read_records(self.fs, self._path(directory))

@@ -1,17 +1,17 @@
 """The training reader: committed rows only, found through the commit markers, never by listing.
 
-A directory listing would also see files of a shard that is half published or being replaced;
-the markers name exactly the files of committed shards, which are then scanned with one
-`pyarrow.dataset` (parallel over files), and fixed_size_list columns become numpy arrays
-without per-row work (`values` buffer reshaped).
+The markers name exactly the files of committed shards (also while one is still being moved into
+place); they are scanned with one `pyarrow.dataset` (parallel over files), the `split`/`shard`
+columns are filled in from the markers, and fixed_size_list columns become numpy arrays without
+per-row work (the `values` buffer reshaped).
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -21,10 +21,13 @@ import pyarrow.fs as pafs
 from fsspec import AbstractFileSystem
 
 from storage import fsio
-from storage.commit import OutputState, read_state
-from storage.schema import PARTITION_COLUMNS, PARTITION_SCHEMA, TABLES, fixed_shape, table_schemas
+from storage.commit import OutputState, locate, read_state
+from storage.errors import StorageError
+from storage.schema import PARTITION_COLUMNS, TABLES, fixed_shape, table_schemas
 
 FACE_KEYS = ("video_id", "frame", "face", "identity", "size_bucket")
+READ_ATTEMPTS = 3
+T = TypeVar("T")
 
 
 @dataclass
@@ -64,11 +67,14 @@ def load_faces(
     size_bucket); `emb_dtype` ("float32") converts embeddings, None keeps the stored dtype.
     """
     fs, root = fsio.open_fs(uri, storage_options)
-    state = read_state(fs, root)
     splits = _splits(split)
     wanted = list(dict.fromkeys([*FACE_KEYS, *columns]))
-    faces = _scan(fs, root, state, "faces", splits, wanted)
-    videos = _scan(fs, root, state, "videos", splits, ["video_id", "label"])
+
+    def scan_both(state: OutputState) -> tuple[pa.Table, pa.Table]:
+        faces = _scan(fs, root, state, "faces", splits, wanted)
+        return faces, _scan(fs, root, state, "videos", splits, ["video_id", "label"])
+
+    faces, videos = _consistent(fs, root, scan_both)
     positions = pc.index_in(faces["video_id"], value_set=videos["video_id"].combine_chunks())
     labels = videos["label"].combine_chunks().take(positions)
 
@@ -103,7 +109,19 @@ def read_table(
     if table not in TABLES:
         raise ValueError(f"unknown table {table!r}; one of {', '.join(TABLES)}")
     fs, root = fsio.open_fs(uri, storage_options)
-    return _scan(fs, root, read_state(fs, root), table, _splits(split), list(columns) if columns else None)
+    wanted = list(columns) if columns else None
+    return _consistent(fs, root, lambda state: _scan(fs, root, state, table, _splits(split), wanted))
+
+
+def _consistent(fs: AbstractFileSystem, root: str, read: Callable[[OutputState], T]) -> T:
+    """Run `read` on a fresh committed view; again if a build moved or replaced a file meanwhile."""
+    for attempt in range(READ_ATTEMPTS):
+        try:
+            return read(read_state(fs, root))
+        except FileNotFoundError:
+            if attempt == READ_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def fixed_list_to_numpy(column: pa.ChunkedArray | pa.Array, dtype: str | None = None) -> np.ndarray:
@@ -167,19 +185,30 @@ def _scan(
         empty = table_schemas()[table].empty_table()
         return empty.select([c for c in columns if c in empty.column_names]) if columns else empty
     dataset = ds.dataset(
-        [fsio.join(root, entry["path"]) for entry in entries],
-        format="parquet",
-        filesystem=_arrow_fs(fs),
-        partitioning=ds.partitioning(PARTITION_SCHEMA, flavor="hive"),
-        partition_base_dir=fsio.join(root, table),
+        [locate(fs, root, entry) for entry in entries], format="parquet", filesystem=_arrow_fs(fs)
     )
-    if columns is not None:
-        missing = [c for c in columns if c not in dataset.schema.names]
-        if missing:
-            raise KeyError(
-                f"{table} has no column(s) {', '.join(missing)} (stored: {', '.join(dataset.schema.names)})"
-            )
-    return dataset.to_table(columns=columns)
+    wanted = dataset.schema.names + list(PARTITION_COLUMNS) if columns is None else columns
+    stored = [c for c in wanted if c not in PARTITION_COLUMNS]
+    missing = [c for c in stored if c not in dataset.schema.names]
+    if missing:
+        raise KeyError(
+            f"{table} has no column(s) {', '.join(missing)} (stored: {', '.join(dataset.schema.names)})"
+        )
+    result = dataset.to_table(columns=stored)
+    rows = np.array([entry["rows"] for entry in entries], dtype=np.int64)
+    if result.num_rows != rows.sum():
+        raise StorageError(f"{table}: committed files hold {result.num_rows} rows, markers say {rows.sum()}")
+    # Partition values come from the markers (files are read in marker order), not from paths.
+    if "split" in wanted:
+        splits = sorted({entry["split"] for entry in entries})
+        codes = np.repeat([splits.index(entry["split"]) for entry in entries], rows).astype(np.int32)
+        split = pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(splits)).cast(pa.string())
+        result = result.append_column("split", split)
+    if "shard" in wanted:
+        result = result.append_column(
+            "shard", pa.array(np.repeat([entry["shard"] for entry in entries], rows).astype(np.int32))
+        )
+    return result.select(wanted)
 
 
 def _to_torch(value: Any) -> Any:
@@ -191,6 +220,3 @@ def _to_torch(value: Any) -> Any:
         # Zero-copy views of Arrow buffers are flagged read-only; the tensor shares that memory.
         warnings.simplefilter("ignore", UserWarning)
         return torch.from_numpy(value)
-
-
-__all__ = ["PARTITION_COLUMNS", "FaceArrays", "fixed_list_to_numpy", "load_faces", "read_table"]

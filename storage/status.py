@@ -13,7 +13,7 @@ from typing import Any
 import pyarrow.compute as pc
 
 from storage import fsio
-from storage.commit import OutputState, read_files, read_state
+from storage.commit import OutputState, file_entry, locate, read_files, read_state
 
 
 def dataset_status(
@@ -68,10 +68,10 @@ def dataset_status(
 
 def _failed_videos(fs: Any, root: str, state: OutputState) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
-    for shard, marker in sorted(state.markers.items()):
+    for _, marker in sorted(state.markers.items()):
         if not marker.get("status_counts", {}).get("error"):
             continue
-        entries = [{**entry, "shard": shard} for entry in marker["files"]["videos"]]
+        entries = [file_entry(marker, entry) for entry in marker["files"]["videos"]]
         videos = read_files(fs, root, entries, columns=["video_id", "path", "status", "error"])
         if videos is None:
             continue
@@ -96,7 +96,7 @@ def _verify(fs: Any, root: str, state: OutputState) -> list[dict[str, Any]]:
     for shard, marker in sorted(state.markers.items()):
         for entries in marker["files"].values():
             for entry in entries:
-                path = fsio.join(root, entry["path"])
+                path = locate(fs, root, file_entry(marker, entry))
                 data = fsio.read_optional(fs, path)
                 if data is None:
                     bad.append({"shard": shard, "path": entry["path"], "problem": "missing"})

@@ -182,6 +182,8 @@ def crop_side(face: Face) -> float:
     """A face's crop side as MINTIME measured it (the stored crop's width; its crops are square)."""
     if face.crop is not None:
         return float(face.crop.shape[1])
+    if face.crop_size is not None:
+        return float(face.crop_size[1])
     return float(face.box[2] - face.box[0])
 
 

@@ -43,6 +43,8 @@ class FrameSelector(ABC):
     """Base of all strategies; see the module docstring for the protocol."""
 
     needs_feedback: bool = False
+    # With feedback: once `accepted(i)` is True it stays True, so faces can be processed right away.
+    final_when_accepted: bool = True
 
     def __init__(self, max_frames: int | None = None) -> None:
         if max_frames is not None and max_frames < 1:
@@ -181,6 +183,7 @@ class Consecutive(FrameSelector):
     """
 
     needs_feedback = True
+    final_when_accepted = False  # a later, longer run replaces the best one so far
 
     def __init__(self, n: int, max_frames: int | None = None) -> None:
         super().__init__(max_frames)

@@ -68,6 +68,7 @@ class Face:
     frame_height: int
     crop: np.ndarray | None = None  # (h, w, 3) uint8 from the crop method (native size)
     box_in_crop: np.ndarray | None = None  # (4,) float32 detection box in crop coordinates
+    crop_size: tuple[int, int] | None = None  # (h, w) of `crop`, kept after the pixels are dropped
     area_ratio: int | None = None
     size_bucket: int | None = None
     id_embedding: np.ndarray | None = None  # identity embedding (L2-normalised for facenet)

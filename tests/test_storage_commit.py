@@ -169,30 +169,75 @@ class Crash(RuntimeError):
     pass
 
 
-def test_crash_between_publish_and_marker_leaves_nothing_visible(uri, monkeypatch) -> None:
+def _hive_rows(uri: str, table: str) -> list[dict]:
+    fs, root = fsio.open_fs(uri)
+    path = fsio.join(root, table)
+    if not fs.exists(path):
+        return []
+    dataset = ds.dataset(path, format="parquet", partitioning="hive", filesystem=fs)
+    if not dataset.files:
+        return []
+    return dataset.to_table(columns=["video_id", "shard"]).to_pylist()
+
+
+def test_crash_before_the_marker_leaves_nothing_visible(uri, monkeypatch) -> None:
     plans = plan_shards(fake_videos(8), 4)
     out = _open(uri)
     out.set_plan(plans)
     out.commit_shard(plans[0], fake_shard_tables(plans[0]), {})
 
     def die(self, shard_id, marker):
-        raise Crash("killed after publishing the data files")
+        raise Crash("killed before the marker")
 
     monkeypatch.setattr(Output, "_write_marker", die)
     with pytest.raises(Crash):
         out.commit_shard(plans[1], fake_shard_tables(plans[1]), {})
-    fs, root = fsio.open_fs(uri)
-    published = fsio.list_files(fs, fsio.join(root, "faces"))
-    assert any("shard=000001" in p for p in published)  # the files did land
-    assert set(load_faces(uri).video_id.tolist()) == {f"v{i:05d}" for i in range(4)}
-    assert dataset_status(uri)["committed"] == 1 and dataset_status(uri)["pending"] == 1
     monkeypatch.undo()
+    fs, root = fsio.open_fs(uri)
+    assert any("shard=000001" in p for p in fsio.list_files(fs, fsio.join(root, "_faceshard", "staging")))
+    assert {r["shard"] for r in _hive_rows(uri, "faces")} == {0}  # even a plain listing sees only shard 0
+    assert set(load_faces(uri).video_id.tolist()) == {f"v{i:05d}" for i in range(4)}
+    status = dataset_status(uri)
+    assert (status["committed"], status["pending"]) == (1, 1)
 
     reopened = _open(uri)
-    assert not any("shard=000001" in p for p in fsio.list_files(fs, fsio.join(root, "faces")))
+    assert fsio.list_files(fs, fsio.join(root, "_faceshard", "staging")) == []
     assert not reopened.is_committed(plans[1]) and reopened.is_committed(plans[0])
     reopened.commit_shard(plans[1], fake_shard_tables(plans[1]), {})
+    assert len(load_faces(uri)) == 24 and len(_hive_rows(uri, "faces")) == 24
+
+
+def test_crash_after_the_marker_is_rolled_forward(uri, monkeypatch) -> None:
+    plans = plan_shards(fake_videos(8, splits=("train", "val")), 4)
+    out = _open(uri)
+    out.set_plan(plans)
+    out.commit_shard(plans[0], fake_shard_tables(plans[0]), {})
+    real_move = Output._move_into_place
+    moves = []
+
+    def move_then_die(self, staged, final):
+        if len(moves) == 2:
+            raise Crash("killed while moving files into place")
+        moves.append(final)
+        real_move(self, staged, final)
+
+    monkeypatch.setattr(Output, "_move_into_place", move_then_die)
+    with pytest.raises(Crash):
+        out.commit_shard(plans[1], fake_shard_tables(plans[1]), {})
+    monkeypatch.undo()
+    # Committed: readers following the markers see the whole shard, from staging where needed.
     assert len(load_faces(uri)) == 24
+    assert sorted(read_table(uri, "videos")["video_id"].to_pylist()) == [f"v{i:05d}" for i in range(8)]
+    assert dataset_status(uri, verify=True)["corrupt_files"] == []
+    assert out.is_committed(plans[1]) and out.marker(1)["published"] is False
+    # A listing sees only committed rows (the two moved files of shard 1 are videos files).
+    assert {r["shard"] for r in _hive_rows(uri, "faces")} == {0}
+
+    _open(uri)
+    assert out.marker(1)["published"] is True
+    assert len(_hive_rows(uri, "faces")) == 24 and len(_hive_rows(uri, "videos")) == 8
+    fs, root = fsio.open_fs(uri)
+    assert fsio.list_files(fs, fsio.join(root, "_faceshard", "staging")) == []
 
 
 def test_crash_in_the_middle_of_publishing(tmp_path, monkeypatch) -> None:
@@ -257,18 +302,23 @@ def test_retry_failed_replaces_rows_atomically_and_leaves_other_shards_alone(tmp
     assert out.is_committed(plan)
 
 
-def test_crash_after_replacement_marker_keeps_only_new_rows(tmp_path, monkeypatch) -> None:
-    uri = str(tmp_path / "out")
+def test_crash_during_a_replacement_never_shows_a_video_twice(uri, monkeypatch) -> None:
     out, plans = _build(uri, n_videos=4, errors={"v00001": "decode failed"})
     retry = ShardPlan(0, [plans[0].videos[1]])
-    monkeypatch.setattr(fsio, "remove_files", lambda fs, paths: None)  # die before deleting old files
-    out.replace_videos(plans[0], fake_shard_tables(retry), {})
+
+    def die(self, staged, final):
+        raise Crash("killed after the new marker, before moving its files")
+
+    monkeypatch.setattr(Output, "_move_into_place", die)
+    with pytest.raises(Crash):
+        out.replace_videos(plans[0], fake_shard_tables(retry), {})
     monkeypatch.undo()
-    assert len(_data_files(tmp_path / "out")) == 12  # 2 splits × 3 tables, old and new side by side
-    assert read_table(uri, "videos")["status"].to_pylist() == ["ok"] * 4  # reader follows the marker
+    assert read_table(uri, "videos")["status"].to_pylist() == ["ok"] * 4  # the new rows, from staging
+    assert _hive_rows(uri, "videos") == []  # old files gone, new ones not in place: never both
     _open(uri)
-    assert len(_data_files(tmp_path / "out")) == 6
-    assert ds.dataset(f"{uri}/videos", format="parquet", partitioning="hive").to_table().num_rows == 4
+    rows = _hive_rows(uri, "videos")
+    assert sorted(r["video_id"] for r in rows) == [f"v{i:05d}" for i in range(4)]
+    assert dataset_status(uri)["video_status"] == {"ok": 4}
 
 
 def test_failure_record_counts_until_the_shard_commits(uri) -> None:
@@ -424,3 +474,39 @@ def test_fingerprint_helpers_are_order_independent() -> None:
     assert a != commit_module.dataset_fingerprint({"a": 1, "b": {"c": 2, "d": 3}}, WEIGHTS, schema_version=2)
     plans = plan_shards(fake_videos(8), 4)
     assert commit_module.shard_fingerprint(a, plans[0]) != commit_module.shard_fingerprint(a, plans[1])
+
+
+def test_reader_retries_when_a_build_replaces_files_under_it(tmp_path, monkeypatch) -> None:
+    from storage import reader
+
+    uri = str(tmp_path / "out")
+    out, plans = _build(uri, n_videos=4, errors={"v00001": "decode failed"})
+    stale = reader.read_state(*fsio.open_fs(uri))
+    out.replace_videos(plans[0], fake_shard_tables(ShardPlan(0, [plans[0].videos[1]])), {})
+    calls = []
+
+    def first_stale(fs, root):
+        calls.append(root)
+        return stale if len(calls) == 1 else commit_module.read_state(fs, root)
+
+    monkeypatch.setattr(reader, "read_state", first_stale)
+    assert read_table(uri, "videos")["status"].to_pylist() == ["ok"] * 4
+    assert len(calls) == 2
+
+
+def test_build_config_fingerprint_and_readable_mismatch(tmp_path) -> None:
+    from faceshard.config import BuildConfig
+
+    uri = str(tmp_path / "out")
+    cfg = BuildConfig()
+    out = Output.open(uri, config=cfg, weights=WEIGHTS)
+    assert out.metadata()["config"]["runtime"]["device"] == cfg.runtime.device  # full config recorded
+    assert out.metadata()["row_affecting"] == cfg.row_affecting()
+    assert Output.open(uri, config=cfg.row_affecting(), weights=WEIGHTS).fingerprint == out.fingerprint
+    changed = cfg.model_copy(deep=True)
+    changed.detect.thresholds = (0.6, 0.7, 0.7)
+    changed.runtime.num_cpus = 8  # runtime never changes rows
+    with pytest.raises(FingerprintMismatch) as info:
+        Output.open(uri, config=changed.row_affecting(), weights=WEIGHTS)
+    assert "detect.thresholds: [0.85,0.95,0.95] → [0.6,0.7,0.7]" in str(info.value)
+    assert "runtime" not in str(info.value)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import re
 import socket
 
 import boto3
@@ -27,6 +29,7 @@ def _free_port() -> int:
 def s3_options():
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
     port = _free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
@@ -77,8 +80,9 @@ def test_s3_round_trip_with_a_retried_transient_write(s3_options, monkeypatch) -
     monkeypatch.setattr(out.fs, "pipe_file", flaky_pipe)
     out.commit_shard(plans[0], fake_shard_tables(plans[0], errors={"v00002": "decode failed"}), {})
     monkeypatch.undo()
-    assert len(failures) == 1  # the failure happened and the retry published the file
-    assert out.fs.exists(failures[0])
+    assert len(failures) == 1 and "/_faceshard/staging/" in failures[0]
+    published = re.sub(r"/_faceshard/staging/[^/]+/", "/", failures[0])
+    assert out.fs.exists(published)  # the retried write landed and was moved into place
 
     status = dataset_status(uri, storage_options=s3_options, verify=True)
     assert (status["committed"], status["pending"], status["corrupt_files"]) == (1, 1, [])
@@ -96,11 +100,12 @@ def test_s3_round_trip_with_a_retried_transient_write(s3_options, monkeypatch) -
         out.commit_shard(plans[1], fake_shard_tables(plans[1]), {})
     monkeypatch.undo()
     fs, root = fsio.open_fs(uri, s3_options)
-    assert any("shard=000001" in p for p in fsio.list_files(fs, f"{root}/faces"))
+    assert any("shard=000001" in p for p in fsio.list_files(fs, f"{root}/_faceshard/staging"))
+    assert not any("shard=000001" in p for p in fsio.list_files(fs, f"{root}/faces"))
     assert len(load_faces(uri, storage_options=s3_options)) == 9
 
     again = Output.open(uri, config={"k": 1}, weights={}, storage_options=s3_options)
-    assert not any("shard=000001" in p for p in fsio.list_files(fs, f"{root}/faces"))
+    assert fsio.list_files(fs, f"{root}/_faceshard/staging") == []
     assert again.is_committed(plans[0]) and again.pending(plans) == [plans[1]]
     again.commit_shard(plans[1], fake_shard_tables(plans[1]), {})
     retry_plan = ShardPlan(0, [plans[0].videos[2]])

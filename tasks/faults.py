@@ -1,0 +1,39 @@
+"""Failpoints for tests of the failure paths (a shard that dies, a build killed mid-way).
+
+Off unless `FACESHARD_FAULTS` is set, e.g. `commit:2=raise,video:clip_003=sleep:1.5`:
+`site:key=action` items, where site is `video` (key: video id) or `commit` (key: shard id), and
+action is `raise` or `sleep:SECONDS`. `*` as key matches every key.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+
+class InjectedFault(RuntimeError):
+    """Raised by a `raise` failpoint."""
+
+
+def _parse(spec: str) -> dict[tuple[str, str], str]:
+    rules: dict[tuple[str, str], str] = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        target, _, action = item.partition("=")
+        site, _, key = target.partition(":")
+        rules[(site, key)] = action
+    return rules
+
+
+def maybe_fault(site: str, key: str) -> None:
+    """Act on the failpoint for (site, key) if one is configured; a no-op otherwise."""
+    spec = os.environ.get("FACESHARD_FAULTS")
+    if not spec:
+        return
+    rules = _parse(spec)
+    action = rules.get((site, key)) or rules.get((site, "*"))
+    if action is None:
+        return
+    if action == "raise":
+        raise InjectedFault(f"injected fault at {site}:{key}")
+    if action.startswith("sleep:"):
+        time.sleep(float(action.split(":", 1)[1]))

@@ -1,0 +1,72 @@
+"""Shared fixtures: isolated Prefect/Ray settings, a synthetic corpus, and the real fixture clips."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_FIXTURES = REPO.parent / "shared" / "fixtures"
+NO_SHARED = (
+    f"needs the real ForgeryNet clips in {SHARED_FIXTURES} (the project's ../shared/fixtures, "
+    "present in CI and on developer machines, absent from a user's clone)"
+)
+
+# Offline and quiet, before Prefect or Ray are imported by any test module.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+@pytest.fixture(scope="session")
+def shared_fixtures() -> Path:
+    """../shared/fixtures, or a skip that says why."""
+    if not SHARED_FIXTURES.is_dir():
+        pytest.skip(NO_SHARED)
+    return SHARED_FIXTURES
+
+
+@pytest.fixture(scope="session")
+def synth_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic corpus (manifest + truth) shared by the end-to-end tests."""
+    from faceshard.synth import make_corpus
+
+    return make_corpus(tmp_path_factory.mktemp("corpus"), n_videos=4, seed=0)
+
+
+@pytest.fixture(scope="session")
+def local_runtime(tmp_path_factory: pytest.TempPathFactory):
+    """One Prefect API server and one local Ray cluster for every in-process build of the session.
+
+    `run_build` uses both when they exist, exactly as it would a user's server and cluster, so
+    Ray workers (and the models they loaded) are reused between builds.
+    """
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+    from flows.runtime import apply_local_defaults, prefect_api
+
+    apply_local_defaults()
+    import ray
+
+    with prefect_api() as url:
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+        try:
+            yield url
+        finally:
+            ray.shutdown()
+
+
+def faceshard_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run the installed `faceshard` console script in a fresh process (its own Prefect and Ray)."""
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("PREFECT_API_URL", None)
+    if env and "PREFECT_API_URL" in env:
+        full_env["PREFECT_API_URL"] = env["PREFECT_API_URL"]
+    exe = Path(sys.executable).with_name("faceshard")
+    return subprocess.run(
+        [str(exe), *args], env=full_env, capture_output=True, text=True, timeout=timeout, check=False
+    )
