@@ -58,7 +58,7 @@ def build_dataset(
     plans = plan_shards(read_manifest(manifest, roots=roots), cfg.shard_size)
     output = Output.open(
         out,
-        config=cfg.row_affecting(),
+        config=cfg,
         weights=weights_manifest(cfg),
         rebuild=rebuild,
         storage_options=storage_options,
@@ -67,7 +67,7 @@ def build_dataset(
     if retry_failed:
         todo = shards_to_retry(output, plans)
     else:
-        todo = [plan for plan in plans if not output.is_committed(plan)]
+        todo = output.pending(plans)
     logger.info("%d shards planned, %d to process", len(plans), len(todo))
 
     runner_task = process_shard_task.with_options(retries=cfg.runtime.task_retries)

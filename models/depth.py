@@ -12,7 +12,8 @@ its own batches. Square crops (MINTIME's and Megatron's) all share one shape wha
 video's crops usually form a single group. The result is the same as calling the model on each crop
 alone. Each predicted map is then resized back (bicubic) to ITS OWN crop size — transformers ≤ 4.45's
 batched pipeline resized every map to the last crop's size, a bug not copied — and min–max
-normalised per crop to uint8 (a constant map becomes zeros).
+normalised per crop to uint8 (a map constant up to float noise becomes zeros rather than amplified
+noise).
 """
 
 from __future__ import annotations
@@ -189,7 +190,7 @@ def to_uint8_map(predicted: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
         0, 0
     ]
     low, high = resized.min(), resized.max()
-    if not bool(high > low):
+    if float(high - low) <= 1e-5 * max(abs(float(high)), abs(float(low))):  # constant up to float noise
         return np.zeros(size, np.uint8)
     scaled = (resized - low) / (high - low) * 255.0
     return scaled.round().clamp(0, 255).to(torch.uint8).cpu().numpy()

@@ -28,7 +28,7 @@ class Detector(Protocol):
     """`detector(frames) -> one Detections per frame`; frames are RGB uint8 (H, W, 3)."""
 
     @property
-    def fingerprint(self) -> dict[str, Any]: ...
+    def weights(self) -> registry.WeightsInfo: ...
 
     def __call__(self, frames: Sequence[np.ndarray]) -> list[Detections]: ...
 
@@ -95,12 +95,17 @@ class MTCNNDetector:
         self._mtcnn.eval()
 
     @property
-    def fingerprint(self) -> dict[str, Any]:
+    def weights(self) -> registry.WeightsInfo:
+        """The P/R/O-net files shipped in the facenet-pytorch wheel, hashed together."""
         import facenet_pytorch
 
         data = Path(facenet_pytorch.__file__).parent / "data"
-        weights = {name: registry.fingerprint_file(data / f"{name}.pt") for name in ("pnet", "rnet", "onet")}
-        return {"backend": "mtcnn", "weights": weights}
+        parts = [registry.fingerprint_file(data / f"{name}.pt") for name in ("pnet", "rnet", "onet")]
+        return registry.WeightsInfo("mtcnn", str(data), registry.combine_fingerprints(parts))
+
+    @property
+    def fingerprint(self) -> str:
+        return self.weights.fingerprint
 
     def _scale_for(self, width: int, height: int) -> float:
         scale = self.cfg.detect_scale
@@ -159,8 +164,13 @@ class DlibDetector:
         self._hog = dlib.get_frontal_face_detector()
 
     @property
-    def fingerprint(self) -> dict[str, Any]:
-        return {"backend": "dlib", "weights": f"dlib-hog-{self._version}"}
+    def weights(self) -> registry.WeightsInfo:
+        """HOG has no weights file: the dlib release defines the detector."""
+        return registry.WeightsInfo("dlib-hog", f"dlib {self._version}", f"dlib-hog-{self._version}")
+
+    @property
+    def fingerprint(self) -> str:
+        return self.weights.fingerprint
 
     def _detect(self, frame: np.ndarray) -> Detections:
         rects, scores, _ = self._hog.run(np.ascontiguousarray(frame, dtype=np.uint8), self.cfg.upsample, 0.0)

@@ -19,6 +19,8 @@ from fsspec import AbstractFileSystem
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
+from faceshard.faults import maybe_fault
+
 T = TypeVar("T")
 
 RETRY_ATTEMPTS = 4
@@ -104,10 +106,16 @@ def put_bytes(fs: AbstractFileSystem, path: str, data: bytes, staging_dir: str) 
     if is_local(fs):
         retrying(_put_local, path, data, staging_dir)
     else:
-        retrying(fs.pipe_file, path, data)
+        retrying(_put_remote, fs, path, data)
+
+
+def _put_remote(fs: AbstractFileSystem, path: str, data: bytes) -> None:
+    maybe_fault("put", path.rsplit("/", 1)[-1])
+    fs.pipe_file(path, data)
 
 
 def _put_local(path: str, data: bytes, staging_dir: str) -> None:
+    maybe_fault("put", path.rsplit("/", 1)[-1])
     os.makedirs(staging_dir, exist_ok=True)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = os.path.join(staging_dir, f"{uuid.uuid4().hex}.tmp")

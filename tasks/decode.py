@@ -147,11 +147,17 @@ def _put(channel: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
     return False
 
 
+def _rgb(av_frame: Any) -> np.ndarray:
+    """C-contiguous RGB uint8 (H, W, 3) whatever the source pixel format (grayscale included)."""
+    return np.ascontiguousarray(av_frame.to_ndarray(format="rgb24"))
+
+
 def _produce(
     path: str | Path,
     info: VideoInfo,
     want: Callable[[int], bool],
     done: Callable[[], bool] | None,
+    feedback: bool,
     channel: queue.Queue[Any],
     stop: threading.Event,
     stats: dict[str, int],
@@ -164,8 +170,8 @@ def _produce(
                 index = info.n_frames_decoded
                 info.n_frames_decoded = index + 1
                 if want(index):
-                    rgb = np.ascontiguousarray(av_frame.to_ndarray(format="rgb24"))
-                    if not _put(channel, Frame(index, rgb), stop):
+                    item = (index, av_frame) if feedback else Frame(index, _rgb(av_frame))
+                    if not _put(channel, item, stop):
                         return
                 if stop.is_set() or (done is not None and done()):
                     return
@@ -181,12 +187,17 @@ def iter_frames(
     want: Callable[[int], bool],
     done: Callable[[], bool] | None = None,
     queue_size: int = DEFAULT_QUEUE_SIZE,
+    feedback: bool = False,
 ) -> Iterator[Frame]:
     """Decode `path` once and yield the frames `want(index)` accepts, as C-contiguous RGB uint8.
 
     `want` is asked twice per frame: on the decode thread (may run ahead of detector feedback, so it
     must answer "maybe" generously) and again here, just before the frame is yielded, when the feedback
-    for every earlier frame has been given; a frame is yielded only if both say yes. Decoding stops
+    for every earlier frame has been given; a frame is yielded only if both say yes.
+    Without `feedback` the decode thread also converts wanted frames to RGB, overlapping that work with
+    the caller's. With `feedback=True` (pass `selector.needs_feedback`) decoded frames are handed over
+    as they are and converted here only once the second `want` confirms them, so the frames the decode
+    thread wanted speculatively cost no conversion. Decoding stops
     once `done()` is true, or when the caller stops iterating (closing the generator stops the thread).
     Corrupt packets are skipped; a video where nothing decodes raises VideoError.
     `info.n_frames_decoded` counts the frames decoded so far: the whole video's count once iteration
@@ -198,7 +209,7 @@ def iter_frames(
     stop = threading.Event()
     worker = threading.Thread(
         target=_produce,
-        args=(path, info, want, done, channel, stop, stats),
+        args=(path, info, want, done, feedback, channel, stop, stats),
         name="faceshard-decode",
         daemon=True,
     )
@@ -207,8 +218,11 @@ def iter_frames(
         while (item := channel.get()) is not _END:
             if isinstance(item, BaseException):
                 raise item
-            if want(item.index):
-                yield item
+            if isinstance(item, Frame):
+                if want(item.index):
+                    yield item
+            elif want(item[0]):
+                yield Frame(item[0], _rgb(item[1]))
             del item  # drop our reference before waiting for the next one: consumed frames are freed
         if info.n_frames_decoded == 0:
             skipped = stats["bad_packets"]

@@ -104,7 +104,7 @@ class VideoProcessor:
     @property
     def weights(self) -> dict[str, dict[str, Any]]:
         """Which weights produced the rows, per role: fingerprinted and written to the metadata."""
-        roles: dict[str, Any] = {"detector": self.detector.fingerprint}
+        roles: dict[str, Any] = {"detector": self.detector.weights}
         if self.identity is not None:
             roles["identity"] = self.identity.weights
         if self.depth is not None:

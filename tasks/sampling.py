@@ -6,7 +6,8 @@ Selector protocol — one selector per worker, `start` per video::
 
     selector = make_selector("per_second", max_frames=None)
     selector.start(info, path)
-    for frame in iter_frames(path, info, selector.want, lambda: selector.done):
+    frames = iter_frames(path, info, selector.want, lambda: selector.done, feedback=selector.needs_feedback)
+    for frame in frames:
         if selector.needs_feedback:             # detect this frame now, before the next is pulled
             dets = detector([frame.rgb])[0]
             selector.found(frame.index, len(dets))
@@ -18,7 +19,8 @@ Selector protocol — one selector per worker, `start` per video::
   detector, so a feedback selector answers from what it knows so far and only ever narrows later
   (`iter_frames` asks again just before yielding). Indices are asked in increasing order.
 * `needs_feedback` — True when `want` depends on earlier detections (`per_second`, `consecutive:N`):
-  the pipeline must call `found(i, n_faces)` for each yielded frame before pulling the next one.
+  the pipeline must call `found(i, n_faces)` for each yielded frame before pulling the next one, and
+  passes `feedback=True` to `iter_frames` so speculative frames are not converted to RGB.
   Otherwise `found` is optional and frames may be batched.
 * `done` — no further frame will be wanted; decoding stops. Breaking out of the loop on `done` is safe.
 * `accepted(i)` — are the faces of frame `i` part of the sample? Selectors without feedback accept every

@@ -16,7 +16,7 @@ from faceshard.config import BuildConfig
 from storage.commit import Output
 from storage.manifest import ShardPlan
 from storage.schema import rows_to_tables, table_schemas
-from tasks.faults import maybe_fault
+from faceshard.faults import maybe_fault
 from tasks.pipeline import VideoProcessor, VideoResult
 
 log = logging.getLogger(__name__)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import skimage.data
 
+from tasks import decode
 from tasks.decode import count_frames, iter_frames, probe
 from tasks.errors import VideoError
 from tasks.types import VideoInfo
@@ -102,8 +103,17 @@ def test_done_stops_decoding_early(clip: tuple[Path, list[np.ndarray]]) -> None:
     assert info.n_frames_decoded == 5
 
 
-def test_consumer_recheck_drops_frames_no_longer_wanted(clip: tuple[Path, list[np.ndarray]]) -> None:
-    """The decode thread asks ahead; a frame is yielded only if still wanted when its turn comes."""
+@pytest.mark.parametrize("feedback", [False, True])
+def test_consumer_recheck_drops_frames_no_longer_wanted(
+    clip: tuple[Path, list[np.ndarray]], feedback: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decode thread asks ahead; a frame is yielded only if still wanted when its turn comes.
+
+    In feedback mode the frames wanted only speculatively are never converted to RGB.
+    """
+    conversions = []
+    convert = decode._rgb
+    monkeypatch.setattr(decode, "_rgb", lambda frame: conversions.append(1) or convert(frame))
     info = probe(clip[0])
     resolved = threading.Event()
 
@@ -111,11 +121,12 @@ def test_consumer_recheck_drops_frames_no_longer_wanted(clip: tuple[Path, list[n
         return i == 0 or not resolved.is_set()
 
     indices = []
-    for frame in iter_frames(clip[0], info, want, queue_size=4):
+    for frame in iter_frames(clip[0], info, want, queue_size=4, feedback=feedback):
         indices.append(frame.index)
-        time.sleep(0.05)  # let the decode thread run ahead and fill the queue
+        time.sleep(0.1)  # let the decode thread run ahead and fill the queue
         resolved.set()
     assert indices == [0]
+    assert len(conversions) == 1 if feedback else len(conversions) > 1
 
 
 def test_closing_early_stops_the_decode_thread(clip: tuple[Path, list[np.ndarray]]) -> None:
@@ -254,3 +265,17 @@ def test_real_clip_counts_agree() -> None:
     frames = [f.index for f in iter_frames(path, info, lambda i: i % 20 == 0)]
     assert frames == list(range(0, info.n_frames_decoded, 20))
     assert info.n_frames_decoded == count_frames(path) == info.n_frames_container
+
+
+def test_fsspec_urls_are_read_through_a_file_object(clip: tuple[Path, list[np.ndarray]]) -> None:
+    import fsspec
+
+    url = "memory://faceshard-test/clip.mp4"
+    with fsspec.open(url, "wb") as handle:
+        handle.write(clip[0].read_bytes())
+    info = probe(url)
+    assert (info.width, info.n_frames_container) == (SIDE, 40)
+    assert [f.index for f in iter_frames(url, info, lambda i: i % 10 == 0)] == [0, 10, 20, 30]
+    assert count_frames(url) == 40
+    with pytest.raises(VideoError, match="file not found"):
+        probe("memory://faceshard-test/missing.mp4")

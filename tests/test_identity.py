@@ -68,7 +68,9 @@ def test_matches_mintimes_published_loop_on_random_people() -> None:
     faces = centres[rng.integers(0, 5, 60)] + rng.normal(scale=0.9, size=(60, 16))
     faces /= np.linalg.norm(faces, axis=1, keepdims=True)
     for threshold in (0.3, 0.45, 0.6):
-        np.testing.assert_array_equal(cluster_identities(faces, threshold), mintime_reference(faces, threshold))
+        np.testing.assert_array_equal(
+            cluster_identities(faces, threshold), mintime_reference(faces, threshold)
+        )
 
 
 def test_edge_needs_similarity_strictly_above_the_threshold() -> None:
@@ -155,7 +157,14 @@ def test_mutual_knn_numbering_and_ratio_follow_mintime() -> None:
     embeddings = unit(90, 0, 92, 200, 3, 91)
     frames = [0, 0, 1, 1, 2, 2]
     assert list(cluster_mutual_knn(embeddings, frames, 0.45, k=2)) == [0, 1, 0, -1, 1, 0]
-    assert list(cluster_mutual_knn(embeddings, frames, 0.45, k=2, min_cluster_ratio=0.4)) == [0, -1, 0, -1, -1, 0]
+    assert list(cluster_mutual_knn(embeddings, frames, 0.45, k=2, min_cluster_ratio=0.4)) == [
+        0,
+        -1,
+        0,
+        -1,
+        -1,
+        0,
+    ]
 
 
 # ------------------------------------------------------------------------------ identity rows / assign
@@ -220,7 +229,9 @@ def save_facenet(path: Path, seed: int) -> torch.nn.Module:
 def test_facenet_matches_a_direct_call_with_the_spec_preprocessing(torch_home: Path) -> None:
     reference = save_facenet(torch_home / "checkpoints" / FACENET.weights, seed=0)
     rng = np.random.default_rng(0)
-    crops = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((97, 97, 3), (160, 120, 3), (40, 52, 3))]
+    crops = [
+        rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((97, 97, 3), (160, 120, 3), (40, 52, 3))
+    ]
     embedder = build_identity_embedder(IdentityConfig(embedder="facenet"), "cpu")
     assert (embedder.metric, embedder.default_threshold, embedder.dim) == ("cosine", 0.45, 512)
     faces = embedder([_with_crop(make_face(i), crop) for i, crop in enumerate(crops)])
@@ -255,7 +266,7 @@ def test_missing_facenet_weights_name_every_file_looked_for(torch_home: Path) ->
     message = str(error.value)
     assert str(torch_home / "checkpoints" / FACENET.weights) in message
     assert "identity.weights" in message
-    with pytest.raises(WeightsUnavailableError, match="/no/such/file.pt"):
+    with pytest.raises(WeightsUnavailableError, match=r"/no/such/file\.pt"):
         FaceNetEmbedder("/no/such/file.pt")
 
 

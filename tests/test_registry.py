@@ -78,7 +78,7 @@ def test_resolve_weights_local_and_missing(tmp_path: Path) -> None:
     assert (info.source, info.fingerprint, info.random) == (str(file), fingerprint_file(file), False)
     with pytest.raises(WeightsUnavailableError, match=r"local path .*missing\.pt does not exist"):
         resolve_weights(str(tmp_path / "missing.pt"))
-    with pytest.raises(WeightsUnavailableError, match="hub id 'org/not-cached'.*HF_HUB_OFFLINE"):
+    with pytest.raises(WeightsUnavailableError, match=r"hub id 'org/not-cached'.*HF_HUB_OFFLINE"):
         resolve_weights("org/not-cached")
 
 
@@ -145,10 +145,14 @@ def test_random_fallback_is_seeded_marked_and_leaves_the_callers_rng_alone() -> 
     expected_next = torch.rand(3)
     torch.manual_seed(123)
     with pytest.warns(RuntimeWarning, match="RANDOM WEIGHTS"):
-        first, info = build_random("tiny", lambda: torch.nn.Linear(4, 2), allow_random=True, tried=["x"], how="")
+        first, info = build_random(
+            "tiny", lambda: torch.nn.Linear(4, 2), allow_random=True, tried=["x"], how=""
+        )
     assert torch.equal(torch.rand(3), expected_next)
     with pytest.warns(RuntimeWarning):
-        second, _ = build_random("tiny", lambda: torch.nn.Linear(4, 2), allow_random=True, tried=["x"], how="")
+        second, _ = build_random(
+            "tiny", lambda: torch.nn.Linear(4, 2), allow_random=True, tried=["x"], how=""
+        )
     assert torch.equal(first.weight, second.weight)
     assert info.random and info.source == "random" and info.fingerprint == "random:tiny:seed0"
 

@@ -42,7 +42,10 @@ def drive(selector: FrameSelector, path: Path, info: VideoInfo, has_face: Callab
     """The pipeline's loop: feedback after each frame when the selector needs it. Returns yielded indices."""
     selector.start(info, path)
     yielded = []
-    for frame in iter_frames(path, info, selector.want, lambda: selector.done, queue_size=4):
+    frames = iter_frames(
+        path, info, selector.want, lambda: selector.done, queue_size=4, feedback=selector.needs_feedback
+    )
+    for frame in frames:
         yielded.append(frame.index)
         if selector.needs_feedback:
             time.sleep(0.001)  # a detector is slower than the decoder: the decode thread runs ahead
@@ -178,7 +181,7 @@ def test_per_second_with_a_real_detector(tmp_path: Path) -> None:
     selector = make_selector("per_second")
     selector.start(info, path)
     found = {}
-    for frame in iter_frames(path, info, selector.want, lambda: selector.done):
+    for frame in iter_frames(path, info, selector.want, lambda: selector.done, feedback=True):
         found[frame.index] = len(detector([frame.rgb])[0])
         selector.found(frame.index, found[frame.index])
     assert {i: n > 0 for i, n in found.items()} == {0: False, 1: False, 2: False, 3: True, 10: True}

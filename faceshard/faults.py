@@ -1,14 +1,17 @@
 """Failpoints for tests of the failure paths (a shard that dies, a build killed mid-way).
 
 Off unless `FACESHARD_FAULTS` is set, e.g. `commit:2=raise,video:clip_003=sleep:1.5`:
-`site:key=action` items, where site is `video` (key: video id) or `commit` (key: shard id), and
-action is `raise` or `sleep:SECONDS`. `*` as key matches every key.
+`site:key=action` items, where site is `video` (key: video id), `commit` (key: shard id) or `put`
+(key: the file name a storage write publishes), and action is `raise`, `sleep:SECONDS`, or
+`fail-once:FLAGFILE` (a transient ConnectionError the first time, across processes: the flag file
+records that it fired). `*` as key matches every key.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 
 class InjectedFault(RuntimeError):
@@ -37,3 +40,10 @@ def maybe_fault(site: str, key: str) -> None:
         raise InjectedFault(f"injected fault at {site}:{key}")
     if action.startswith("sleep:"):
         time.sleep(float(action.split(":", 1)[1]))
+    if action.startswith("fail-once:"):
+        flag = Path(action.split(":", 1)[1])
+        try:
+            flag.open("x").close()
+        except FileExistsError:
+            return
+        raise ConnectionError(f"injected transient fault at {site}:{key}")
