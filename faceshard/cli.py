@@ -67,7 +67,8 @@ def build(
     rebuild: Annotated[bool, typer.Option(help="discard an output built with another fingerprint")] = False,
     retry_failed: Annotated[bool, typer.Option(help="reprocess only videos whose rows say error")] = False,
     root: Annotated[
-        list[str] | None, typer.Option(help="allowed root for video paths (repeatable; default: manifest dir)")
+        list[str] | None,
+        typer.Option(help="allowed root for video paths (repeatable; default: manifest dir)"),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
 ) -> None:

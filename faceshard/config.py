@@ -30,9 +30,7 @@ def _check_pattern(value: str, pattern: str, what: str) -> str:
 class SamplingConfig(_Section):
     """Which frames are decoded into RGB and shown to the detector (SPEC §1)."""
 
-    strategy: str = Field(
-        "per_second", description="per_second | uniform:N | stride:K | consecutive:N | all"
-    )
+    strategy: str = Field("per_second", description="per_second | uniform:N | stride:K | consecutive:N | all")
     max_frames: int | None = Field(None, ge=1, description="stop after this many sampled frames")
 
     @field_validator("strategy")

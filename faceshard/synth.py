@@ -220,9 +220,7 @@ def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray
     return np.clip(base + smooth + noise, 0, 255).astype(np.float32)
 
 
-def _make_tracks(
-    rng: np.random.Generator, persons: list[_Person], width: int, height: int
-) -> list[_Track]:
+def _make_tracks(rng: np.random.Generator, persons: list[_Person], width: int, height: int) -> list[_Track]:
     """Split the width into one lane per person and draw each person's size and motion curves."""
     lanes = np.linspace(0, width, len(persons) + 1).round().astype(int)
     tracks = []

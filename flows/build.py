@@ -64,10 +64,7 @@ def build_dataset(
         storage_options=storage_options,
     )
     output.set_plan(plans)
-    if retry_failed:
-        todo = shards_to_retry(output, plans)
-    else:
-        todo = output.pending(plans)
+    todo = shards_to_retry(output, plans) if retry_failed else output.pending(plans)
     logger.info("%d shards planned, %d to process", len(plans), len(todo))
 
     runner_task = process_shard_task.with_options(retries=cfg.runtime.task_retries)

@@ -16,4 +16,6 @@ def weights_manifest(cfg: BuildConfig) -> dict[str, dict[str, Any]]:
     """Per role (detector, identity, depth, embed): name, source, fingerprint and whether random."""
     from tasks.shard import get_processor
 
-    return get_processor(cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"device": "cpu"})})).weights
+    return get_processor(
+        cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"device": "cpu"})})
+    ).weights

@@ -24,7 +24,7 @@ from models.depth import DepthEstimator
 from models.detectors import build_detector, resolve_device
 from models.embedders import Embedder
 from models.identity import build_identity_embedder
-from tasks.crops import Cropper, CropEncoder, encode_image
+from tasks.crops import CropEncoder, Cropper, encode_image
 from tasks.decode import iter_frames, probe
 from tasks.errors import VideoError
 from tasks.identity import assign_identities

@@ -13,10 +13,10 @@ from collections import Counter
 from typing import Any
 
 from faceshard.config import BuildConfig
+from faceshard.faults import maybe_fault
 from storage.commit import Output
 from storage.manifest import ShardPlan
 from storage.schema import rows_to_tables, table_schemas
-from faceshard.faults import maybe_fault
 from tasks.pipeline import VideoProcessor, VideoResult
 
 log = logging.getLogger(__name__)
@@ -26,8 +26,14 @@ _PROCESSORS: dict[str, VideoProcessor] = {}
 
 def get_processor(cfg: BuildConfig) -> VideoProcessor:
     """The processor for `cfg` in this worker process: models load once, not per shard or video."""
-    key = json.dumps({"rows": cfg.row_affecting(), "device": cfg.runtime.device,
-                      "random": cfg.runtime.allow_random_weights}, sort_keys=True)
+    key = json.dumps(
+        {
+            "rows": cfg.row_affecting(),
+            "device": cfg.runtime.device,
+            "random": cfg.runtime.allow_random_weights,
+        },
+        sort_keys=True,
+    )
     if key not in _PROCESSORS:
         _PROCESSORS.clear()  # one build per worker at a time: free the previous build's models
         _PROCESSORS[key] = VideoProcessor(cfg)
@@ -68,7 +74,9 @@ def process_shard(
     )
     stats = _stats(plan, results, time.perf_counter() - started, replacing)
     maybe_fault("commit", str(plan.shard_id))
-    marker = output.replace_videos(plan, tables, stats) if replacing else output.commit_shard(plan, tables, stats)
+    marker = (
+        output.replace_videos(plan, tables, stats) if replacing else output.commit_shard(plan, tables, stats)
+    )
     stats["bytes"] = marker["bytes"]
     return stats
 

@@ -60,7 +60,9 @@ def local_runtime(tmp_path_factory: pytest.TempPathFactory):
             ray.shutdown()
 
 
-def faceshard_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+def faceshard_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 900
+) -> subprocess.CompletedProcess:
     """Run the installed `faceshard` console script in a fresh process (its own Prefect and Ray)."""
     full_env = {**os.environ, **(env or {})}
     full_env.pop("PREFECT_API_URL", None)

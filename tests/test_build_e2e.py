@@ -21,10 +21,35 @@ from storage.status import dataset_status
 pytestmark = pytest.mark.slow
 
 SPEC_COLUMNS = {
-    "videos": {"video_id", "path", "label", "method", "split", "status", "error", "fps", "n_frames",
-               "width", "height", "n_faces", "n_identities", "shard"},
-    "faces": {"video_id", "frame", "face", "identity", "x1", "y1", "x2", "y2", "score", "area_ratio",
-              "size_bucket"},
+    "videos": {
+        "video_id",
+        "path",
+        "label",
+        "method",
+        "split",
+        "status",
+        "error",
+        "fps",
+        "n_frames",
+        "width",
+        "height",
+        "n_faces",
+        "n_identities",
+        "shard",
+    },
+    "faces": {
+        "video_id",
+        "frame",
+        "face",
+        "identity",
+        "x1",
+        "y1",
+        "x2",
+        "y2",
+        "score",
+        "area_ratio",
+        "size_bucket",
+    },
     "identities": {"video_id", "identity", "rank", "n_faces", "mean_side", "first_frame", "last_frame"},
 }
 FAST = ["depth.enabled=false", "embed.depth=false"]
@@ -86,7 +111,9 @@ def test_faces_are_found_where_the_truth_has_them(demo_build, synth_corpus: Path
     faces_by_frame: dict[tuple[str, int], list[list[float]]] = {}
     for face in table(out, "faces"):
         path = videos[face["video_id"]]["path"]
-        faces_by_frame.setdefault((path, face["frame"]), []).append([face["x1"], face["y1"], face["x2"], face["y2"]])
+        faces_by_frame.setdefault((path, face["frame"]), []).append(
+            [face["x1"], face["y1"], face["x2"], face["y2"]]
+        )
     checked = 0
     for path, truth in truths(synth_corpus).items():
         for frame in truth["frames"][:: truth["fps"]]:  # per_second samples frames 0, fps, 2·fps, …
@@ -111,8 +138,10 @@ def test_identity_counts_equal_the_truth(demo_build, synth_corpus: Path) -> None
 
 def test_reader_loads_a_split_with_labels(demo_build, synth_corpus: Path) -> None:
     out, _ = demo_build
-    labels = {str((synth_corpus.parent / r["path"]).resolve()): (int(r["label"]), r["split"])
-              for r in csv.DictReader(synth_corpus.open())}
+    labels = {
+        str((synth_corpus.parent / r["path"]).resolve()): (int(r["label"]), r["split"])
+        for r in csv.DictReader(synth_corpus.open())
+    }
     videos = {row["video_id"]: row for row in table(out, "videos")}
     train = load_faces(str(out), split="train")
     assert train.emb_rgb.shape == (len(train.video_id), 384)
@@ -141,7 +170,9 @@ def test_changed_threshold_is_refused_without_rebuild(demo_build, synth_corpus: 
     assert dataset_status(str(out))["committed"] == 2  # nothing was touched
 
 
-def test_broken_file_is_an_error_row_and_its_shard_still_commits(local_runtime, synth_corpus, tmp_path) -> None:
+def test_broken_file_is_an_error_row_and_its_shard_still_commits(
+    local_runtime, synth_corpus, tmp_path
+) -> None:
     corpus = tmp_path / "corpus"
     shutil.copytree(synth_corpus.parent, corpus)
     (corpus / "videos" / "broken.mp4").write_bytes(b"this is not a video")
@@ -152,7 +183,9 @@ def test_broken_file_is_an_error_row_and_its_shard_still_commits(local_runtime, 
         writer.writeheader()
         writer.writerows(rows)
     out = tmp_path / "dataset"
-    summary = run_build(str(corpus / "manifest.csv"), str(out), load_config("demo", overrides=FAST, shard_size=3))
+    summary = run_build(
+        str(corpus / "manifest.csv"), str(out), load_config("demo", overrides=FAST, shard_size=3)
+    )
     assert summary["failed_shards"] == []
     videos = table(out, "videos")
     assert len(videos) == len(rows)
@@ -179,8 +212,11 @@ def test_retry_failed_touches_only_the_failed_videos_shard(local_runtime, synth_
     failed = [v for v in videos if v["status"] == "error"]
     assert [Path(v["path"]).name for v in failed] == ["synth_003.mp4"]
     other = [p for p in out.rglob("*.parquet") if f"shard={failed[0]['shard']:06d}" not in str(p)]
-    other_markers = [p for p in (out / "_faceshard" / "commits").glob("*.json")
-                     if p.name != f"shard-{failed[0]['shard']:06d}.json"]
+    other_markers = [
+        p
+        for p in (out / "_faceshard" / "commits").glob("*.json")
+        if p.name != f"shard-{failed[0]['shard']:06d}.json"
+    ]
     stamps = {p: p.stat().st_mtime_ns for p in [*other, *other_markers]}
     good_rows = {v["video_id"]: v for v in videos if v["status"] == "ok"}
 

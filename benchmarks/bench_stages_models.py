@@ -1,0 +1,112 @@
+"""Crops per second of our depth and embedding stages against raw library calls on the same batch.
+
+Run: `.venv/bin/python benchmarks/bench_stages_models.py [--crops 16] [--input-size 518] [--repeats 3]`
+
+Offline there are no hub weights: depth runs Depth Anything with the V2-Small layout and seeded random
+weights, the embedder RepViT m0.9 with random weights. Speed does not depend on the weight values; the
+printed ratios (ours ÷ raw, higher is better, 1.0 = no overhead) are what this measures.
+
+* depth, square crops of different sizes (MINTIME/Megatron crops): ours = `DepthEstimator.predict`
+  (processor, grouped batches, per-crop bicubic resize, uint8); raw = one `processor(...,
+  return_tensors="pt")` + model call + `post_process_depth_estimation` with each crop's size.
+* depth, mixed aspect ratios: the raw batched call cannot stack them, so raw = one call per crop;
+  ours batches crops that share a processed shape.
+* embed: ours = `Embedder.embed`; raw = timm's transform per image, stack, `forward_features` +
+  `forward_head(pre_logits=True)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+import warnings
+from collections.abc import Callable
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import torch
+from PIL import Image
+
+from models.depth import DepthEstimator
+from models.embedders import Embedder
+
+
+def best_rate(run: Callable[[], object], n_crops: int, repeats: int) -> float:
+    """Crops per second of the fastest of `repeats` runs (after one warm-up run)."""
+    run()
+    best = min(_timed(run) for _ in range(repeats))
+    return n_crops / best
+
+
+def _timed(run: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def report(name: str, ours: float, raw: float) -> None:
+    print(f"{name:<34} ours {ours:8.2f} crops/s   raw {raw:8.2f} crops/s   ratio {ours / raw:5.2f}")
+
+
+def bench_depth(n_crops: int, input_size: int, repeats: int) -> None:
+    rng = np.random.default_rng(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the random-weights warning, expected here
+        estimator = DepthEstimator(input_size=input_size, allow_random=True, batch_size=n_crops)
+    model, processor = estimator.model, estimator.processor
+    size = {"height": input_size, "width": input_size}
+
+    def raw_batched(crops: list[np.ndarray]) -> object:
+        with torch.inference_mode():
+            inputs = processor(crops, size=size, return_tensors="pt", input_data_format="channels_last")  # type: ignore[operator]
+            outputs = model(**inputs)
+            return processor.post_process_depth_estimation(outputs, target_sizes=[c.shape[:2] for c in crops])  # type: ignore[attr-defined]
+
+    square = [rng.integers(0, 256, (s, s, 3), dtype=np.uint8) for s in rng.integers(60, 300, n_crops)]
+    report(
+        f"depth square crops ({input_size}px)",
+        best_rate(lambda: estimator.predict(square), n_crops, repeats),
+        best_rate(lambda: raw_batched(square), n_crops, repeats),
+    )
+
+    aspects = [(100, 100), (100, 80), (80, 100)]
+    mixed = [rng.integers(0, 256, (*aspects[i % 3], 3), dtype=np.uint8) for i in range(n_crops)]
+    report(
+        f"depth mixed aspect ({input_size}px)",
+        best_rate(lambda: estimator.predict(mixed), n_crops, repeats),
+        best_rate(lambda: [raw_batched([c]) for c in mixed], n_crops, repeats),
+    )
+
+
+def bench_embed(n_crops: int, repeats: int) -> None:
+    rng = np.random.default_rng(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        embedder = Embedder("repvit_m0_9.dist_300e_in1k", allow_random=True, batch_size=n_crops)
+    model, transform = embedder.model, embedder.transform
+    crops = [rng.integers(0, 256, (s, s, 3), dtype=np.uint8) for s in rng.integers(60, 300, n_crops)]
+
+    def raw() -> object:
+        with torch.inference_mode():
+            batch = torch.stack([transform(Image.fromarray(c)) for c in crops])
+            return model.forward_head(model.forward_features(batch), pre_logits=True).numpy()  # type: ignore[operator]
+
+    ours = best_rate(lambda: embedder.embed(crops), n_crops, repeats)
+    report("embed repvit_m0_9 pooled (224px)", ours, best_rate(raw, n_crops, repeats))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--crops", type=int, default=16)
+    parser.add_argument("--input-size", type=int, default=518)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, random weights (see docstring)")
+    bench_depth(args.crops, args.input_size, args.repeats)
+    bench_embed(args.crops, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
