@@ -1,6 +1,6 @@
 """Decode and detection throughput of our stages against the raw libraries, in one run, as ratios.
 
-    .venv/bin/python benchmarks/bench_stages_vision.py [--device auto] [--batch 8] [--repeat 2]
+    .venv/bin/python benchmarks/bench_stages_vision.py [--device auto] [--batch 4] [--repeat 3]
 
 * decode: `tasks.decode.iter_frames` (background thread, bounded queue, RGB) vs a plain PyAV loop doing
   the same work (thread_type AUTO, every frame to RGB); then both with a consumer that spends
@@ -66,13 +66,17 @@ def our_decode(path: Path, work: Callable[[], None]) -> int:
     return n
 
 
-def best_of(repeat: int, run: Callable[[], int]) -> tuple[int, float]:
-    times, count = [], 0
+def paired(repeat: int, raw: Callable[[], int], ours: Callable[[], int]) -> tuple[int, float, int, float]:
+    """Best time of each, runs interleaved (raw, ours, raw, …) so load drift on a shared box hits both."""
+    raw_times, our_times, raw_count, our_count = [], [], 0, 0
     for _ in range(repeat):
         start = time.perf_counter()
-        count = run()
-        times.append(time.perf_counter() - start)
-    return count, min(times)
+        raw_count = raw()
+        raw_times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        our_count = ours()
+        our_times.append(time.perf_counter() - start)
+    return raw_count, min(raw_times), our_count, min(our_times)
 
 
 def bench_decode(clips: list[Path], repeat: int, work_ms: float) -> None:
@@ -85,10 +89,11 @@ def bench_decode(clips: list[Path], repeat: int, work_ms: float) -> None:
     for label, work in (("decode→RGB", idle), (f"decode→RGB + {work_ms:g} ms/frame consumer", detector_like)):
         raw_frames = raw_time = ours_frames = ours_time = 0.0
         for clip in clips:
-            n, t = best_of(repeat, lambda c=clip, w=work: raw_decode(c, w))
-            raw_frames, raw_time = raw_frames + n, raw_time + t
-            n, t = best_of(repeat, lambda c=clip, w=work: our_decode(c, w))
-            ours_frames, ours_time = ours_frames + n, ours_time + t
+            n_raw, t_raw, n_ours, t_ours = paired(
+                repeat, lambda c=clip, w=work: raw_decode(c, w), lambda c=clip, w=work: our_decode(c, w)
+            )
+            raw_frames, raw_time = raw_frames + n_raw, raw_time + t_raw
+            ours_frames, ours_time = ours_frames + n_ours, ours_time + t_ours
         assert raw_frames == ours_frames, (raw_frames, ours_frames)
         raw_fps, ours_fps = raw_frames / raw_time, ours_frames / ours_time
         print(
@@ -113,7 +118,7 @@ def bench_detect(clips: list[Path], device: str, batch: int, scale: float, repea
 
     cfg = DetectConfig(detect_scale=scale, batch_size=batch)
     ours = build_detector(cfg, device)
-    resolved = ours.device  # type: ignore[attr-defined]
+    resolved = ours.device
     raw = MTCNN(
         keep_all=True,
         thresholds=list(cfg.thresholds),
@@ -142,9 +147,9 @@ def bench_detect(clips: list[Path], device: str, batch: int, scale: float, repea
     def run_ours() -> int:
         return sum(len(d) for frames in groups.values() for d in ours(frames))
 
-    run_raw(), run_ours()  # warm-up (CUDA kernels, allocator)
-    raw_faces, raw_time = best_of(repeat, run_raw)
-    our_faces, our_time = best_of(repeat, run_ours)
+    if resolved != "cpu":
+        run_raw(), run_ours()  # warm-up (CUDA kernels, allocator)
+    raw_faces, raw_time, our_faces, our_time = paired(repeat, run_raw, run_ours)
     n_frames = sum(len(f) for f in groups.values())
     print(
         f"MTCNN {resolved} scale {scale:g} batch {batch}: frames={n_frames} faces={our_faces} "
@@ -158,9 +163,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=4, help="MTCNN batch = frames sampled per clip")
     parser.add_argument("--scale", type=float, default=0.5)
-    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--work-ms", type=float, default=3.0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 class Detector(Protocol):
     """`detector(frames) -> one Detections per frame`; frames are RGB uint8 (H, W, 3)."""
 
+    device: str  # where it runs, resolved: "cpu" or "cuda…"
+
     @property
     def weights(self) -> registry.WeightsInfo: ...
 

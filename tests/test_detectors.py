@@ -168,4 +168,4 @@ def test_device_resolution() -> None:
     assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():
         assert resolve_device("cuda") == "cpu"
-        assert build_detector(DetectConfig(), "cuda").device == "cpu"  # type: ignore[attr-defined]
+        assert build_detector(DetectConfig(), "cuda").device == "cpu"
