@@ -33,21 +33,28 @@ from models.depth import DepthEstimator
 from models.embedders import Embedder
 
 
-def best_rate(run: Callable[[], object], n_crops: int, repeats: int) -> float:
-    """Crops per second of the fastest of `repeats` runs (after one warm-up run)."""
-    run()
-    best = min(_timed(run) for _ in range(repeats))
-    return n_crops / best
+def compare(
+    name: str, ours: Callable[[], object], raw: Callable[[], object], n_crops: int, repeats: int
+) -> None:
+    """Crops per second of the fastest of `repeats` runs of each, interleaved (load on a shared machine
+    hits both alike), after one warm-up run each; printed with the ratio ours ÷ raw."""
+    ours()
+    raw()
+    best_ours = best_raw = float("inf")
+    for _ in range(repeats):
+        best_ours = min(best_ours, _timed(ours))
+        best_raw = min(best_raw, _timed(raw))
+    ours_rate, raw_rate = n_crops / best_ours, n_crops / best_raw
+    print(
+        f"{name:<34} ours {ours_rate:8.2f} crops/s   raw {raw_rate:8.2f} crops/s   "
+        f"ratio {ours_rate / raw_rate:5.2f}"
+    )
 
 
 def _timed(run: Callable[[], object]) -> float:
     start = time.perf_counter()
     run()
     return time.perf_counter() - start
-
-
-def report(name: str, ours: float, raw: float) -> None:
-    print(f"{name:<34} ours {ours:8.2f} crops/s   raw {raw:8.2f} crops/s   ratio {ours / raw:5.2f}")
 
 
 def bench_depth(n_crops: int, input_size: int, repeats: int) -> None:
@@ -65,18 +72,22 @@ def bench_depth(n_crops: int, input_size: int, repeats: int) -> None:
             return processor.post_process_depth_estimation(outputs, target_sizes=[c.shape[:2] for c in crops])  # type: ignore[attr-defined]
 
     square = [rng.integers(0, 256, (s, s, 3), dtype=np.uint8) for s in rng.integers(60, 300, n_crops)]
-    report(
+    compare(
         f"depth square crops ({input_size}px)",
-        best_rate(lambda: estimator.predict(square), n_crops, repeats),
-        best_rate(lambda: raw_batched(square), n_crops, repeats),
+        lambda: estimator.predict(square),
+        lambda: raw_batched(square),
+        n_crops,
+        repeats,
     )
 
     aspects = [(100, 100), (100, 80), (80, 100)]
     mixed = [rng.integers(0, 256, (*aspects[i % 3], 3), dtype=np.uint8) for i in range(n_crops)]
-    report(
+    compare(
         f"depth mixed aspect ({input_size}px)",
-        best_rate(lambda: estimator.predict(mixed), n_crops, repeats),
-        best_rate(lambda: [raw_batched([c]) for c in mixed], n_crops, repeats),
+        lambda: estimator.predict(mixed),
+        lambda: [raw_batched([c]) for c in mixed],
+        n_crops,
+        repeats,
     )
 
 
@@ -93,8 +104,7 @@ def bench_embed(n_crops: int, repeats: int) -> None:
             batch = torch.stack([transform(Image.fromarray(c)) for c in crops])
             return model.forward_head(model.forward_features(batch), pre_logits=True).numpy()  # type: ignore[operator]
 
-    ours = best_rate(lambda: embedder.embed(crops), n_crops, repeats)
-    report("embed repvit_m0_9 pooled (224px)", ours, best_rate(raw, n_crops, repeats))
+    compare("embed repvit_m0_9 pooled (224px)", lambda: embedder.embed(crops), raw, n_crops, repeats)
 
 
 def main() -> None:

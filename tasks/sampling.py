@@ -26,6 +26,8 @@ Selector protocol — one selector per worker, `start` per video::
 * `accepted(i)` — are the faces of frame `i` part of the sample? Selectors without feedback accept every
   frame they want; `per_second` accepts the frame whose box was used for its second; `consecutive:N`
   accepts its run, which is only final when iteration has ended.
+* `final_when_accepted` — True when an accepted frame stays accepted whatever feedback follows (so its
+  faces can be enriched at once); False for `consecutive:N`, whose best run can be replaced.
 * `max_frames` caps the frames a selector accepts.
 """
 

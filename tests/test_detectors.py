@@ -17,6 +17,7 @@ from PIL import Image
 
 from faceshard.config import DetectConfig
 from models.detectors import auto_detect_scale, build_detector, resolve_device
+from models.registry import combine_fingerprints
 
 THRESHOLDS = [0.85, 0.95, 0.95]
 
@@ -127,13 +128,15 @@ def test_auto_scale_rule_and_use(small_face: np.ndarray) -> None:
     np.testing.assert_allclose(auto.boxes, doubled.boxes)
 
 
-def test_mtcnn_fingerprint_names_the_shipped_weights() -> None:
+def test_mtcnn_fingerprint_hashes_the_shipped_weights() -> None:
     data = Path(facenet_pytorch.__file__).parent / "data"
-    fingerprint = build_detector(DetectConfig(), "cpu").fingerprint
-    assert fingerprint["backend"] == "mtcnn"
-    for name in ("pnet", "rnet", "onet"):
-        digest = hashlib.sha256((data / f"{name}.pt").read_bytes()).hexdigest()
-        assert fingerprint["weights"][name].endswith(digest)
+    digests = [
+        "sha256:" + hashlib.sha256((data / f"{n}.pt").read_bytes()).hexdigest()
+        for n in ("pnet", "rnet", "onet")
+    ]
+    detector = build_detector(DetectConfig(), "cpu")
+    assert detector.weights.name == "mtcnn" and not detector.weights.random
+    assert detector.fingerprint == detector.weights.fingerprint == combine_fingerprints(digests)
 
 
 @pytest.mark.parametrize("upsample", [0, 1])
@@ -160,7 +163,7 @@ def test_dlib_accepts_non_contiguous_frames_and_has_a_fingerprint(collage: np.nd
     detector = build_detector(DetectConfig(backend="dlib", upsample=0), "cuda")
     mirrored = collage[:, ::-1]  # a view: dlib itself would refuse it
     assert len(detector([mirrored])[0]) >= 1
-    assert detector.fingerprint == {"backend": "dlib", "weights": f"dlib-hog-{dlib.__version__}"}
+    assert detector.fingerprint == detector.weights.fingerprint == f"dlib-hog-{dlib.__version__}"
 
 
 def test_device_resolution() -> None:

@@ -143,6 +143,20 @@ def test_consecutive_short_video_keeps_the_longest_run(clip: Path) -> None:
     assert accepted(selector, 50) == [1, 2, 3]  # earliest of the longest runs
 
 
+def test_consecutive_acceptance_moves_to_a_longer_run_but_per_second_stays() -> None:
+    info = VideoInfo(fps=10, width=1, height=1, n_frames_container=None)
+    consecutive, per_second = make_selector("consecutive:5"), make_selector("per_second")
+    consecutive.start(info)
+    per_second.start(info)
+    for i, faces in enumerate([1, 1, 0, 1, 1, 1]):
+        consecutive.found(i, faces)
+        per_second.found(i, faces)
+        if i == 1:
+            assert accepted(consecutive, 6) == [0, 1] and accepted(per_second, 6) == [0]
+    assert accepted(consecutive, 6) == [3, 4, 5] and not consecutive.final_when_accepted
+    assert accepted(per_second, 6) == [0] and per_second.final_when_accepted
+
+
 def test_consecutive_max_frames_caps_the_run() -> None:
     selector = make_selector("consecutive:20", max_frames=2)
     selector.start(VideoInfo(fps=10, width=1, height=1, n_frames_container=None))
