@@ -229,7 +229,9 @@ class VideoProcessor:
                         stage(faces)
             enriched.extend(faces)
 
-        frames = iter_frames(video.path, info, selector.want, lambda: selector.done)
+        frames = iter_frames(
+            video.path, info, selector.want, lambda: selector.done, feedback=selector.needs_feedback
+        )
         while True:
             with clock("decode"):
                 frame = next(frames, None)
