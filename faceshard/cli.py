@@ -75,11 +75,12 @@ def build(
     """Build (or resume) a dataset: decode, detect, crop, cluster, embed, commit Parquet shards."""
     cfg = resolve_build_config(preset, config, set_, shard_size)
     from flows.build import run_build
+    from models.registry import WeightsUnavailableError
     from storage.errors import StorageError
 
     try:
         summary = run_build(manifest, out, cfg, rebuild=rebuild, retry_failed=retry_failed, roots=root)
-    except (StorageError, FileNotFoundError, ValueError) as exc:
+    except (StorageError, WeightsUnavailableError, FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     if as_json:
         print(json.dumps(summary, indent=2))
@@ -96,6 +97,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
     table.add_row("video status", ", ".join(f"{k}={v}" for k, v in sorted(summary["status_counts"].items())))
     table.add_row("failed shards", str(len(summary["failed_shards"])))
     table.add_row("fingerprint", summary["fingerprint"])
+    if summary.get("random_weights"):
+        table.add_row("[yellow]random weights[/]", ", ".join(summary["random_weights"]))
     stdout.print(table)
 
 

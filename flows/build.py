@@ -56,10 +56,11 @@ def build_dataset(
     started = time.perf_counter()
     cfg = config_from_tree(config)
     plans = plan_shards(read_manifest(manifest, roots=roots), cfg.shard_size)
+    weights = weights_manifest(cfg)
     output = Output.open(
         out,
         config=cfg,
-        weights=weights_manifest(cfg),
+        weights=weights,
         rebuild=rebuild,
         storage_options=storage_options,
     )
@@ -94,6 +95,7 @@ def build_dataset(
         "status_counts": _sum_counts(s["status_counts"] for s in shard_stats),
         "seconds": round(time.perf_counter() - started, 2),
         "fingerprint": output.fingerprint,
+        "random_weights": sorted(role for role, info in weights.items() if info.get("random")),
     }
 
 
