@@ -35,6 +35,7 @@ from models.registry import (
     hub_offline,
     hub_weights_info,
     is_local_ref,
+    local_version,
     model_card,
     resolve_device,
 )
@@ -67,7 +68,8 @@ def depth_anything_processor(input_size: int = DEPTH_CARD.input_size or 518) -> 
 def _from_pretrained(ref: str, local_only: bool) -> tuple[torch.nn.Module, object]:
     from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
-    model = AutoModelForDepthEstimation.from_pretrained(ref, local_files_only=local_only)
+    # float32 whatever the checkpoint stores: the same numbers on every device
+    model = AutoModelForDepthEstimation.from_pretrained(ref, local_files_only=local_only, dtype=torch.float32)
     try:
         processor = AutoImageProcessor.from_pretrained(ref, local_files_only=local_only)
     except (OSError, ValueError):  # a directory written by model.save_pretrained alone has no processor
@@ -93,6 +95,8 @@ def load_depth_model(model_ref: str, allow_random: bool) -> tuple[torch.nn.Modul
         except OSError as exc:  # transformers raises OSError (or a subclass) for unreachable/missing repos
             cause = exc
 
+    hub_id = DEFAULT_DEPTH_MODEL if is_local_ref(model_ref) else model_ref
+
     def random_model() -> tuple[torch.nn.Module, object]:
         from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation
 
@@ -105,7 +109,7 @@ def load_depth_model(model_ref: str, allow_random: bool) -> tuple[torch.nn.Modul
         what=model_ref,
         tried=tried,
         how=(
-            f"Put the model in the Hugging Face cache (`hf download {DEFAULT_DEPTH_MODEL}` on a connected "
+            f"Put the model in the Hugging Face cache (`hf download {hub_id}` on a connected "
             "machine, then copy the cache), or pass a directory written by save_pretrained with "
             "--set depth.model=/path/to/dir"
         ),
@@ -131,7 +135,8 @@ class DepthEstimator:
         self.device = resolve_device(device)
         self.batch_size = batch_size
         model, self.processor, self.weights = cached_model(
-            ("depth", model_ref, self.device, allow_random), lambda: self._load(model_ref, allow_random)
+            ("depth", model_ref, local_version(model_ref), self.device, allow_random),
+            lambda: self._load(model_ref, allow_random),
         )
         self.model = model
 

@@ -42,6 +42,7 @@ from models.registry import (
     fingerprint_file,
     hub_offline,
     hub_weights_info,
+    local_version,
     resolve_device,
 )
 from tasks.types import Face
@@ -177,6 +178,8 @@ def load_embedding_model(
     """A headless timm model in eval mode on the CPU, with the weights it runs with (see module docstring)."""
     import timm
 
+    if not timm.is_model(model_name):
+        raise ValueError(f"unknown timm model {model_name!r} (see timm.list_models())")
     if checkpoint is not None:
         path = Path(checkpoint).expanduser()
         if not path.exists():
@@ -197,8 +200,8 @@ def load_embedding_model(
         load_weights(model, state, str(file))
         return model.eval(), WeightsInfo(arch, str(path.resolve()), fingerprint)
 
-    model = timm.create_model(model_name, pretrained=False, num_classes=0)
-    hub_id = model.pretrained_cfg.get("hf_hub_id")  # type: ignore[union-attr]
+    pretrained_cfg = timm.models.get_pretrained_cfg(model_name)
+    hub_id = pretrained_cfg.hf_hub_id if pretrained_cfg is not None else None
     tried: list[str] = []
     cause: BaseException | None = None
     if hub_id:
@@ -262,7 +265,7 @@ class Embedder:
         self.device = resolve_device(device)
         self.batch_size = batch_size
         self.model, self.weights = cached_model(
-            ("embedder", model_name, checkpoint, self.device, allow_random),
+            ("embedder", model_name, checkpoint, local_version(checkpoint), self.device, allow_random),
             lambda: self._load(model_name, checkpoint, allow_random),
         )
         self.data_config = resolve_data_config({}, model=self.model)

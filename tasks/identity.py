@@ -205,13 +205,31 @@ def identity_rows(faces: list[Face], labels: np.ndarray) -> list[IdentityRow]:
     )
 
 
+def clustering_rule(
+    cfg: IdentityConfig, embedder_metric: str, embedder_threshold: float
+) -> tuple[str, float]:
+    """The (metric, threshold) to cluster with: the config's when set, else the embedder's defaults.
+
+    A metric other than the embedder's with no explicit threshold is refused: the embedder's default
+    threshold is meaningless on another scale (0.6 is a dlib distance, not a cosine similarity).
+    """
+    metric = cfg.metric or embedder_metric
+    if cfg.threshold is not None:
+        return metric, cfg.threshold
+    if metric != embedder_metric:
+        raise ValueError(
+            f"identity.metric={metric} differs from the embedder's {embedder_metric}: set identity.threshold too"
+        )
+    return metric, embedder_threshold
+
+
 def assign_identities(
     faces: list[Face], cfg: IdentityConfig, metric: str, threshold: float
 ) -> list[IdentityRow]:
     """Cluster one video's faces with `cfg.clustering`, set `Face.identity`, return the identity rows.
 
-    `faces` must be in temporal order and carry `id_embedding`; `metric` and `threshold` are resolved by
-    the caller (the config's values, else the embedder's defaults).
+    `faces` must be in temporal order and carry `id_embedding`; `metric` and `threshold` come from
+    `clustering_rule(cfg, embedder.metric, embedder.default_threshold)`.
     """
     if not faces:
         return []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -130,13 +131,15 @@ def test_stage_fills_face_depth_and_reports_local_weights(tiny_dir: tuple[Path, 
     assert estimator.fingerprint == registry.fingerprint_dir(directory)
 
 
-def test_fingerprint_changes_with_the_weights(tmp_path: Path) -> None:
-    first, second = tmp_path / "a", tmp_path / "b"
-    save_tiny(first, seed=1)
-    save_tiny(second, seed=2)
-    a = DepthEstimator(str(first), input_size=INPUT_SIZE)
-    b = DepthEstimator(str(second), input_size=INPUT_SIZE)
-    assert a.fingerprint != b.fingerprint
+def test_weights_rewritten_in_place_change_the_fingerprint_and_are_reloaded(tmp_path: Path) -> None:
+    save_tiny(tmp_path, seed=1)
+    before = DepthEstimator(str(tmp_path), input_size=INPUT_SIZE)
+    time.sleep(0.01)
+    save_tiny(tmp_path, seed=2)
+    after = DepthEstimator(str(tmp_path), input_size=INPUT_SIZE)
+    assert before.fingerprint != after.fingerprint and before.model is not after.model
+    crop = crops_of_many_shapes()[0]
+    assert not np.array_equal(before.predict([crop])[0], after.predict([crop])[0])
 
 
 def test_hub_id_loads_from_the_cache_with_its_commit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -190,6 +190,8 @@ def test_checkpoint_problems_are_clear(
     path, _ = repvit_checkpoint
     with pytest.raises(ValueError, match="does not fit"):
         Embedder("efficientnet_b0", checkpoint=str(path))
+    with pytest.raises(ValueError, match="unknown timm model"):
+        Embedder("no_such_net", checkpoint=str(path))
     (tmp_path / "pickled.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(WeightsUnavailableError, match="weights-only state dict"):
         Embedder(REPVIT, checkpoint=str(tmp_path / "pickled.pt"))

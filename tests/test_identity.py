@@ -18,7 +18,13 @@ from faceshard.config import IdentityConfig
 from models import registry
 from models.identity import FACENET, DlibEmbedder, FaceNetEmbedder, build_identity_embedder
 from models.registry import WeightsUnavailableError
-from tasks.identity import assign_identities, cluster_identities, cluster_mutual_knn, similarity_matrix
+from tasks.identity import (
+    assign_identities,
+    cluster_identities,
+    cluster_mutual_knn,
+    clustering_rule,
+    similarity_matrix,
+)
 from tasks.types import Face
 
 FIXTURES = Path(__file__).parents[2] / "shared" / "fixtures"
@@ -192,6 +198,17 @@ def test_rank_ties_keep_identity_order_and_mutual_knn_is_dispatched() -> None:
     assign_identities(crowd, IdentityConfig(clustering="mintime"), "cosine", 0.45)
     assert [f.identity for f in crowd] == [0, 0, 0]
     assert assign_identities([], IdentityConfig(), "cosine", 0.45) == []
+
+
+def test_clustering_rule_takes_the_config_then_the_embedders_defaults() -> None:
+    assert clustering_rule(IdentityConfig(), "euclidean", 0.6) == ("euclidean", 0.6)
+    assert clustering_rule(IdentityConfig(threshold=0.5), "euclidean", 0.6) == ("euclidean", 0.5)
+    assert clustering_rule(IdentityConfig(metric="cosine", threshold=0.9), "euclidean", 0.6) == (
+        "cosine",
+        0.9,
+    )
+    with pytest.raises(ValueError, match=r"set identity\.threshold"):
+        clustering_rule(IdentityConfig(metric="cosine"), "euclidean", 0.6)
 
 
 # ------------------------------------------------------------------------------------------- FaceNet

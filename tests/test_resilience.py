@@ -18,6 +18,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,17 +66,6 @@ def build_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="module")
-def reference(corpus: Path, build_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One uninterrupted build with the same settings: what every interrupted build must end up equal to."""
-    out = tmp_path_factory.mktemp("reference") / "dataset"
-    done = faceshard_cli("build", str(corpus), "--out", str(out), *FAST, "--json", env=build_env)
-    assert done.returncode == 0, done.stderr[-4000:]
-    summary = json.loads(done.stdout)
-    assert (summary["processed"], summary["failed_shards"]) == (N_VIDEOS, [])
-    return out
-
-
 def listed(uri: str, table: str, filesystem: Any = None) -> pds.Dataset | None:
     """The table exactly as SPEC §10 says other tools read it (None while the directory is absent)."""
     path = f"{uri}/{table}"
@@ -89,12 +79,6 @@ def rows(table: pa.Table, name: str) -> list[dict[str, Any]]:
     keys = ROW_KEYS[name]
     out = [{k: v for k, v in row.items() if k not in NONDETERMINISTIC} for row in table.to_pylist()]
     return sorted(out, key=lambda row: tuple(row[k] for k in keys))
-
-
-def reference_rows(reference: Path, name: str, video_ids: set[str] | None = None) -> list[dict[str, Any]]:
-    table = listed(str(reference), name).to_table()
-    found = rows(table, name)
-    return found if video_ids is None else [row for row in found if row["video_id"] in video_ids]
 
 
 def assert_same_rows(got: list[dict[str, Any]], expected: list[dict[str, Any]], what: str) -> None:
@@ -161,20 +145,20 @@ def build_processes(session: int, token: str) -> dict[int, str]:
     return found
 
 
-def kill_build(proc: subprocess.Popen, token: str) -> None:
-    """SIGKILL the build's process group (driver, Prefect server, raylet, GCS), then by pid every
-    process of its session still alive: Ray workers sit in process groups of their own, so `killpg`
-    alone leaves them running (and able to write) until they notice their raylet is gone."""
+def kill_build(proc: subprocess.Popen, token: str, grace_s: float = 30) -> dict[int, str]:
+    """SIGKILL the build's process group (driver, Prefect server, raylet, GCS) and wait for the rest
+    of its session to go by itself: Ray workers sit in process groups of their own and must exit
+    once their raylet is gone. Returns what was still running after `grace_s` (then killed by pid)."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
-    deadline = time.monotonic() + 30
-    while left := build_processes(proc.pid, token):
-        assert time.monotonic() < deadline, f"build processes outlived SIGKILL: {left}"
-        for pid in left:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + grace_s
+    while (left := build_processes(proc.pid, token)) and time.monotonic() < deadline:
         time.sleep(0.2)
+    for pid in left:  # clean up after a failure; the caller asserts there was nothing to clean
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return left
 
 
 def wait_for(
@@ -198,7 +182,7 @@ def progress_reached(out: Path, anchor: str, started_ns: int, markers_before: in
     return lambda: out.exists() and len(markers(out)) > markers_before
 
 
-def assert_only_committed_shards_visible(out: Path, reference: Path) -> set[int]:
+def assert_only_committed_shards_visible(out: Path, reference: S3Build) -> set[int]:
     """(a) listing sees only files that a marker vouches for; (b) status and reader agree on them."""
     on_disk = markers(out)
     for name in TABLES:
@@ -211,7 +195,7 @@ def assert_only_committed_shards_visible(out: Path, reference: Path) -> set[int]
             referenced = {entry["path"] for entry in on_disk[shard]["files"][name]}
             assert os.path.relpath(file, out) in referenced, f"{file} is not in shard {shard}'s marker"
         visible = dataset.to_table()  # every visible file is a whole Parquet file
-        if name == "videos":
+        if name == "videos" and visible.num_rows:
             ids = visible["video_id"].to_pylist()
             assert len(ids) == len(set(ids)), f"duplicate video rows visible: {Counter(ids).most_common(2)}"
 
@@ -223,13 +207,11 @@ def assert_only_committed_shards_visible(out: Path, reference: Path) -> set[int]
     assert len(ids) == len(set(ids)) == sum(m["rows"]["videos"] for m in on_disk.values())
     assert set(videos["shard"].to_pylist()) == set(on_disk)
     for name in TABLES:  # what is committed already equals the uninterrupted build's rows
-        assert_same_rows(
-            rows(read_table(str(out), name), name), reference_rows(reference, name, set(ids)), name
-        )
+        assert_same_rows(rows(read_table(str(out), name), name), reference.reference(name, set(ids)), name)
     return set(on_disk)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def moto_endpoint() -> Iterator[str]:
     """A real S3 API (moto's server) on a free local port, with the bucket `bucket`."""
     import boto3
@@ -255,11 +237,65 @@ def moto_endpoint() -> Iterator[str]:
         server.stop()
 
 
+@dataclass
+class S3Build:
+    """The module's one uninterrupted build, to `s3://bucket/ds`; its rows are the reference."""
+
+    uri: str
+    env: dict[str, str]
+    fs: Any
+    result: subprocess.CompletedProcess
+    fault_flags: tuple[Path, Path]
+    rows: dict[str, list[dict[str, Any]]]
+
+    def reference(self, table: str, video_ids: set[str] | None = None) -> list[dict[str, Any]]:
+        """The uninterrupted build's rows of `table` (of some videos) in canonical order."""
+        found = self.rows[table]
+        return found if video_ids is None else [row for row in found if row["video_id"] in video_ids]
+
+
+@pytest.fixture(scope="module")
+def s3_build(
+    corpus: Path, build_env: dict[str, str], moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory
+) -> S3Build:
+    """`faceshard build` to S3 (endpoint and keys from the environment, as a user passes them) with
+    two transient write errors injected: the build's first write (`_faceshard.json`, in the driver)
+    and shard 1's commit marker (in a Ray worker). Retried writes change no rows, so this build is
+    also the uninterrupted reference the interrupted builds must end up equal to."""
+    import s3fs
+
+    flags = tmp_path_factory.mktemp("faults")
+    driver_flag, marker_flag = flags / "fired-first-write", flags / "fired-marker-1"
+    env = {
+        **build_env,
+        "AWS_ENDPOINT_URL": moto_endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    faults = f"put:shard-000001.json=fail-once:{marker_flag},put:*=fail-once:{driver_flag}"
+    uri = "s3://bucket/ds"
+    done = faceshard_cli(
+        "build", str(corpus), "--out", uri, *FAST, "--json", env={**env, "FACESHARD_FAULTS": faults}
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    fs = s3fs.S3FileSystem(
+        key="testing",
+        secret="testing",
+        endpoint_url=moto_endpoint,
+        client_kwargs={"region_name": "us-east-1"},
+        skip_instance_cache=True,
+    )
+    # Read back with pyarrow + s3fs, exactly as SPEC §10 tells other tools to.
+    tables = {name: rows(listed("bucket/ds", name, filesystem=fs).to_table(), name) for name in TABLES}
+    return S3Build(uri, env, fs, done, (driver_flag, marker_flag), tables)
+
+
 # ---------------------------------------------------------------- tests
 
 
 def test_sigkill_at_random_points_shows_only_committed_shards_and_resumes_to_the_same_rows(
-    corpus: Path, build_env: dict[str, str], reference: Path, tmp_path: Path
+    corpus: Path, build_env: dict[str, str], s3_build: S3Build, tmp_path: Path
 ) -> None:
     out = tmp_path / "dataset"
     log = tmp_path / "builds.log"
@@ -285,10 +321,10 @@ def test_sigkill_at_random_points_shows_only_committed_shards_and_resumes_to_the
             time.sleep(delay)
             assert proc.poll() is None, f"build finished before the kill at '{anchor}' + {delay:.2f}s"
         finally:
-            kill_build(proc, token)
+            strays = kill_build(proc, token)
         assert proc.returncode == -signal.SIGKILL
-        assert not build_processes(proc.pid, token), "a process of the killed build is still running"
-        now = assert_only_committed_shards_visible(out, reference)
+        assert not strays, f"processes of the killed build kept running: {strays}"
+        now = assert_only_committed_shards_visible(out, s3_build)
         assert committed <= now, "a kill lost shards that were committed before"
         committed = now
     assert 0 < len(committed) < N_VIDEOS, f"the kills left {len(committed)} shards committed"
@@ -304,57 +340,37 @@ def test_sigkill_at_random_points_shows_only_committed_shards_and_resumes_to_the
     assert (status["committed"], status["failed"], status["pending"]) == (N_VIDEOS, 0, 0)
     for name in TABLES:
         got = rows(listed(str(out), name).to_table(), name)
-        assert_same_rows(got, reference_rows(reference, name), name)
+        assert_same_rows(got, s3_build.reference(name), name)
     ids = read_table(str(out), "videos")["video_id"].to_pylist()
     assert len(ids) == len(set(ids)) == N_VIDEOS
 
 
-def test_s3_build_retries_a_transient_write_and_reads_back(
-    corpus: Path, build_env: dict[str, str], reference: Path, moto_endpoint: str, tmp_path: Path
-) -> None:
-    import s3fs
-
-    driver_flag = tmp_path / "fired-driver"  # first write of the build: `_faceshard.json`, in the driver
-    marker_flag = tmp_path / "fired-marker"  # shard 1's commit marker, in a Ray worker
-    env = {
-        **build_env,
-        "AWS_ENDPOINT_URL": moto_endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "FACESHARD_FAULTS": f"put:shard-000001.json=fail-once:{marker_flag},put:*=fail-once:{driver_flag}",
-    }
-    uri = "s3://bucket/ds"
-    done = faceshard_cli("build", str(corpus), "--out", uri, *FAST, "--json", env=env)
-    assert done.returncode == 0, done.stderr[-4000:]
-    assert driver_flag.exists() and marker_flag.exists(), "the transient faults never fired"
-    summary = json.loads(done.stdout)
+def test_s3_build_retries_transient_writes_and_commits_every_shard(s3_build: S3Build) -> None:
+    assert all(flag.exists() for flag in s3_build.fault_flags), "the transient faults never fired"
+    summary = json.loads(s3_build.result.stdout)
     assert (summary["processed"], summary["failed_shards"]) == (N_VIDEOS, [])
 
-    status = faceshard_cli("status", uri, "--json", env={**env, "FACESHARD_FAULTS": ""})
+    status = faceshard_cli("status", s3_build.uri, "--json", env=s3_build.env)
     assert status.returncode == 0, status.stderr[-4000:]
     info = json.loads(status.stdout)
     assert info["committed"] == info["shards_total"] == N_VIDEOS
     assert (info["failed"], info["pending"]) == (0, 0)
 
-    fs = s3fs.S3FileSystem(
-        key="testing",
-        secret="testing",
-        endpoint_url=moto_endpoint,
-        client_kwargs={"region_name": "us-east-1"},
-        skip_instance_cache=True,
-    )
-    # Retried in place (fsio), not by re-running the shard: no attempt was left in staging.
+    fs = s3_build.fs
+    # Retried in place by the storage layer, not by re-running the shard: no attempt left in staging.
     assert not [p for p in fs.find("bucket/ds/_faceshard") if "/staging/" in p]
     marker = json.loads(fs.cat_file("bucket/ds/_faceshard/commits/shard-000001.json"))
     assert marker["published"] and marker["history"] == []
-    for name in TABLES:
-        table = listed("bucket/ds", name, filesystem=fs).to_table()
-        assert_same_rows(rows(table, name), reference_rows(reference, name), f"s3 {name}")
+    faces = s3_build.rows["faces"]
+    assert len(faces) == info["totals"]["faces"] > 0
+    assert all(len(face["emb_rgb"]) == 384 and face["crop"] for face in faces)
+    videos = s3_build.rows["videos"]
+    assert len({v["video_id"] for v in videos}) == len(videos) == N_VIDEOS
+    assert {v["shard"] for v in videos} == set(range(N_VIDEOS))
 
 
 def test_a_failed_shard_never_fails_the_build_and_a_rerun_commits_only_it(
-    corpus: Path, build_env: dict[str, str], reference: Path, tmp_path: Path
+    corpus: Path, build_env: dict[str, str], s3_build: S3Build, tmp_path: Path
 ) -> None:
     out = tmp_path / "dataset"
     faulty = {**build_env, "FACESHARD_FAULTS": "commit:1=raise"}
@@ -391,4 +407,4 @@ def test_a_failed_shard_never_fails_the_build_and_a_rerun_commits_only_it(
     assert (info["committed"], info["failed"], info["pending"]) == (N_VIDEOS, 0, 0)
     for name in TABLES:
         got = rows(listed(str(out), name).to_table(), name)
-        assert_same_rows(got, reference_rows(reference, name), name)
+        assert_same_rows(got, s3_build.reference(name), name)

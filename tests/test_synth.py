@@ -57,7 +57,11 @@ def _corpus_bytes(root: Path) -> dict[str, bytes]:
 def test_same_seed_gives_same_corpus_and_another_seed_a_different_one(corpus: Path, tmp_path: Path) -> None:
     make_corpus(tmp_path / "again", n_videos=3, seed=0)
     make_corpus(tmp_path / "other", n_videos=3, seed=1)
-    first, again, other = _corpus_bytes(corpus), _corpus_bytes(tmp_path / "again"), _corpus_bytes(tmp_path / "other")
+    first, again, other = (
+        _corpus_bytes(corpus),
+        _corpus_bytes(tmp_path / "again"),
+        _corpus_bytes(tmp_path / "other"),
+    )
 
     assert set(first) == {"manifest.csv", *(f"truth/synth_00{k}.json" for k in range(3))} | {
         f"videos/synth_00{k}.mp4" for k in range(3)
@@ -71,7 +75,9 @@ def test_same_seed_gives_same_corpus_and_another_seed_a_different_one(corpus: Pa
 
 def test_clip_does_not_depend_on_corpus_size(corpus: Path, tmp_path: Path) -> None:
     make_corpus(tmp_path / "one", n_videos=1, seed=0)
-    assert (tmp_path / "one/videos/synth_000.mp4").read_bytes() == (corpus / "videos/synth_000.mp4").read_bytes()
+    assert (tmp_path / "one/videos/synth_000.mp4").read_bytes() == (
+        corpus / "videos/synth_000.mp4"
+    ).read_bytes()
 
 
 def test_manifest_has_exact_columns_and_matches_truth(corpus: Path) -> None:
@@ -177,7 +183,9 @@ def test_dlib_separates_persons_at_its_usual_threshold(corpus: Path, decoded: di
     names, vectors = [], []
     for video_id, truth in load_truth(corpus).items():
         fake_frames = truth["fake_frames"]
-        indices = set(range(0, truth["n_frames"], SAMPLE_EVERY)) | set(fake_frames[:: max(1, len(fake_frames) // 3)])
+        indices = set(range(0, truth["n_frames"], SAMPLE_EVERY)) | set(
+            fake_frames[:: max(1, len(fake_frames) // 3)]
+        )
         for index in sorted(indices):
             rgb = decoded[video_id][index]
             for face in truth["frames"][index]["faces"]:
