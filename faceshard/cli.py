@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from faceshard.config import PRESETS, BuildConfig, ConfigError, load_config
@@ -26,7 +27,7 @@ stdout = Console()
 
 
 def _fail(message: str, code: int = 2) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+    console.print(f"[bold red]error:[/] {escape(message)}")
     raise typer.Exit(code)
 
 
@@ -132,13 +133,21 @@ def _print_status(info: dict[str, Any]) -> None:
     if info.get("random_weights"):
         table.add_row("[yellow]random weights[/]", ", ".join(info["random_weights"]))
     stdout.print(table)
+    failed_shards = info.get("failed_shards") or []
+    if failed_shards:
+        shards = Table(title="failed shards")
+        shards.add_column("shard")
+        shards.add_column("error")
+        for row in failed_shards:
+            shards.add_row(str(row["shard"]), escape(str(row["error"])))
+        stdout.print(shards)
     failed = info.get("failed_videos") or []
     if failed:
         errors = Table(title="failed videos")
         for column in ("video_id", "path", "error"):
             errors.add_column(column)
         for row in failed[:50]:
-            errors.add_row(str(row["video_id"]), str(row["path"]), str(row["error"]))
+            errors.add_row(*(escape(str(row[key])) for key in ("video_id", "path", "error")))
         stdout.print(errors)
 
 

@@ -101,11 +101,6 @@ def test_status_of_a_missing_output_fails_clearly(tmp_path: Path) -> None:
     assert not missing.exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="faceshard/cli.py `_fail` prints the message as Rich markup: a '[/b]' in a path raises "
-    "MarkupError (traceback, exit 1) and '[bold]' vanishes from it; fix: rich.markup.escape(message)",
-)
 def test_error_messages_are_printed_verbatim(tmp_path: Path) -> None:
     missing = tmp_path / "raw[/b]" / "[bold]set"
     done = faceshard_cli("status", str(missing), env=PLAIN)

@@ -388,6 +388,8 @@ def test_a_failed_shard_never_fails_the_build_and_a_rerun_commits_only_it(
     assert (info["shards_total"], info["committed"], info["failed"], info["pending"]) == (N_VIDEOS, 5, 1, 0)
     assert [f["shard"] for f in info["failed_shards"]] == [1]
     assert "InjectedFault: injected fault at commit:1" in info["failed_shards"][0]["error"]
+    plain = faceshard_cli("status", str(out), env=build_env)
+    assert plain.returncode != 0 and "injected fault at commit:1" in " ".join(plain.stdout.split())
 
     stamps = marker_stamps(out)
     data = {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")}

@@ -50,6 +50,25 @@ def _iou(a: list[float], b: list[float]) -> float:
     return inter / union
 
 
+def _chroma_format_idc(path: Path) -> int:
+    """H.264 SPS chroma_format_idc (0 = monochrome, 1 = 4:2:0), read from the MP4's avcC record."""
+    with av.open(str(path)) as container:
+        avcc = container.streams.video[0].codec_context.extradata
+    sps_length = int.from_bytes(avcc[6:8], "big")
+    sps = avcc[8 : 8 + sps_length]
+    assert sps[1] in (100, 110, 122, 244)  # High profiles: the only ones that carry chroma_format_idc
+    bits = "".join(f"{byte:08b}" for byte in sps[4:])
+    position = 0
+    values = []
+    for _ in range(2):  # seq_parameter_set_id, then chroma_format_idc, both Exp-Golomb ue(v)
+        zeros = 0
+        while bits[position] == "0":
+            zeros, position = zeros + 1, position + 1
+        values.append(int(bits[position : position + zeros + 1], 2) - 1)
+        position += zeros + 1
+    return values[1]
+
+
 def _corpus_bytes(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
@@ -97,11 +116,29 @@ def test_manifest_has_exact_columns_and_matches_truth(corpus: Path) -> None:
     assert sum(t["label"] for t in truth.values()) >= 1
 
 
-def test_corpus_size_outside_1_to_100_is_refused(tmp_path: Path) -> None:
+def test_default_corpus_has_real_and_fake_clips_of_one_two_and_three_persons(tmp_path: Path) -> None:
+    manifest = make_corpus(tmp_path)
+    truth = load_truth(tmp_path)
+
+    assert manifest == tmp_path / "manifest.csv" and len(truth) == 6
+    assert {(len(t["persons"]), t["label"]) for t in truth.values()} == {
+        (n, label) for n in (1, 2, 3) for label in (0, 1)
+    }
+    for t in truth.values():
+        swapped_in = {f["person"] for fr in t["frames"] for f in fr["faces"] if f["swapped_from"]}
+        assert t["n_identities"] == len(set(t["persons"]) | swapped_in)
+        if t["label"] == 1 and len(t["persons"]) < 3:  # the swapped-in face is someone not on screen
+            assert t["n_identities"] == len(t["persons"]) + 1
+
+
+def test_corpus_size_outside_1_to_100_and_negative_seed_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         make_corpus(tmp_path, n_videos=0)
     with pytest.raises(ValueError):
         make_corpus(tmp_path, n_videos=101)
+    with pytest.raises(ValueError):
+        make_corpus(tmp_path, n_videos=1, seed=-1)
+    assert not (tmp_path / "manifest.csv").exists()
 
 
 def test_truth_is_self_consistent(corpus: Path) -> None:
@@ -160,8 +197,9 @@ def test_mtcnn_finds_every_truth_face(corpus: Path, decoded: dict) -> None:
     detector = MTCNN(keep_all=True, thresholds=[0.85, 0.95, 0.95], min_face_size=20, device="cpu")
     checked = 0
     for video_id, truth in load_truth(corpus).items():
-        for index in range(0, truth["n_frames"], SAMPLE_EVERY):
-            boxes, _ = detector.detect(Image.fromarray(decoded[video_id][index]))
+        indices = list(range(0, truth["n_frames"], SAMPLE_EVERY))
+        batch_boxes, _ = detector.detect([Image.fromarray(decoded[video_id][i]) for i in indices])
+        for index, boxes in zip(indices, batch_boxes, strict=True):
             found = [] if boxes is None else [np.asarray(b, dtype=float).tolist() for b in boxes]
             faces = truth["frames"][index]["faces"]
             assert len(found) == len(faces), (video_id, index)
@@ -220,10 +258,16 @@ def test_broken_samples_each_break_in_their_own_way(tmp_path: Path) -> None:
     assert paths["directory"].is_dir() and paths["directory"].suffix == ".mp4"
     corrupt = paths["corrupt_middle"].read_bytes()
     assert len(corrupt) == paths["good"].stat().st_size and corrupt != paths["good"].read_bytes()
+    with av.open(str(paths["corrupt_middle"])) as container:  # the container is intact...
+        assert container.streams.video[0].frames == 20
+        survived = []
+        with pytest.raises(av.error.InvalidDataError):  # ...the frame data is not
+            for frame in container.decode(video=0):
+                survived.append(frame.to_ndarray(format="rgb24"))
+    assert 0 < len(survived) < 20 and np.array_equal(survived[0], good[0])
     assert frames_of(paths["tiny_frames"])[0].shape == (16, 16, 3)
     assert len(frames_of(paths["one_frame"])) == 1
-    with av.open(str(paths["grayscale"])) as container:
-        assert container.streams.video[0].codec_context.pix_fmt == "gray"
+    assert _chroma_format_idc(paths["grayscale"]) == 0 and _chroma_format_idc(paths["good"]) == 1
     gray = frames_of(paths["grayscale"])[5].astype(int)
     assert np.abs(gray[..., 0] - gray[..., 1]).max() <= 2 and np.abs(gray[..., 1] - gray[..., 2]).max() <= 2
     odd = paths["odd_name"].name
