@@ -29,7 +29,6 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
-from av.video.reformatter import VideoReformatter
 
 FPS = 10
 FAKE_METHOD = "synthswap"
@@ -222,19 +221,44 @@ def _area_ratio(box: list[int], width: int, height: int) -> int:
     return (100 * (box[2] - box[0]) * (box[3] - box[1])) // (width * height)
 
 
-def _encode(path: Path, frames: list[np.ndarray], pix_fmt: str = "yuv420p", fps: int = FPS) -> None:
-    """H.264 in MP4 through PyAV; one encoder thread, since x264's output depends on its thread count."""
+def _rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
+    """BT.601 limited-range YUV 4:2:0 (planes stacked, (H·3/2, W)), what decoders assume when untagged.
+
+    Done in numpy rather than by swscale because swscale's SIMD paths depend on the input buffer's
+    alignment, so the same pixels could encode to different bytes from one run to the next.
+    """
+    x = rgb.astype(np.float64)
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    y = 16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255
+    cb = 128 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255
+    cr = 128 + (112.0 * r - 93.786 * g - 18.214 * b) / 255
+
+    def two_by_two(c: np.ndarray) -> np.ndarray:
+        return (c[0::2, 0::2] + c[1::2, 0::2] + c[0::2, 1::2] + c[1::2, 1::2]) / 4
+
+    planes = [
+        np.clip(np.round(p), 0, 255).astype(np.uint8).ravel() for p in (y, two_by_two(cb), two_by_two(cr))
+    ]
+    return np.concatenate(planes).reshape(y.shape[0] * 3 // 2, y.shape[1])
+
+
+def _encode(path: Path, frames: list[np.ndarray], fps: int = FPS) -> None:
+    """H.264 in MP4 through PyAV: yuv420p from RGB (H, W, 3) frames, monochrome from gray (H, W) ones.
+
+    One encoder thread, since x264's output depends on its thread count.
+    """
     height, width = frames[0].shape[:2]
+    gray = frames[0].ndim == 2
     with av.open(str(path), mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=fps, options={"crf": "18", "preset": "veryfast"})
-        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        stream.width, stream.height = width, height
+        stream.pix_fmt = "gray" if gray else "yuv420p"
         stream.time_base = Fraction(1, fps)
         stream.codec_context.thread_count = 1
-        in_format = "gray" if frames[0].ndim == 2 else "rgb24"
-        reformatter = VideoReformatter()  # one converter for the clip: building one per frame costs 3×
         for pixels in frames:
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels), format=in_format)
-            container.mux(stream.encode(reformatter.reformat(frame, format=pix_fmt)))
+            planes = pixels if gray else _rgb_to_yuv420p(pixels)
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(planes), format=stream.pix_fmt)
+            container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
 
 
@@ -453,7 +477,7 @@ def write_broken_samples(directory: str | Path) -> dict[str, Path]:
     _encode(paths["one_frame"], _simple_clip(persons["grace_hopper"], 320, 240, 1, seed=4))
     paths["grayscale"] = root / "grayscale.mp4"
     gray_frames = _simple_clip(persons["cameraman"], 320, 240, 20, seed=5)
-    _encode(paths["grayscale"], [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in gray_frames], pix_fmt="gray")
+    _encode(paths["grayscale"], [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in gray_frames])
     paths["odd_name"] = root / ODD_NAME
     paths["odd_name"].write_bytes(good)
 

@@ -55,7 +55,8 @@ def apply_local_defaults() -> None:
     """Set the quiet local defaults without overriding anything the user exported."""
     for key, value in LOCAL_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
-    os.environ.setdefault("PREFECT_HOME", str(Path.home() / ".faceshard" / "prefect"))
+    home = Path(os.environ.setdefault("PREFECT_HOME", str(Path.home() / ".faceshard" / "prefect")))
+    home.mkdir(parents=True, exist_ok=True)  # the server's SQLite database lives here
 
 
 @contextmanager
