@@ -7,11 +7,11 @@ moving and changing size; "fake" clips replace one person's face by another pers
 frames. Every clip has a ground-truth JSON (per frame, per face: box, person, area ratio) and the corpus
 has a `manifest.csv` (`path,label,method,split`).
 
-The persons were chosen by measurement. On about 1,100 faces sampled from 72 clips (seeds 0, 2, 3),
+The persons were chosen by measurement. On 1,400 faces sampled from 54 clips (seeds 4 and 5),
 facenet-pytorch MTCNN (thresholds [0.85, 0.95, 0.95], min_face_size 20) found every pasted face (IoU
-with the truth box ≥ 0.76, no extra detections), and dlib's face-recognition ResNet put the same person
-at most 0.41 apart and different persons at least 0.61 apart; the closest pair, astronaut vs Grace
-Hopper, sits at 0.61–0.70, so identity thresholds well above dlib's 0.6 would merge them. The 25×25
+with the truth box ≥ 0.72, no extra detections), and dlib's face-recognition ResNet put the same person
+at most 0.34 apart and different persons at least 0.62 apart; the closest pair, astronaut vs Grace
+Hopper, sits at 0.62–0.70, so identity thresholds much above dlib's 0.6 would merge them. The 25×25
 `skimage.data.lfw_subset()` faces are not used: upscaled and encoded, several pairs of different
 persons fell below 0.6 and MTCNN missed some of them, so they would make the truth wrong.
 """
@@ -33,8 +33,12 @@ import numpy as np
 FPS = 10
 FAKE_METHOD = "synthswap"
 FRAME_SIZES = ((320, 240), (400, 300), (480, 360))  # (W, H), even sides for yuv420p
+X264_OPTIONS = {"crf": "18", "preset": "veryfast", "x264-params": "mbtree=0"}
 MIN_FACE_HEIGHT = 48  # px; MTCNN finds far smaller faces, this keeps dlib identities stable too
 MAX_VIDEOS = 100
+# A swapped-in face brings this much of its own surroundings (fraction of its box side, per side), with
+# this feather: with 15 % and a softer edge MTCNN missed a few small swapped-in cameraman faces.
+SWAP_MARGIN, SWAP_FEATHER = 0.3, 0.2
 
 # Face boxes (x1, y1, x2, y2) that MTCNN returns on the full photos: the truth box is this box carried
 # through the same scaling and translation as the pasted patch, so it is what a detector would return.
@@ -160,9 +164,9 @@ def _place(track: _Track, t: float, height: int) -> tuple[np.ndarray, np.ndarray
 
 
 def _paste_swap(canvas: np.ndarray, source: _Person, box: tuple[float, float, float, float]) -> None:
-    """Face swap: map the source's face box (plus a 15 % margin) onto `box`, blended by a soft ellipse."""
+    """Face swap: map the source's face box (plus SWAP_MARGIN) onto `box`, blended by a soft ellipse."""
     fx1, fy1, fx2, fy2 = source.face
-    mx, my = 0.15 * (fx2 - fx1), 0.15 * (fy2 - fy1)
+    mx, my = SWAP_MARGIN * (fx2 - fx1), SWAP_MARGIN * (fy2 - fy1)
     ph, pw = source.patch.shape[:2]
     sx0, sy0 = max(0, int(fx1 - mx)), max(0, int(fy1 - my))
     sx1, sy1 = min(pw, int(np.ceil(fx2 + mx))), min(ph, int(np.ceil(fy2 + my)))
@@ -173,7 +177,7 @@ def _paste_swap(canvas: np.ndarray, source: _Person, box: tuple[float, float, fl
     if dx1 - dx0 < 2 or dy1 - dy0 < 2:
         return
     face = _resize(source.patch[sy0:sy1, sx0:sx1], dx1 - dx0, dy1 - dy0)
-    _blend(canvas, face, _ellipse_alpha(dy1 - dy0, dx1 - dx0, feather=0.3), dx0, dy0)
+    _blend(canvas, face, _ellipse_alpha(dy1 - dy0, dx1 - dx0, feather=SWAP_FEATHER), dx0, dy0)
 
 
 def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
@@ -221,43 +225,25 @@ def _area_ratio(box: list[int], width: int, height: int) -> int:
     return (100 * (box[2] - box[0]) * (box[3] - box[1])) // (width * height)
 
 
-def _rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
-    """BT.601 limited-range YUV 4:2:0 (planes stacked, (H·3/2, W)), what decoders assume when untagged.
-
-    Done in numpy rather than by swscale because swscale's SIMD paths depend on the input buffer's
-    alignment, so the same pixels could encode to different bytes from one run to the next.
-    """
-    x = rgb.astype(np.float64)
-    r, g, b = x[..., 0], x[..., 1], x[..., 2]
-    y = 16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255
-    cb = 128 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255
-    cr = 128 + (112.0 * r - 93.786 * g - 18.214 * b) / 255
-
-    def two_by_two(c: np.ndarray) -> np.ndarray:
-        return (c[0::2, 0::2] + c[1::2, 0::2] + c[0::2, 1::2] + c[1::2, 1::2]) / 4
-
-    planes = [
-        np.clip(np.round(p), 0, 255).astype(np.uint8).ravel() for p in (y, two_by_two(cb), two_by_two(cr))
-    ]
-    return np.concatenate(planes).reshape(y.shape[0] * 3 // 2, y.shape[1])
-
-
 def _encode(path: Path, frames: list[np.ndarray], fps: int = FPS) -> None:
     """H.264 in MP4 through PyAV: yuv420p from RGB (H, W, 3) frames, monochrome from gray (H, W) ones.
 
-    One encoder thread, since x264's output depends on its thread count.
+    Same pixels, same bytes: one encoder thread (x264's output depends on its thread count) and no
+    macroblock-tree rate control (with it, the same frames encoded to different bytes from run to run).
+    RGB goes to BT.601 limited range (what decoders assume for untagged video) through OpenCV.
     """
     height, width = frames[0].shape[:2]
     gray = frames[0].ndim == 2
     with av.open(str(path), mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=fps, options={"crf": "18", "preset": "veryfast"})
+        stream = container.add_stream("libx264", rate=fps, options=X264_OPTIONS)
         stream.width, stream.height = width, height
         stream.pix_fmt = "gray" if gray else "yuv420p"
         stream.time_base = Fraction(1, fps)
         stream.codec_context.thread_count = 1
-        for pixels in frames:
-            planes = pixels if gray else _rgb_to_yuv420p(pixels)
+        for index, pixels in enumerate(frames):
+            planes = pixels if gray else cv2.cvtColor(pixels, cv2.COLOR_RGB2YUV_I420)
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(planes), format=stream.pix_fmt)
+            frame.pts = index
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
 
@@ -440,9 +426,10 @@ def write_broken_samples(directory: str | Path) -> dict[str, Path]:
     Keys: `good` (a normal one-person clip the others derive from), `empty` (zero bytes), `truncated`
     (first 30 % of `good`: no moov box), `text` (plain text named .mp4), `audio_only` (AAC, no video
     stream), `directory` (a folder named x.mp4), `corrupt_middle` (`good` with its mid frame data
-    overwritten by random bytes: it opens, then decoding fails part-way), `tiny_frames` (16×16),
-    `one_frame`, `grayscale` (monochrome 4:0:0 H.264, which FFmpeg decodes as yuv420p with flat chroma),
-    `odd_name` (spaces, quotes, non-ASCII) and `symlink` (relative link to `good`).
+    overwritten by random bytes: the container opens, the frames do not decode cleanly), `tiny_frames`
+    (16×16), `one_frame`, `grayscale` (gray content, yuv420p), `monochrome` (a 4:0:0 H.264 stream,
+    which FFmpeg decodes as yuv420p with flat chroma), `odd_name` (spaces, quotes, non-ASCII) and
+    `symlink` (relative link to `good`). The same bytes on every run.
     """
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
@@ -475,9 +462,13 @@ def write_broken_samples(directory: str | Path) -> dict[str, Path]:
     _encode(paths["tiny_frames"], [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(10)])
     paths["one_frame"] = root / "one_frame.mp4"
     _encode(paths["one_frame"], _simple_clip(persons["grace_hopper"], 320, 240, 1, seed=4))
+    gray_frames = [
+        cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in _simple_clip(persons["cameraman"], 320, 240, 20, seed=5)
+    ]
     paths["grayscale"] = root / "grayscale.mp4"
-    gray_frames = _simple_clip(persons["cameraman"], 320, 240, 20, seed=5)
-    _encode(paths["grayscale"], [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in gray_frames])
+    _encode(paths["grayscale"], [np.repeat(g[:, :, None], 3, axis=2) for g in gray_frames])
+    paths["monochrome"] = root / "monochrome.mp4"
+    _encode(paths["monochrome"], gray_frames)
     paths["odd_name"] = root / ODD_NAME
     paths["odd_name"].write_bytes(good)
 

@@ -69,6 +69,12 @@ def _chroma_format_idc(path: Path) -> int:
     return values[1]
 
 
+def _sampled_frames(truth: dict) -> list[int]:
+    """Every SAMPLE_EVERY-th frame plus a few swapped ones: what the slow CPU models look at."""
+    fake = truth["fake_frames"]
+    return sorted(set(range(0, truth["n_frames"], SAMPLE_EVERY)) | set(fake[:: max(1, len(fake) // 3)]))
+
+
 def _corpus_bytes(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
@@ -197,7 +203,7 @@ def test_mtcnn_finds_every_truth_face(corpus: Path, decoded: dict) -> None:
     detector = MTCNN(keep_all=True, thresholds=[0.85, 0.95, 0.95], min_face_size=20, device="cpu")
     checked = 0
     for video_id, truth in load_truth(corpus).items():
-        indices = list(range(0, truth["n_frames"], SAMPLE_EVERY))
+        indices = _sampled_frames(truth)
         batch_boxes, _ = detector.detect([Image.fromarray(decoded[video_id][i]) for i in indices])
         for index, boxes in zip(indices, batch_boxes, strict=True):
             found = [] if boxes is None else [np.asarray(b, dtype=float).tolist() for b in boxes]
@@ -220,11 +226,7 @@ def test_dlib_separates_persons_at_its_usual_threshold(corpus: Path, decoded: di
 
     names, vectors = [], []
     for video_id, truth in load_truth(corpus).items():
-        fake_frames = truth["fake_frames"]
-        indices = set(range(0, truth["n_frames"], SAMPLE_EVERY)) | set(
-            fake_frames[:: max(1, len(fake_frames) // 3)]
-        )
-        for index in sorted(indices):
+        for index in _sampled_frames(truth):
             rgb = decoded[video_id][index]
             for face in truth["frames"][index]["faces"]:
                 shape = landmarks(rgb, dlib.rectangle(*face["box"]))
@@ -260,16 +262,20 @@ def test_broken_samples_each_break_in_their_own_way(tmp_path: Path) -> None:
     assert len(corrupt) == paths["good"].stat().st_size and corrupt != paths["good"].read_bytes()
     with av.open(str(paths["corrupt_middle"])) as container:  # the container is intact...
         assert container.streams.video[0].frames == 20
-        survived = []
-        with pytest.raises(av.error.InvalidDataError):  # ...the frame data is not
-            for frame in container.decode(video=0):
-                survived.append(frame.to_ndarray(format="rgb24"))
-    assert 0 < len(survived) < 20 and np.array_equal(survived[0], good[0])
+        try:  # ...the frame data is not: decoding fails, or yields other pixels
+            survived = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+            intact = len(survived) == 20 and all(map(np.array_equal, survived, good))
+        except av.error.InvalidDataError:
+            intact = False
+    assert not intact
     assert frames_of(paths["tiny_frames"])[0].shape == (16, 16, 3)
     assert len(frames_of(paths["one_frame"])) == 1
-    assert _chroma_format_idc(paths["grayscale"]) == 0 and _chroma_format_idc(paths["good"]) == 1
-    gray = frames_of(paths["grayscale"])[5].astype(int)
-    assert np.abs(gray[..., 0] - gray[..., 1]).max() <= 2 and np.abs(gray[..., 1] - gray[..., 2]).max() <= 2
+    assert _chroma_format_idc(paths["monochrome"]) == 0
+    assert _chroma_format_idc(paths["grayscale"]) == _chroma_format_idc(paths["good"]) == 1
+    for name in ("grayscale", "monochrome"):
+        gray = frames_of(paths[name])[5].astype(int)
+        assert gray.std() > 10  # a picture, not a flat field...
+        assert np.abs(np.diff(gray, axis=2)).max() <= 2  # ...with no colour
     odd = paths["odd_name"].name
     assert " " in odd and '"' in odd and "'" in odd and not odd.isascii()
     assert len(frames_of(paths["odd_name"])) == 20
