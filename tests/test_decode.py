@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 import skimage.data
+from clips import write_video
 
 from tasks import decode
 from tasks.decode import count_frames, iter_frames, probe
@@ -26,18 +27,6 @@ def photo_frames(n: int, side: int = SIDE) -> list[np.ndarray]:
     """The astronaut photo panned by 3 px per frame: real content, each frame distinct."""
     base = cv2.resize(skimage.data.astronaut(), (side, side), interpolation=cv2.INTER_AREA)
     return [np.roll(base, 3 * i, axis=1) for i in range(n)]
-
-
-def write_video(path: Path, frames: list[np.ndarray], fps: int = 10, faststart: bool = False) -> Path:
-    options = {"movflags": "faststart"} if faststart else {}
-    with av.open(str(path), "w", options=options) as out:
-        stream = out.add_stream("libx264", rate=fps, options={"g": "10", "crf": "10"})
-        stream.height, stream.width = frames[0].shape[:2]
-        stream.pix_fmt = "yuv420p"
-        for rgb in frames:
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
-        out.mux(stream.encode())
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -6,28 +6,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 import pytest
 import skimage.data
+from clips import write_video
 
 from faceshard.config import DetectConfig
 from models.detectors import build_detector
 from tasks.decode import iter_frames, probe
 from tasks.sampling import STRATEGIES, FrameSelector, make_selector
 from tasks.types import VideoInfo
-
-
-def write_video(path: Path, frames: list[np.ndarray], fps: int = 10) -> Path:
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=fps, options={"g": "10"})
-        stream.height, stream.width = frames[0].shape[:2]
-        stream.pix_fmt = "yuv420p"
-        for rgb in frames:
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
-        out.mux(stream.encode())
-    return path
 
 
 @pytest.fixture(scope="module")
