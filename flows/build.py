@@ -125,8 +125,13 @@ def run_build(
     roots: list[str] | None = None,
     storage_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run `build_dataset` on the embedded default: one local Prefect server and a local Ray cluster."""
+    """Run `build_dataset` on the embedded default: one local Prefect server and a local Ray cluster.
+
+    The models are loaded here first (the flow reuses them for the fingerprint), so missing weights
+    or a bad identity metric fail fast, before a server starts or anything is written.
+    """
     apply_local_defaults()
+    weights_manifest(cfg)
     with prefect_api():
         runner = RayTaskRunner(address=cfg.runtime.ray_address, init_kwargs=ray_init_kwargs(cfg.runtime))
         flow_with_ray = build_dataset.with_options(task_runner=runner)

@@ -27,7 +27,7 @@ from models.identity import build_identity_embedder
 from tasks.crops import CropEncoder, Cropper, encode_image
 from tasks.decode import iter_frames, probe
 from tasks.errors import VideoError
-from tasks.identity import assign_identities
+from tasks.identity import assign_identities, clustering_rule
 from tasks.sampling import make_selector
 from tasks.size import SizeStage
 from tasks.types import Face, Frame, VideoTask
@@ -74,6 +74,10 @@ class VideoProcessor:
         self.size = SizeStage()
         self.encoder = CropEncoder(cfg.crop)
         self.identity = build_identity_embedder(cfg.identity, self.device) if cfg.identity.enabled else None
+        if self.identity is not None:  # resolved now so that a bad metric/threshold fails before any video
+            self.metric, self.threshold = clustering_rule(
+                cfg.identity, self.identity.metric, self.identity.default_threshold
+            )
         self.depth = (
             DepthEstimator(
                 cfg.depth.model,
@@ -98,6 +102,8 @@ class VideoProcessor:
             if cfg.embed.enabled
             else None
         )
+        # Faces wait for a full batch of the batched models; crops held are bounded by this number.
+        self.face_batch = max(cfg.depth.batch_size, cfg.embed.batch_size)
         if cfg.embed.enabled and cfg.embed.depth and not cfg.depth.enabled:
             raise ValueError("embed.depth=true needs depth.enabled=true")
 
@@ -187,6 +193,7 @@ class VideoProcessor:
         selector = make_selector(self.cfg.sampling.strategy, self.cfg.sampling.max_frames)
         selector.start(info, video.path)
         detected: list[Face] = []  # detected and cropped, not yet enriched (acceptance may be pending)
+        accepted: list[Face] = []  # accepted, waiting for a full batch of the per-face stages
         enriched: list[Face] = []
         batch: list[Frame] = []
         stages = self.face_stages()
@@ -222,12 +229,16 @@ class VideoProcessor:
                 detected[:] = [f for f in detected if f.frame not in kept_frames]
             return ready
 
-        def enrich(faces: list[Face]) -> None:
+        def enrich(faces: list[Face], force: bool = False) -> None:
+            """Run the per-face stages on full batches (per_second detects one frame at a time)."""
+            accepted.extend(faces)
+            if not accepted or (len(accepted) < self.face_batch and not force):
+                return
             for name, stage in stages:
-                if faces:
-                    with clock(name):
-                        stage(faces)
-            enriched.extend(faces)
+                with clock(name):
+                    stage(accepted)
+            enriched.extend(accepted)
+            accepted.clear()
 
         frames = iter_frames(
             video.path, info, selector.want, lambda: selector.done, feedback=selector.needs_feedback
@@ -241,7 +252,7 @@ class VideoProcessor:
             if selector.needs_feedback or len(batch) >= self.cfg.detect.batch_size:
                 flush()
         flush()
-        enrich(drain_accepted(final=True))
+        enrich(drain_accepted(final=True), force=True)
         enriched.sort(key=lambda face: (face.frame, face.face))
         return enriched, info
 
@@ -249,10 +260,8 @@ class VideoProcessor:
         """Cluster the video's faces into identities (SPEC §5) and rank them; fills `Face.identity`."""
         if self.identity is None or not faces:
             return []
-        cfg = self.cfg.identity
-        metric = cfg.metric or self.identity.metric
-        threshold = cfg.threshold if cfg.threshold is not None else self.identity.default_threshold
-        return [asdict(row) for row in assign_identities(faces, cfg, metric, threshold)]
+        rows = assign_identities(faces, self.cfg.identity, self.metric, self.threshold)
+        return [asdict(row) for row in rows]
 
 
 def _as_dict(info: Any) -> dict[str, Any]:

@@ -49,8 +49,9 @@ def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (["--set", "detect.bogus=1"], "detect.bogus"),
         (["--set", "depth.enabled=maybe"], "depth.enabled"),
         (["--preset", "nope"], "preset 'nope'"),
+        (["--set", "identity.metric=cosine"], "identity.threshold"),
     ],
-    ids=["unknown-key", "bad-bool", "unknown-preset"],
+    ids=["unknown-key", "bad-bool", "unknown-preset", "metric-without-threshold"],
 )
 def test_bad_config_exits_2_with_one_message_and_writes_nothing(
     manifest: Path, tmp_path: Path, args: list[str], named: str
