@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -216,8 +215,3 @@ def demo(
             f"[yellow]random weights:[/] {', '.join(info['random_weights'])} "
             "(hub weights unreachable offline; the demo preset allows random init)"
         )
-
-
-def main() -> None:
-    """Entry point that keeps typer's exit codes."""
-    sys.exit(app())

@@ -229,41 +229,6 @@ def is_local_ref(ref: str) -> bool:
     return not _HUB_ID.fullmatch(ref)
 
 
-def resolve_weights(ref: str, name: str | None = None) -> WeightsInfo:
-    """Find the weights `ref` points to (local file/directory or cached hub snapshot) and fingerprint them.
-
-    Raises WeightsUnavailableError naming what was tried when neither exists. Loading stays with the
-    model module; this only says where and what.
-    """
-    if is_local_ref(ref):
-        path = Path(ref).expanduser()
-        if path.is_file():
-            return WeightsInfo(name or path.name, str(path.resolve()), fingerprint_file(path))
-        if path.is_dir():
-            return WeightsInfo(name or path.name, str(path.resolve()), fingerprint_dir(path))
-        raise WeightsUnavailableError(f"weights not found: local path {path} does not exist")
-    revision = hub_revision(ref)
-    if revision is None:
-        raise WeightsUnavailableError(
-            f"weights not found: hub id {ref!r} is not in the Hugging Face cache"
-            + (" and HF_HUB_OFFLINE is set" if hub_offline() else "")
-        )
-    return WeightsInfo(name or ref, f"hf:{ref}", f"hf:{ref}@{revision}")
-
-
-def local_version(ref: str | None) -> str | None:
-    """Fingerprint of an existing local weights file or directory (None otherwise): part of
-    `cached_model` keys, so that weights rewritten in place are reloaded rather than served stale."""
-    if ref is None:
-        return None
-    path = Path(ref).expanduser()
-    if path.is_file():
-        return fingerprint_file(path)
-    if path.is_dir():
-        return fingerprint_dir(path)
-    return None
-
-
 def hub_weights_info(repo_id: str, name: str) -> WeightsInfo:
     """WeightsInfo for a model just loaded from the hub by id (the commit comes from the cache)."""
     revision = hub_revision(repo_id) or "unknown-revision"

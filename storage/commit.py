@@ -298,8 +298,8 @@ def _read_committed_file(
 class Output:
     """One output URI being built. Small and picklable: workers re-open the filesystem lazily.
 
-    `Output.open` (driver, once per run) checks the fingerprint and cleans crashed writes;
-    `Output.attach` (workers, or any later reader) only reads the metadata.
+    `Output.open` (driver, once per run) checks the fingerprint and cleans crashed writes; workers
+    receive the pickled object (uri, fingerprint, storage options) and never re-validate.
     """
 
     def __init__(self, uri: str, fingerprint: str, storage_options: dict[str, Any] | None = None) -> None:
@@ -358,15 +358,6 @@ class Output:
             out._wipe()
         out.cleanup()
         return out
-
-    @classmethod
-    def attach(cls, uri: str, storage_options: dict[str, Any] | None = None) -> Output:
-        """Re-open an existing output cheaply (one read): no validation, no cleanup."""
-        fs, root = fsio.open_fs(uri, storage_options)
-        metadata = read_metadata(fs, root)
-        if metadata is None:
-            raise StorageError(f"{uri}: not a faceshard output (no {METADATA_FILE})")
-        return cls(uri, metadata["fingerprint"], storage_options)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"uri": self.uri, "fingerprint": self.fingerprint, "storage_options": self.storage_options}

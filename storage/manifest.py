@@ -78,7 +78,7 @@ def read_manifest(
         )
     protocol = None if is_local(fs) else _protocol(fs)
     base = _Location(protocol, posixpath.dirname(path) if protocol else os.path.dirname(path))
-    allowed = [_root_location(r, protocol) for r in roots] if roots else [base]
+    allowed = [_root_location(r) for r in roots] if roots else [base]
 
     records = frame.to_dicts()
     tasks: list[VideoTask] = []
@@ -156,7 +156,7 @@ def _protocol(fs: Any) -> str:
     return protocol[0] if isinstance(protocol, tuple | list) else protocol
 
 
-def _root_location(root: str, manifest_protocol: str | None) -> _Location:
+def _root_location(root: str) -> _Location:
     if "://" in root and not root.startswith("file://"):
         fs, path = open_fs(root)
         return _Location(_protocol(fs), "/" + path.lstrip("/") if _protocol(fs) == "memory" else path)

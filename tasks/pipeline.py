@@ -117,7 +117,7 @@ class VideoProcessor:
             roles["depth"] = self.depth.weights
         if self.embedder is not None:
             roles["embed"] = self.embedder.weights
-        return {role: _as_dict(info) for role, info in roles.items()}
+        return {role: asdict(info) for role, info in roles.items()}
 
     @property
     def dims(self) -> dict[str, Any]:
@@ -262,12 +262,6 @@ class VideoProcessor:
             return []
         rows = assign_identities(faces, self.cfg.identity, self.metric, self.threshold)
         return [asdict(row) for row in rows]
-
-
-def _as_dict(info: Any) -> dict[str, Any]:
-    if isinstance(info, dict):
-        return info
-    return {"name": info.name, "source": info.source, "fingerprint": info.fingerprint, "random": info.random}
 
 
 def _video_row(video: VideoTask, shard_id: int) -> dict[str, Any]:

@@ -5,7 +5,7 @@ Plain dataclasses so every stage runs and is tested without Prefect or Ray.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -79,4 +79,3 @@ class Face:
     crop_bytes: bytes | None = None
     depth_bytes: bytes | None = None
     identity: int = -1
-    extra: dict[str, object] = field(default_factory=dict)

@@ -64,10 +64,8 @@ def faceshard_cli(
     *args: str, env: dict[str, str] | None = None, timeout: float = 900
 ) -> subprocess.CompletedProcess:
     """Run the installed `faceshard` console script in a fresh process (its own Prefect and Ray)."""
-    full_env = {**os.environ, **(env or {})}
-    full_env.pop("PREFECT_API_URL", None)
-    if env and "PREFECT_API_URL" in env:
-        full_env["PREFECT_API_URL"] = env["PREFECT_API_URL"]
+    # The session's in-process server is not the subprocess's: it starts its own unless `env` names one.
+    full_env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | (env or {})
     exe = Path(sys.executable).with_name("faceshard")
     return subprocess.run(
         [str(exe), *args], env=full_env, capture_output=True, text=True, timeout=timeout, check=False

@@ -13,6 +13,7 @@ import pyarrow.dataset as pds
 import pytest
 
 from faceshard.config import load_config
+from faceshard.synth import load_truth
 from flows.build import run_build
 from storage.errors import FingerprintMismatch
 from storage.reader import load_faces
@@ -61,12 +62,8 @@ def table(uri: str | Path, name: str) -> list[dict]:
 
 
 def truths(manifest: Path) -> dict[str, dict]:
-    """Ground truth per clip, keyed by the clip's absolute path."""
-    out = {}
-    for path in sorted((manifest.parent / "truth").glob("*.json")):
-        truth = json.loads(path.read_text())
-        out[str((manifest.parent / truth["path"]).resolve())] = truth
-    return out
+    """Ground truth per clip, keyed by the clip's absolute path (what the videos table stores)."""
+    return {str((manifest.parent / t["path"]).resolve()): t for t in load_truth(manifest.parent).values()}
 
 
 def iou(a: list[float], b: list[float]) -> float:

@@ -21,9 +21,9 @@ from models.registry import (
     cached_model,
     fingerprint_dir,
     fingerprint_file,
+    hub_weights_info,
     is_local_ref,
     model_card,
-    resolve_weights,
 )
 
 
@@ -71,24 +71,13 @@ def test_local_path_or_hub_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert is_local_ref("org/name")  # an existing directory wins over the hub-id reading
 
 
-def test_resolve_weights_local_and_missing(tmp_path: Path) -> None:
-    file = tmp_path / "w.pth"
-    file.write_bytes(b"x")
-    info = resolve_weights(str(file))
-    assert (info.source, info.fingerprint, info.random) == (str(file), fingerprint_file(file), False)
-    with pytest.raises(WeightsUnavailableError, match=r"local path .*missing\.pt does not exist"):
-        resolve_weights(str(tmp_path / "missing.pt"))
-    with pytest.raises(WeightsUnavailableError, match=r"hub id 'org/not-cached'.*HF_HUB_OFFLINE"):
-        resolve_weights("org/not-cached")
-
-
-def test_resolve_weights_reads_the_commit_of_a_cached_snapshot(
+def test_hub_weights_info_reads_the_commit_of_a_cached_snapshot(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     commit = "0123456789abcdef0123456789abcdef01234567"
     (fake_hub_snapshot(tmp_path, "org/model", commit) / "config.json").write_text("{}")
-    info = resolve_weights("org/model")
+    info = hub_weights_info("org/model", "model")
     assert (info.source, info.fingerprint) == ("hf:org/model", f"hf:org/model@{commit}")
 
 
