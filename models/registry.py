@@ -229,6 +229,19 @@ def is_local_ref(ref: str) -> bool:
     return not _HUB_ID.fullmatch(ref)
 
 
+def local_version(ref: str | None) -> str | None:
+    """Fingerprint of an existing local weights file or directory (None otherwise): part of
+    `cached_model` keys, so that weights rewritten in place are reloaded rather than served stale."""
+    if ref is None:
+        return None
+    path = Path(ref).expanduser()
+    if path.is_file():
+        return fingerprint_file(path)
+    if path.is_dir():
+        return fingerprint_dir(path)
+    return None
+
+
 def hub_weights_info(repo_id: str, name: str) -> WeightsInfo:
     """WeightsInfo for a model just loaded from the hub by id (the commit comes from the cache)."""
     revision = hub_revision(repo_id) or "unknown-revision"
