@@ -22,11 +22,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from storage.commit import Output
-from storage.manifest import plan_shards
-from storage.reader import fixed_list_to_numpy, load_faces
-from storage.schema import table_schemas
-from storage.testing import fake_videos
+from faceshard.storage.commit import Output
+from faceshard.storage.manifest import plan_shards
+from faceshard.storage.reader import fixed_list_to_numpy, load_faces
+from faceshard.storage.schema import table_schemas
+from faceshard.storage.testing import fake_videos
 
 DIM = 384
 VIDEOS_PER_SHARD = 16

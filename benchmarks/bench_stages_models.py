@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from models.depth import DepthEstimator
-from models.embedders import Embedder
+from faceshard.models.depth import DepthEstimator
+from faceshard.models.embedders import Embedder
 
 
 def compare(

@@ -26,8 +26,8 @@ import torch
 from PIL import Image
 
 from faceshard.config import DetectConfig
-from models.detectors import build_detector
-from tasks.decode import iter_frames, probe
+from faceshard.models.detectors import build_detector
+from faceshard.tasks.decode import iter_frames, probe
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 

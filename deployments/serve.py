@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from flows.build import build_dataset
+from faceshard.flows.build import build_dataset
 
 
 def deployment_parameters(manifest: str, out: str, preset: str, retry_failed: bool = False) -> dict:

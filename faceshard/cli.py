@@ -74,9 +74,9 @@ def build(
 ) -> None:
     """Build (or resume) a dataset: decode, detect, crop, cluster, embed, commit Parquet shards."""
     cfg = resolve_build_config(preset, config, set_, shard_size)
-    from flows.build import run_build
-    from models.registry import WeightsUnavailableError
-    from storage.errors import StorageError
+    from faceshard.errors import StorageError
+    from faceshard.flows.build import run_build
+    from faceshard.models.registry import WeightsUnavailableError
 
     try:
         summary = run_build(manifest, out, cfg, rebuild=rebuild, retry_failed=retry_failed, roots=root)
@@ -108,8 +108,8 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Committed / failed / pending shards, failed videos by reason; exits 1 when anything failed."""
-    from storage.errors import StorageError
-    from storage.status import dataset_status
+    from faceshard.errors import StorageError
+    from faceshard.storage.status import dataset_status
 
     try:
         info = dataset_status(uri)
@@ -194,9 +194,9 @@ def demo(
     videos: Annotated[int, typer.Option(min=3, help="clips to synthesise")] = 6,
 ) -> None:
     """Synthesise a small corpus, build it with the demo preset, and print a summary."""
+    from faceshard.flows.build import run_build
+    from faceshard.storage.status import dataset_status
     from faceshard.synth import make_corpus
-    from flows.build import run_build
-    from storage.status import dataset_status
 
     started = time.perf_counter()
     manifest = make_corpus(out / "corpus", n_videos=videos, seed=0)

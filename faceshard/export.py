@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 
-from storage.reader import read_table
+from faceshard.storage.reader import read_table
 
 LABELS = {0: "real", 1: "fake"}
 

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from scipy.stats import mannwhitneyu
 
-from storage.reader import load_faces, read_table
-from storage.status import dataset_status
+from faceshard.storage.reader import load_faces, read_table
+from faceshard.storage.status import dataset_status
 
 
 def video_features(uri: str, split: str | list[str] | None) -> tuple[np.ndarray, np.ndarray, list[str]]:

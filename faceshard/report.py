@@ -6,8 +6,8 @@ import polars as pl
 from rich.console import Group
 from rich.table import Table
 
-from storage.reader import read_table
-from storage.status import dataset_status
+from faceshard.storage.reader import read_table
+from faceshard.storage.status import dataset_status
 
 
 def _table(title: str, frame: pl.DataFrame) -> Table:

@@ -1,6 +1,6 @@
 """The build flow: plan shards, fan one Prefect task per shard out to Ray, collect the outcomes.
 
-All work lives in `tasks.shard.process_shard`; this module only wires it to Prefect and Ray.
+All work lives in `faceshard.tasks.shard.process_shard`; this module only wires it to Prefect and Ray.
 One task per shard (not per video): Prefect servers are reported unstable past a few thousand
 task runs, and a shard is the unit that commits.
 """
@@ -16,11 +16,10 @@ from prefect_ray import RayTaskRunner
 from prefect_ray.context import remote_options
 
 from faceshard.config import BuildConfig, RuntimeConfig, config_from_tree
-from flows.runtime import apply_local_defaults, prefect_api, ray_init_kwargs
-from models.weights import weights_manifest
-from storage.commit import Output
-from storage.manifest import ShardPlan, plan_shards, read_manifest
-from tasks.shard import process_shard, shards_to_retry
+from faceshard.flows.runtime import apply_local_defaults, prefect_api, ray_init_kwargs
+from faceshard.storage.commit import Output
+from faceshard.storage.manifest import ShardPlan, plan_shards, read_manifest
+from faceshard.tasks.shard import process_shard, shards_to_retry, weights_manifest
 
 
 @task(name="process-shard", retries=2, retry_delay_seconds=2, persist_result=False)

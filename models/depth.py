@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.registry import (
+from faceshard.models.registry import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     WeightsInfo,
@@ -39,7 +39,7 @@ from models.registry import (
     model_card,
     resolve_device,
 )
-from tasks.types import Face
+from faceshard.records import Face
 
 DEFAULT_DEPTH_MODEL = "depth-anything/Depth-Anything-V2-Small-hf"
 DEPTH_CARD = model_card(DEFAULT_DEPTH_MODEL)

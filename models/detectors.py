@@ -18,8 +18,8 @@ import torch
 from PIL import Image
 
 from faceshard.config import DetectConfig
-from models import registry
-from tasks.types import Detections
+from faceshard.models import registry
+from faceshard.records import Detections
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from models.registry import (
+from faceshard.models.registry import (
     MODELS,
     WeightsInfo,
     WeightsUnavailableError,
@@ -45,7 +45,7 @@ from models.registry import (
     local_version,
     resolve_device,
 )
-from tasks.types import Face
+from faceshard.records import Face
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from faceshard.config import IdentityConfig
-from models.registry import (
+from faceshard.models.registry import (
     WeightsInfo,
     WeightsUnavailableError,
     cached_model,
@@ -35,7 +35,7 @@ from models.registry import (
     model_card,
     resolve_device,
 )
-from tasks.types import Face
+from faceshard.records import Face
 
 FACENET = model_card("facenet")
 DLIB = model_card("dlib")

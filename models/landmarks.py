@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from models.registry import cached_model
+from faceshard.models.registry import cached_model
 
 PREDICTOR_FILE = "shape_predictor_68_face_landmarks.dat"
 

@@ -44,10 +44,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fsspec import AbstractFileSystem
 
-from storage import fsio
-from storage.errors import FingerprintMismatch, StorageError
-from storage.manifest import ShardPlan
-from storage.schema import (
+from faceshard.errors import FingerprintMismatch, StorageError
+from faceshard.storage import fsio
+from faceshard.storage.manifest import ShardPlan
+from faceshard.storage.schema import (
     PARTITION_COLUMNS,
     SCHEMA_VERSION,
     SCHEMA_VERSION_KEY,

@@ -18,9 +18,9 @@ from typing import Any
 
 import polars as pl
 
-from storage.errors import ManifestError
-from storage.fsio import is_local, open_fs, read_bytes
-from tasks.types import VideoTask
+from faceshard.errors import ManifestError
+from faceshard.records import VideoTask
+from faceshard.storage.fsio import is_local, open_fs, read_bytes
 
 REQUIRED_COLUMNS = ("path", "label")
 LABELS = {"0": 0, "1": 1, "real": 0, "fake": 1, "false": 0, "true": 1}

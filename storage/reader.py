@@ -20,10 +20,10 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 from fsspec import AbstractFileSystem
 
-from storage import fsio
-from storage.commit import OutputState, locate, read_state
-from storage.errors import StorageError
-from storage.schema import PARTITION_COLUMNS, TABLES, fixed_shape, table_schemas
+from faceshard.errors import StorageError
+from faceshard.storage import fsio
+from faceshard.storage.commit import OutputState, locate, read_state
+from faceshard.storage.schema import PARTITION_COLUMNS, TABLES, fixed_shape, table_schemas
 
 FACE_KEYS = ("video_id", "frame", "face", "identity", "size_bucket")
 READ_ATTEMPTS = 3

@@ -12,8 +12,8 @@ from typing import Any
 
 import pyarrow.compute as pc
 
-from storage import fsio
-from storage.commit import OutputState, file_entry, locate, read_files, read_state
+from faceshard.storage import fsio
+from faceshard.storage.commit import OutputState, file_entry, locate, read_files, read_state
 
 
 def dataset_status(

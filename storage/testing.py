@@ -7,9 +7,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from storage.manifest import ShardPlan
-from storage.schema import rows_to_tables, table_schemas
-from tasks.types import VideoTask
+from faceshard.records import VideoTask
+from faceshard.storage.manifest import ShardPlan
+from faceshard.storage.schema import rows_to_tables, table_schemas
 
 
 def fake_videos(n: int, prefix: str = "v", splits: tuple[str, ...] = ("train",)) -> list[VideoTask]:

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from faceshard.config import CropConfig
-from tasks.types import Detections, Face, Frame
+from faceshard.records import Detections, Face, Frame
 
 # (crop, box_in_crop) or None when the box gives no usable crop.
 CropResult = tuple[np.ndarray, np.ndarray] | None
@@ -124,7 +124,7 @@ def _align(size: int) -> CropMethod:
     template = align_template(size)
 
     def crop(rgb: np.ndarray, box: np.ndarray) -> CropResult:
-        from models.landmarks import five_points
+        from faceshard.models.landmarks import five_points
 
         matrix = similarity_transform(five_points(rgb, box), template)
         warped = cv2.warpAffine(rgb, matrix, (size, size), flags=cv2.INTER_LINEAR)

@@ -22,8 +22,8 @@ import av.error
 import fsspec
 import numpy as np
 
-from tasks.errors import VideoError
-from tasks.types import Frame, VideoInfo
+from faceshard.errors import VideoError
+from faceshard.records import Frame, VideoInfo
 
 DEFAULT_QUEUE_SIZE = 8
 # A demuxer that keeps failing at the same spot would otherwise loop forever.

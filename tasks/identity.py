@@ -36,7 +36,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial.distance import cdist
 
 from faceshard.config import IdentityConfig
-from tasks.types import Face
+from faceshard.records import Face
 
 METRICS = ("cosine", "euclidean")
 

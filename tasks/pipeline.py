@@ -20,17 +20,17 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from faceshard.config import BuildConfig
-from models.depth import DepthEstimator
-from models.detectors import build_detector, resolve_device
-from models.embedders import Embedder
-from models.identity import build_identity_embedder
-from tasks.crops import CropEncoder, Cropper, encode_image
-from tasks.decode import iter_frames, probe
-from tasks.errors import VideoError
-from tasks.identity import assign_identities, clustering_rule
-from tasks.sampling import make_selector
-from tasks.size import SizeStage
-from tasks.types import Face, Frame, VideoTask
+from faceshard.errors import VideoError
+from faceshard.models.depth import DepthEstimator
+from faceshard.models.detectors import build_detector, resolve_device
+from faceshard.models.embedders import Embedder
+from faceshard.models.identity import build_identity_embedder
+from faceshard.records import Face, Frame, VideoTask
+from faceshard.tasks.crops import CropEncoder, Cropper, encode_image
+from faceshard.tasks.decode import iter_frames, probe
+from faceshard.tasks.identity import assign_identities, clustering_rule
+from faceshard.tasks.sampling import make_selector
+from faceshard.tasks.size import SizeStage
 
 log = logging.getLogger(__name__)
 

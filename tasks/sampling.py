@@ -39,8 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.decode import count_frames
-from tasks.types import VideoInfo
+from faceshard.records import VideoInfo
+from faceshard.tasks.decode import count_frames
 
 
 class FrameSelector(ABC):

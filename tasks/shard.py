@@ -14,10 +14,10 @@ from typing import Any
 
 from faceshard.config import BuildConfig
 from faceshard.faults import maybe_fault
-from storage.commit import Output
-from storage.manifest import ShardPlan
-from storage.schema import rows_to_tables, table_schemas
-from tasks.pipeline import VideoProcessor, VideoResult
+from faceshard.storage.commit import Output
+from faceshard.storage.manifest import ShardPlan
+from faceshard.storage.schema import rows_to_tables, table_schemas
+from faceshard.tasks.pipeline import VideoProcessor, VideoResult
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,18 @@ def get_processor(cfg: BuildConfig) -> VideoProcessor:
         _PROCESSORS.clear()  # one build per worker at a time: free the previous build's models
         _PROCESSORS[key] = VideoProcessor(cfg)
     return _PROCESSORS[key]
+
+
+def weights_manifest(cfg: BuildConfig) -> dict[str, dict[str, Any]]:
+    """Per role (detector, identity, depth, embed): name, source, fingerprint and whether random.
+
+    The fingerprint must name the exact weights (file hashes, hub revisions, or `random`), resolved
+    once in the driver before anything is skipped or written; the driver builds the processor once
+    on the CPU for it. Workers load their own copy once per process.
+    """
+    return get_processor(
+        cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"device": "cpu"})})
+    ).weights
 
 
 def shards_to_retry(output: Output, plans: list[ShardPlan]) -> list[ShardPlan]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from numbers import Integral
 
-from tasks.types import Face
+from faceshard.records import Face
 
 # Upper ends of the ranges (0,5), (6,10), …, (96,100).
 _BUCKET_UPPER = tuple(range(5, 101, 5))

@@ -47,7 +47,7 @@ def local_runtime(tmp_path_factory: pytest.TempPathFactory):
     Ray workers (and the models they loaded) are reused between builds.
     """
     os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
-    from flows.runtime import apply_local_defaults, prefect_api
+    from faceshard.flows.runtime import apply_local_defaults, prefect_api
 
     apply_local_defaults()
     import ray
@@ -61,12 +61,18 @@ def local_runtime(tmp_path_factory: pytest.TempPathFactory):
 
 
 def faceshard_cli(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 900
+    *args: str, env: dict[str, str] | None = None, timeout: float = 900, cwd: Path | None = None
 ) -> subprocess.CompletedProcess:
     """Run the installed `faceshard` console script in a fresh process (its own Prefect and Ray)."""
     # The session's in-process server is not the subprocess's: it starts its own unless `env` names one.
     full_env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | (env or {})
     exe = Path(sys.executable).with_name("faceshard")
     return subprocess.run(
-        [str(exe), *args], env=full_env, capture_output=True, text=True, timeout=timeout, check=False
+        [str(exe), *args],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=cwd,
     )

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 from faceshard.config import load_config
+from faceshard.records import VideoTask
+from faceshard.storage.commit import Output
+from faceshard.storage.manifest import plan_shards, read_manifest
+from faceshard.storage.reader import read_table
 from faceshard.synth import write_broken_samples
-from storage.commit import Output
-from storage.manifest import plan_shards, read_manifest
-from storage.reader import read_table
-from tasks.pipeline import VideoProcessor
-from tasks.shard import process_shard
-from tasks.types import VideoTask
+from faceshard.tasks.pipeline import VideoProcessor
+from faceshard.tasks.shard import process_shard
 
 MUST_FAIL = {
     "empty": "empty",

@@ -13,11 +13,11 @@ import pyarrow.dataset as pds
 import pytest
 
 from faceshard.config import load_config
+from faceshard.errors import FingerprintMismatch
+from faceshard.flows.build import run_build
+from faceshard.storage.reader import load_faces
+from faceshard.storage.status import dataset_status
 from faceshard.synth import load_truth
-from flows.build import run_build
-from storage.errors import FingerprintMismatch
-from storage.reader import load_faces
-from storage.status import dataset_status
 
 pytestmark = pytest.mark.slow
 

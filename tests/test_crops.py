@@ -8,9 +8,10 @@ import pytest
 import skimage.data
 
 from faceshard.config import CropConfig, DetectConfig
-from models.detectors import build_detector
-from models.landmarks import five_points, predictor_path
-from tasks.crops import (
+from faceshard.models.detectors import build_detector
+from faceshard.models.landmarks import five_points, predictor_path
+from faceshard.records import Detections, Frame
+from faceshard.tasks.crops import (
     CropEncoder,
     Cropper,
     align_template,
@@ -19,7 +20,6 @@ from tasks.crops import (
     similarity_transform,
     store_format,
 )
-from tasks.types import Detections, Frame
 
 
 @pytest.fixture(scope="module")

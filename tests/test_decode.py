@@ -14,10 +14,10 @@ import pytest
 import skimage.data
 from clips import write_video
 
-from tasks import decode
-from tasks.decode import count_frames, iter_frames, probe
-from tasks.errors import VideoError
-from tasks.types import VideoInfo
+from faceshard.errors import VideoError
+from faceshard.records import VideoInfo
+from faceshard.tasks import decode
+from faceshard.tasks.decode import count_frames, iter_frames, probe
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 SIDE = 128

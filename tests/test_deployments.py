@@ -9,8 +9,8 @@ from pathlib import Path
 
 import yaml
 
-from deployments.serve import deployment_parameters
 from faceshard.config import config_from_tree
+from faceshard.deployments.serve import deployment_parameters
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,7 +34,7 @@ def test_prefect_yaml_deployments_match_the_flow() -> None:
 
 
 def test_served_deployment_runs_the_build_flow_with_resumable_parameters() -> None:
-    from flows.build import build_dataset
+    from faceshard.flows.build import build_dataset
 
     params = deployment_parameters("/data/m.csv", "s3://b/ds", "megatron")
     deployment = build_dataset.to_deployment(name="nightly", cron="0 2 * * *", parameters=params)

@@ -14,10 +14,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models import registry
-from models.depth import DepthEstimator, depth_anything_processor, to_uint8_map
-from models.registry import WeightsUnavailableError
-from tasks.types import Face
+from faceshard.models import registry
+from faceshard.models.depth import DepthEstimator, depth_anything_processor, to_uint8_map
+from faceshard.models.registry import WeightsUnavailableError
+from faceshard.records import Face
 
 INPUT_SIZE = 56
 

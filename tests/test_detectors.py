@@ -16,8 +16,8 @@ from matplotlib import cbook
 from PIL import Image
 
 from faceshard.config import DetectConfig
-from models.detectors import auto_detect_scale, build_detector, resolve_device
-from models.registry import combine_fingerprints
+from faceshard.models.detectors import auto_detect_scale, build_detector, resolve_device
+from faceshard.models.registry import combine_fingerprints
 
 THRESHOLDS = [0.85, 0.95, 0.95]
 

@@ -17,10 +17,10 @@ import torch
 from PIL import Image
 from timm.data import create_transform, resolve_data_config
 
-from models import registry
-from models.embedders import Embedder
-from models.registry import WeightsUnavailableError
-from tasks.types import Face
+from faceshard.models import registry
+from faceshard.models.embedders import Embedder
+from faceshard.models.registry import WeightsUnavailableError
+from faceshard.records import Face
 
 REPVIT = "repvit_m0_9.dist_300e_in1k"
 

@@ -15,17 +15,17 @@ import torch
 from PIL import Image
 
 from faceshard.config import IdentityConfig
-from models import registry
-from models.identity import FACENET, DlibEmbedder, FaceNetEmbedder, build_identity_embedder
-from models.registry import WeightsUnavailableError
-from tasks.identity import (
+from faceshard.models import registry
+from faceshard.models.identity import FACENET, DlibEmbedder, FaceNetEmbedder, build_identity_embedder
+from faceshard.models.registry import WeightsUnavailableError
+from faceshard.records import Face
+from faceshard.tasks.identity import (
     assign_identities,
     cluster_identities,
     cluster_mutual_knn,
     clustering_rule,
     similarity_matrix,
 )
-from tasks.types import Face
 
 FIXTURES = Path(__file__).parents[2] / "shared" / "fixtures"
 
@@ -308,7 +308,7 @@ def test_dlib_matches_a_direct_dlib_call_and_separates_people() -> None:
     import dlib
     from matplotlib import cbook
 
-    from models.identity import DLIB_SHAPE_PREDICTOR, dlib_models_dir
+    from faceshard.models.identity import DLIB_SHAPE_PREDICTOR, dlib_models_dir
 
     crop, box = astronaut_face()
     embedder = build_identity_embedder(IdentityConfig(embedder="dlib"), "cpu")

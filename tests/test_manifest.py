@@ -9,9 +9,9 @@ import fsspec
 import polars as pl
 import pytest
 
-from storage.errors import ManifestError
-from storage.manifest import derive_video_id, plan_shards, read_manifest
-from storage.testing import fake_videos
+from faceshard.errors import ManifestError
+from faceshard.storage.manifest import derive_video_id, plan_shards, read_manifest
+from faceshard.storage.testing import fake_videos
 
 
 def _write(path: Path, text: str) -> str:

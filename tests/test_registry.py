@@ -14,8 +14,8 @@ import huggingface_hub.constants
 import pytest
 import torch
 
-from models import registry
-from models.registry import (
+from faceshard.models import registry
+from faceshard.models.registry import (
     WeightsUnavailableError,
     build_random,
     cached_model,

@@ -27,8 +27,8 @@ import pyarrow.dataset as pds
 import pytest
 from conftest import faceshard_cli
 
-from storage.reader import read_table
-from storage.status import dataset_status
+from faceshard.storage.reader import read_table
+from faceshard.storage.status import dataset_status
 
 pytestmark = pytest.mark.slow
 

@@ -13,10 +13,10 @@ import skimage.data
 from clips import write_video
 
 from faceshard.config import DetectConfig
-from models.detectors import build_detector
-from tasks.decode import iter_frames, probe
-from tasks.sampling import STRATEGIES, FrameSelector, make_selector
-from tasks.types import VideoInfo
+from faceshard.models.detectors import build_detector
+from faceshard.records import VideoInfo
+from faceshard.tasks.decode import iter_frames, probe
+from faceshard.tasks.sampling import STRATEGIES, FrameSelector, make_selector
 
 
 @pytest.fixture(scope="module")

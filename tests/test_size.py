@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks.size import SizeStage, area_ratio, size_bucket
-from tasks.types import Face
+from faceshard.records import Face
+from faceshard.tasks.size import SizeStage, area_ratio, size_bucket
 
 
 @pytest.mark.parametrize(

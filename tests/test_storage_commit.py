@@ -12,15 +12,15 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pytest
 
-from storage import commit as commit_module
-from storage import fsio
-from storage.commit import Output
-from storage.errors import FingerprintMismatch, StorageError
-from storage.manifest import ShardPlan, plan_shards
-from storage.reader import load_faces, read_table
-from storage.schema import rows_to_tables, table_schemas
-from storage.status import dataset_status
-from storage.testing import fake_shard_tables, fake_videos
+from faceshard.errors import FingerprintMismatch, StorageError
+from faceshard.storage import commit as commit_module
+from faceshard.storage import fsio
+from faceshard.storage.commit import Output
+from faceshard.storage.manifest import ShardPlan, plan_shards
+from faceshard.storage.reader import load_faces, read_table
+from faceshard.storage.schema import rows_to_tables, table_schemas
+from faceshard.storage.status import dataset_status
+from faceshard.storage.testing import fake_shard_tables, fake_videos
 
 CONFIG = {"detect": {"thresholds": [0.85, 0.95, 0.95], "keep": "all"}, "embed": {"dtype": "float16"}}
 WEIGHTS = {"repvit": {"source": "hub:repvit", "fingerprint": "aaa", "random": False}}
@@ -473,7 +473,7 @@ def test_fingerprint_helpers_are_order_independent() -> None:
 
 
 def test_reader_retries_when_a_build_replaces_files_under_it(tmp_path, monkeypatch) -> None:
-    from storage import reader
+    from faceshard.storage import reader
 
     uri = str(tmp_path / "out")
     out, plans = _build(uri, n_videos=4, errors={"v00001": "decode failed"})

@@ -9,12 +9,12 @@ import socket
 import boto3
 import pytest
 
-from storage import fsio
-from storage.commit import Output
-from storage.manifest import ShardPlan, plan_shards
-from storage.reader import load_faces, read_table
-from storage.status import dataset_status
-from storage.testing import fake_shard_tables, fake_videos
+from faceshard.storage import fsio
+from faceshard.storage.commit import Output
+from faceshard.storage.manifest import ShardPlan, plan_shards
+from faceshard.storage.reader import load_faces, read_table
+from faceshard.storage.status import dataset_status
+from faceshard.storage.testing import fake_shard_tables, fake_videos
 
 BUCKET = "faceshard-test"
 

@@ -7,11 +7,17 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
-from storage.commit import Output
-from storage.manifest import ShardPlan
-from storage.reader import fixed_list_to_numpy
-from storage.schema import SCHEMA_VERSION, file_schema, rows_to_tables, schema_version_of, table_schemas
-from tasks.types import VideoTask
+from faceshard.records import VideoTask
+from faceshard.storage.commit import Output
+from faceshard.storage.manifest import ShardPlan
+from faceshard.storage.reader import fixed_list_to_numpy
+from faceshard.storage.schema import (
+    SCHEMA_VERSION,
+    file_schema,
+    rows_to_tables,
+    schema_version_of,
+    table_schemas,
+)
 
 SPEC_COLUMNS = {
     "videos": [
