@@ -16,10 +16,11 @@ from prefect_ray import RayTaskRunner
 from prefect_ray.context import remote_options
 
 from faceshard.config import BuildConfig, RuntimeConfig, config_from_tree
-from faceshard.flows.runtime import apply_local_defaults, prefect_api, ray_init_kwargs
+from faceshard.flows.runtime import apply_local_defaults, local_runtime, ray_init_kwargs
 from faceshard.storage.commit import Output
 from faceshard.storage.manifest import ShardPlan, plan_shards, read_manifest
-from faceshard.tasks.shard import process_shard, shards_to_retry, weights_manifest
+from faceshard.tasks.pipeline import weights_manifest
+from faceshard.tasks.shard import process_shard, shards_to_retry
 
 
 @task(name="process-shard", retries=2, retry_delay_seconds=2, persist_result=False)
@@ -124,14 +125,15 @@ def run_build(
     roots: list[str] | None = None,
     storage_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run `build_dataset` on the embedded default: one local Prefect server and a local Ray cluster.
+    """Run `build_dataset` on the embedded default: one local Prefect server and a local Ray cluster,
+    started concurrently.
 
-    The models are loaded here first (the flow reuses them for the fingerprint), so missing weights
-    or a bad identity metric fail fast, before a server starts or anything is written.
+    The weights are fingerprinted here first from their files (no model is loaded in the driver), so
+    missing weights or a bad identity metric fail fast, before a server starts or anything is written.
     """
     apply_local_defaults()
     weights_manifest(cfg)
-    with prefect_api():
+    with local_runtime(cfg.runtime):
         runner = RayTaskRunner(address=cfg.runtime.ray_address, init_kwargs=ray_init_kwargs(cfg.runtime))
         flow_with_ray = build_dataset.with_options(task_runner=runner)
         return flow_with_ray(
