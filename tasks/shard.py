@@ -59,6 +59,7 @@ def process_shard(
     """
     started = time.perf_counter()
     processor = get_processor(cfg)
+    load_seconds = time.perf_counter() - started  # non-zero only for a worker's first shard of a build
     videos = plan.videos
     replacing = retry_failed and output.is_committed(plan)
     if replacing:
@@ -74,7 +75,7 @@ def process_shard(
         [row for r in results for row in r.identities],
         table_schemas(**processor.dims),
     )
-    stats = _stats(plan, results, time.perf_counter() - started, replacing)
+    stats = _stats(plan, results, time.perf_counter() - started, replacing, load_seconds)
     maybe_fault("commit", str(plan.shard_id))
     marker = (
         output.replace_videos(plan, tables, stats) if replacing else output.commit_shard(plan, tables, stats)
@@ -83,8 +84,10 @@ def process_shard(
     return stats
 
 
-def _stats(plan: ShardPlan, results: list[VideoResult], seconds: float, replacing: bool) -> dict[str, Any]:
-    stage_seconds: Counter[str] = Counter()
+def _stats(
+    plan: ShardPlan, results: list[VideoResult], seconds: float, replacing: bool, load_seconds: float
+) -> dict[str, Any]:
+    stage_seconds: Counter[str] = Counter({"load_models": load_seconds})
     for result in results:
         stage_seconds.update(result.seconds)
     return {
