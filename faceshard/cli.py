@@ -114,7 +114,7 @@ def manifest(
 
 def _print_manifest_summary(frame: Any, written: Path) -> None:
     counts = frame.group_by("split", "label").len().sort("split", "label")
-    table = Table(title=f"faceshard manifest → {written}")
+    table = Table()
     for column in ("split", "real", "fake"):
         table.add_column(column)
     by_split: dict[str, dict[int, int]] = {}
@@ -123,8 +123,8 @@ def _print_manifest_summary(frame: Any, written: Path) -> None:
     for name, labels in by_split.items():
         table.add_row(name, str(labels.get(0, 0)), str(labels.get(1, 0)))
     linked = frame["source"].is_not_null().sum()
-    table.caption = f"{len(frame)} videos, {linked} fakes linked to their source"
     stdout.print(table)
+    stdout.print(f"wrote {escape(str(written))}: {len(frame)} videos, {linked} fakes linked to their source")
 
 
 def resolve_build_config(

@@ -100,7 +100,7 @@ def forgerynet_tree(root: Path, train_classes: list[int], test_classes: list[int
         (root / folder / "video_list.txt").write_text("\n".join(lines) + "\n\n")
 
 
-def test_forgerynet_lists_give_labels_methods_and_minting_splits(tmp_path: Path) -> None:
+def test_forgerynet_lists_give_labels_methods_and_splits(tmp_path: Path) -> None:
     train = [0, 1, 2, 16, 8] * 6
     forgerynet_tree(tmp_path, train, [0, 3, 19, 5])
     intake = build_manifest("forgerynet", tmp_path)
