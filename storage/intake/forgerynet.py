@@ -64,6 +64,8 @@ def read_video_list(list_path: Path, root: Path, split: str | None) -> tuple[pl.
             f"{list_path}: {len(bad)} line(s) are not '<n> <video path> … <class>' "
             f"(class an integer): line {sample(numbers)}"
         )
+    if not len(fields):
+        raise ManifestError(f"{list_path}: no video lines in it")
     base = _video_base(list_path, root, fields["path"].head(_PROBE_ROWS).to_list())
     is_real = pl.col("klass").is_in(REAL_CLASSES)
     frame = fields.select(

@@ -26,7 +26,7 @@ from faceshard.storage.intake.registry import STRATUM, sample
 
 SPLIT_MODES = ("auto", "mintime", "none")
 MINTIME_SEED = 42
-TRAIN, VAL, TEST = "train", "val", "test"
+TRAIN, VAL = "train", "val"
 
 
 def assign_splits(
