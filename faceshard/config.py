@@ -59,7 +59,9 @@ class DetectConfig(_Section):
     upsample: int = Field(0, ge=0, le=3, description="dlib HOG upsampling")
     keep: Literal["all", "largest", "first"] = "all"
     min_score: float = Field(0.0, ge=0, le=1)
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(
+        4, ge=1, description="frames per detector call; CPU gains nothing past 4, raise it on a GPU"
+    )
 
     @field_validator("detect_scale")
     @classmethod

@@ -19,8 +19,6 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
-
 from faceshard.config import BuildConfig
 from faceshard.errors import VideoError
 from faceshard.models.depth import DepthEstimator, depth_weights
@@ -31,7 +29,7 @@ from faceshard.records import Face, Frame, VideoTask
 from faceshard.tasks.crops import CropEncoder, Cropper, encode_image
 from faceshard.tasks.decode import iter_frames, probe
 from faceshard.tasks.identity import assign_identities, clustering_rule
-from faceshard.tasks.repeats import RepeatAwareDetector, thumbnail, unchanged
+from faceshard.tasks.repeats import RepeatAwareDetector, StillPictureSkipper
 from faceshard.tasks.sampling import make_selector
 from faceshard.tasks.size import SizeStage
 
@@ -105,7 +103,8 @@ class VideoProcessor:
         self.device = resolve_device(device or cfg.runtime.device)
         allow_random = cfg.runtime.allow_random_weights
         self.detector = build_detector(cfg.detect, self.device)
-        self.detect = RepeatAwareDetector(self.detector)
+        self.detect = RepeatAwareDetector(self.detector)  # exact: a bit-identical frame's detections
+        self.detect_still = StillPictureSkipper(self.detect)  # bounded per_second: still, face-less pictures
         self.cropper = Cropper(cfg.crop)
         self.size = SizeStage()
         self.encoder = CropEncoder(cfg.crop)
@@ -229,6 +228,7 @@ class VideoProcessor:
         selector = make_selector(sampling.strategy, sampling.max_frames, sampling.fallback())
         selector.start(info, video.path)
         self.detect.reset()
+        self.detect_still.reset()
         detected: list[Face] = []  # detected and cropped, not yet enriched (acceptance may be pending)
         accepted: list[Face] = []  # accepted, waiting for a full batch of the per-face stages
         enriched: list[Face] = []
@@ -237,34 +237,15 @@ class VideoProcessor:
         stages = self.face_stages()
         last_faceless = -1  # faces at or before a face-less frame can only be kept if already accepted
 
-        faceless_look: dict[int, np.ndarray] = {}  # unit -> thumbnail of its last face-less try
-
-        def skip_unchanged_retries() -> None:
-            """A retry showing what its unit's last face-less try showed would find no face either."""
-            for frame in list(batch):
-                last = faceless_look.get(selector.unit(frame.index))
-                retry = last is not None and selector.is_bounded_retry(frame.index)
-                if retry and unchanged(last, thumbnail(frame.rgb)):  # type: ignore[arg-type]
-                    selector.found(frame.index, 0)
-                    batch.remove(frame)
-
-        def remember_faceless(frame: Frame) -> None:
-            unit = selector.unit(frame.index)
-            faceless_look[unit] = thumbnail(frame.rgb)
-            for stale in [u for u in faceless_look if u < unit - MAX_HELD_PER_BATCH * 64]:
-                del faceless_look[stale]
-
         def flush() -> None:
+            detect = self.detect_still if skip_still else self.detect
             with clock("detect"):
-                skip_unchanged_retries()
-                detections = self.detect([frame.rgb for frame in batch]) if batch else []
+                detections = detect([frame.rgb for frame in batch])
             nonlocal last_faceless
             for frame, dets in zip(batch, detections, strict=True):
                 selector.found(frame.index, len(dets))
                 if not len(dets):
                     last_faceless = frame.index
-                    if bounded_retries:
-                        remember_faceless(frame)
                 with clock("crop"):
                     detected.extend(self.cropper(frame, dets))
             batch.clear()
@@ -305,7 +286,7 @@ class VideoProcessor:
             enriched.extend(accepted)
             accepted.clear()
 
-        bounded_retries = sampling.strategy == "per_second" and sampling.fallback() is not None
+        skip_still = sampling.strategy == "per_second" and sampling.fallback() is not None
         frames = iter_frames(
             video.path, info, selector.want, lambda: selector.done, feedback=selector.needs_feedback
         )

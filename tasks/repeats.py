@@ -49,9 +49,9 @@ class RepeatAwareDetector:
         return out
 
 
-# A retry is skipped when no 16×16 block of its picture moved by this many grey levels (0-255) on
-# average since the last try: codec refinement of a still picture stays under ~2, a face turning,
-# a hand or a cut moves blocks by tens.
+# A picture is "unchanged" when no 16×16 block of it moved by this many grey levels (0-255) on
+# average: codec refinement of a still picture stays under ~2, a face turning, a hand or a cut moves
+# blocks by tens.
 UNCHANGED_BLOCK_LEVELS = 4.0
 THUMBNAIL_BLOCK = 16
 
@@ -63,6 +63,45 @@ def thumbnail(rgb: np.ndarray) -> np.ndarray:
     return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA).astype(np.float32)
 
 
-def unchanged(before: np.ndarray, after: np.ndarray) -> bool:
+def unchanged(before: np.ndarray | None, after: np.ndarray) -> bool:
     """Whether two thumbnails show the same picture up to codec noise."""
-    return before.shape == after.shape and float(np.abs(before - after).max()) < UNCHANGED_BLOCK_LEVELS
+    if before is None or before.shape != after.shape:
+        return False
+    return float(np.abs(before - after).max()) < UNCHANGED_BLOCK_LEVELS
+
+
+class StillPictureSkipper:
+    """`detector(frames)` that carries a face-less verdict over to frames whose picture has not changed.
+
+    A still picture (slides, a title card, an empty room) that had no face has none a second later;
+    only frames that differ from the last face-less picture, or whose run of unchanged frames starts
+    with a face, are detected. Frames are given in decode order. An approximation (a face could appear
+    below the 4-level change threshold): used only for `per_second` with a bounded fallback, never for
+    the exhaustive MINTIME search or the index strategies.
+    """
+
+    def __init__(self, detector: DetectFn) -> None:
+        self.detector = detector
+        self._faceless: np.ndarray | None = None  # thumbnail of the last picture found face-less
+        self.skipped = 0
+
+    def reset(self) -> None:
+        self._faceless = None
+
+    def __call__(self, frames: Sequence[np.ndarray]) -> list[Detections]:
+        looks = [thumbnail(frame) for frame in frames]
+        out: list[Detections | None] = [None] * len(frames)
+        # runs of unchanged pictures; a run continuing the last face-less picture is face-less already
+        heads = [
+            i for i in range(len(frames)) if not unchanged(looks[i - 1] if i else self._faceless, looks[i])
+        ]
+        run_of = [max((h for h in heads if h <= i), default=-1) for i in range(len(frames))]
+        found = dict(zip(heads, self.detector([frames[h] for h in heads]), strict=True))
+        rest = [i for i in range(len(frames)) if i not in found and run_of[i] >= 0 and len(found[run_of[i]])]
+        found.update(zip(rest, self.detector([frames[i] for i in rest]), strict=True))
+        for i in range(len(frames)):
+            out[i] = found.get(i, Detections.empty())
+            if not len(out[i]):  # type: ignore[arg-type]
+                self._faceless = looks[i]
+        self.skipped += len(frames) - len(found)
+        return out  # type: ignore[return-value]

@@ -72,15 +72,6 @@ class FrameSelector(ABC):
         """Whether frame `index` can be detected now (nothing it depends on is pending)."""
         return self.want(index)
 
-    def unit(self, index: int) -> int:
-        """The sampling unit frame `index` belongs to (per_second: its second; otherwise itself)."""
-        return index
-
-    def is_bounded_retry(self, index: int) -> bool:
-        """Whether frame `index` is a bounded fallback try of its unit: one whose picture has not
-        changed since the unit's last (face-less) try may be counted face-less without detection."""
-        return False
-
     def found(self, index: int, n_faces: int) -> None:  # noqa: B027 - optional for index selectors
         """Detector feedback for a yielded frame; required when `needs_feedback`."""
 
@@ -218,12 +209,6 @@ class PerSecond(FrameSelector):
 
     def want(self, index: int) -> bool:
         return not self.done and self._second(index) not in self.chosen and self._position(index) is not None
-
-    def unit(self, index: int) -> int:
-        return self._second(index)
-
-    def is_bounded_retry(self, index: int) -> bool:
-        return self.fallback is not None and bool(self._position(index))
 
     def ready(self, index: int) -> bool:
         position = self._position(index)

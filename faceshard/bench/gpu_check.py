@@ -158,6 +158,7 @@ def run_check(
     if not clips:
         raise SystemExit(f"no {FIXTURE_GLOB} clips in {fixtures}")
     overrides = check_config(device, random_facenet(work / "facenet_random_seed0.pt"), depth_size)
+    overrides.append(f"detect.batch_size={16 if device == 'cuda' else 4}")
     cpus = max(1, (os.cpu_count() or 1) // workers)
     items = [(i, str(clips[i % len(clips)])) for i in range(videos)]
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked workers
