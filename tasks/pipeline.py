@@ -240,7 +240,7 @@ class VideoProcessor:
         def flush() -> None:
             detect = self.detect_still if skip_still else self.detect
             with clock("detect"):
-                detections = detect([frame.rgb for frame in batch])
+                detections = detect([frame.rgb for frame in batch]) if batch else []
             nonlocal last_faceless
             for frame, dets in zip(batch, detections, strict=True):
                 selector.found(frame.index, len(dets))

@@ -36,7 +36,7 @@ def test_tasks_and_models_import_without_prefect_ray_polars() -> None:
     """What the GPU machine lacks must not be needed by the per-video pipeline (tasks/ + models/)."""
     modules = [*_modules("tasks"), *_modules("models"), "faceshard.bench.gpu_check"]
     code = (
-        "import faceshard.bench.gpu_check, importlib, sys\n"
+        "import importlib, sys\nfrom faceshard.bench.gpu_check import forbid_imports\nforbid_imports()\n"
         f"for name in {modules!r}: importlib.import_module(name)\n"
         f"bad = [m for m in sys.modules if m.split('.')[0] in {FORBIDDEN!r}]\n"
         "assert not bad, bad\n"

@@ -15,26 +15,37 @@ projection for ForgeryNet's 221,247 videos; `--json-out` writes the same as JSON
 from __future__ import annotations
 
 import os
+import sys
 
-# Before anything else: prove the pipeline needs none of the packages that cannot be carried.
-FORBIDDEN = tuple(
-    filter(None, os.environ.setdefault("FACESHARD_FORBID_IMPORTS", "prefect,ray,polars").split(","))
-)
+FORBIDDEN_DEFAULT = "prefect,ray,polars"
 
 
 class _Forbid:
-    """A meta-path finder refusing the forbidden top-level packages (inherited by spawned workers)."""
+    """A meta-path finder refusing the forbidden top-level packages."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names = names
 
     def find_spec(self, name: str, path: object = None, target: object = None) -> None:
-        if name.split(".")[0] in FORBIDDEN:
+        if name.split(".")[0] in self.names:
             raise ImportError(f"{name} is not available on the GPU machine; the pipeline must not need it")
 
 
-import sys  # noqa: E402
+def forbid_imports() -> tuple[str, ...]:
+    """Refuse importing what cannot be carried to the GPU machine (FACESHARD_FORBID_IMPORTS, inherited
+    by spawned workers), so a run here proves the pipeline does without them."""
+    names = tuple(
+        filter(None, os.environ.setdefault("FACESHARD_FORBID_IMPORTS", FORBIDDEN_DEFAULT).split(","))
+    )
+    if not any(isinstance(finder, _Forbid) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _Forbid(names))
+    return names
 
-sys.meta_path.insert(0, _Forbid())
 
-import argparse  # noqa: E402
+if __name__ in ("__main__", "__mp_main__"):  # the script and its spawned workers, before anything else
+    forbid_imports()
+
+import argparse  # noqa: E402 - after the import guard
 import json  # noqa: E402
 import multiprocessing  # noqa: E402
 import shutil  # noqa: E402
@@ -80,6 +91,7 @@ def check_config(device: str, facenet: Path, depth_size: int) -> list[str]:
 
 def _init_worker(overrides: list[str], cpus: int) -> None:
     global _PROCESSOR
+    forbid_imports()
     import warnings
 
     from faceshard.config import load_config
