@@ -140,9 +140,11 @@ def model_stages(clip: Path, n_frames: int = 8) -> dict[str, Any]:
     from faceshard.config import CropConfig, DetectConfig
     from faceshard.models.detectors import build_detector
     from faceshard.models.identity import DlibEmbedder, dlib_rectangle
+    from faceshard.models.threads import limit_threads
     from faceshard.records import Frame
     from faceshard.tasks.crops import Cropper
 
+    limit_threads(1)  # as a worker runs them (one CPU each)
     frames = fixture_frames(clip, limit=n_frames * 5)[::5]
     detector = build_detector(DetectConfig(detect_scale=0.5, batch_size=n_frames), "cpu")
     height, width = frames[0].shape[:2]
