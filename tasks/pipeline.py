@@ -168,7 +168,7 @@ class VideoProcessor:
             faces, info = self._faces(video, clock)
             row.update(
                 fps=info.fps,
-                n_frames=info.n_frames_decoded,
+                n_frames=info.n_frames,
                 n_frames_container=info.n_frames_container,
                 width=info.width,
                 height=info.height,

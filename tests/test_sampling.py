@@ -189,3 +189,60 @@ def test_per_second_with_a_real_detector(tmp_path: Path) -> None:
         selector.found(frame.index, found[frame.index])
     assert {i: n > 0 for i, n in found.items()} == {0: False, 1: False, 2: False, 3: True, 10: True}
     assert accepted(selector, 15) == [3, 10]
+
+
+def cv2_decoded_count(path: Path) -> int:
+    """The oracle: frames OpenCV decodes reading the whole video."""
+    capture = cv2.VideoCapture(str(path))
+    count = 0
+    while capture.read()[0]:
+        count += 1
+    capture.release()
+    return count
+
+
+@pytest.fixture(scope="module")
+def hundred(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """100 frames at 10 fps whose header says nothing false."""
+    base = cv2.resize(skimage.data.astronaut(), (64, 64))
+    return write_video(
+        tmp_path_factory.mktemp("hundred") / "hundred.mp4", [np.roll(base, i, 0) for i in range(100)]
+    )
+
+
+@pytest.mark.parametrize(
+    ("strategy", "max_frames", "kept"),
+    [
+        ("consecutive:20", None, list(range(20))),
+        ("per_second", 2, [0, 10]),
+        ("uniform:4", None, [0, 33, 66, 99]),
+    ],
+)
+def test_n_frames_counts_the_whole_stream_when_decoding_stops_early(
+    hundred: Path, strategy: str, max_frames: int | None, kept: list[int]
+) -> None:
+    """Issue #12: consecutive:20 wrote 29 and per_second with max_frames=2 wrote 35 for 100 frames."""
+    info = probe(hundred)
+    selector = make_selector(strategy, max_frames)
+    drive(selector, hundred, info, lambda i: True)
+    assert accepted(selector, 100) == kept
+    assert info.n_frames == cv2_decoded_count(hundred) == 100
+    if strategy != "uniform:4":
+        assert info.n_frames_decoded < 50  # decoding did stop early; the rest was only demuxed
+
+
+def test_megatron_row_counts_the_stream_after_its_run(tmp_path: Path) -> None:
+    """The `videos` row of a consecutive:20 build says 100 frames, though decoding stopped after ~20."""
+    from faceshard.config import load_config
+    from faceshard.records import VideoTask
+    from faceshard.tasks.pipeline import VideoProcessor
+
+    face = skimage.data.astronaut()  # dlib finds its face without upsampling (Megatron's setting)
+    path = write_video(tmp_path / "face.mp4", [np.roll(face, 2 * i, axis=1) for i in range(100)])
+    cfg = load_config(
+        "megatron", overrides=["depth.enabled=false", "embed.enabled=false", "identity.enabled=false"]
+    )
+    row = VideoProcessor(cfg, device="cpu")(VideoTask("face", str(path), 0), 0).video
+    assert row["status"] == "ok" and row["n_faces"] == 20, row
+    assert row["n_frames"] == cv2_decoded_count(path) == 100
+    assert row["n_frames_container"] == 100
