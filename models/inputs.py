@@ -1,7 +1,9 @@
 """What a model is shown of a face crop: the canvas each pipeline built before its network (SPEC §3, §7).
 
-The embedder (and the stored crop format) take one of these specs:
+The embedder and the depth model take one of these specs (`embed.input`, `depth.input`; the stored
+crop format `isotropic:S` is the same resize):
 
+* `native` — the crop as it is (the depth model's processor then resizes it; Megatron's depth input).
 * `timm` — the model's own pretrained eval transform (resize, then centre crop: EfficientNet-B0 cuts
   12.5 % of each side). Only where a preset asks for it.
 * `isotropic:S` — MINTIME's loader: the longest side becomes S (the other side `int()`-truncated, so a
@@ -19,11 +21,12 @@ Normalisation is never part of the canvas: the model's own mean/std is applied a
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-INPUT_PATTERN = r"timm|isotropic:[1-9][0-9]*|pad:([1-9][0-9]*|max)"
+from faceshard.config import MODEL_INPUT_PATTERN
 
 
 def isotropic_resize(img: np.ndarray, size: int) -> np.ndarray:
@@ -55,29 +58,42 @@ def pad_centred(img: np.ndarray, height: int, width: int) -> np.ndarray:
     return out
 
 
-def isotropic_square(img: np.ndarray, size: int) -> np.ndarray:
-    """`isotropic:S`: longest side → S, then zero-padded centred to S × S."""
-    return pad_centred(isotropic_resize(img, size), size, size)
-
-
 def check_input(spec: str) -> str:
     """`spec` if it names a known model input, else ValueError listing the choices."""
-    if not re.fullmatch(INPUT_PATTERN, spec):
-        raise ValueError(f"unknown model input {spec!r}; use timm | isotropic:S | pad:S | pad:max")
+    if not re.fullmatch(MODEL_INPUT_PATTERN, spec):
+        raise ValueError(f"unknown model input {spec!r}; use native | timm | isotropic:S | pad:S | pad:max")
     return spec
 
 
-def prepare(images: list[np.ndarray], spec: str) -> list[np.ndarray]:
-    """The canvases a model sees for `images` under `spec` (uint8, channels last); `timm` is left alone."""
+@dataclass(frozen=True)
+class Placed:
+    """An image on its canvas, and where it sits there (top, left, height, width), for mapping back."""
+
+    canvas: np.ndarray
+    content: tuple[int, int, int, int]
+
+
+def place(images: list[np.ndarray], spec: str) -> list[Placed]:
+    """The canvases a model sees for `images` under `spec` (uint8, channels last).
+
+    `native` and `timm` leave the images as they are (timm's transform runs later, on tensors).
+    """
     name, _, arg = check_input(spec).partition(":")
-    if name == "timm":
-        return list(images)
-    if name == "isotropic":
-        return [isotropic_square(img, int(arg)) for img in images]
+    if name in ("native", "timm") or not images:
+        return [Placed(img, (0, 0, *img.shape[:2])) for img in images]
+    contents = [isotropic_resize(img, int(arg)) for img in images] if name == "isotropic" else list(images)
     if arg == "max":
-        if not images:
-            return []
-        height = max(img.shape[0] for img in images)
-        width = max(img.shape[1] for img in images)
-        return [pad_centred(img, height, width) for img in images]
-    return [pad_centred(img, int(arg), int(arg)) for img in images]
+        height, width = max(c.shape[0] for c in contents), max(c.shape[1] for c in contents)
+    else:
+        height = width = int(arg)
+    placed = []
+    for content in contents:
+        canvas = pad_centred(content, height, width)
+        h, w = content.shape[:2]
+        placed.append(Placed(canvas, ((canvas.shape[0] - h) // 2, (canvas.shape[1] - w) // 2, h, w)))
+    return placed
+
+
+def isotropic_square(img: np.ndarray, size: int) -> np.ndarray:
+    """`isotropic:S` for one image: longest side → S, then zero-padded centred to S × S."""
+    return place([img], f"isotropic:{size}")[0].canvas

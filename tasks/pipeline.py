@@ -85,6 +85,7 @@ class VideoProcessor:
                 self.device,
                 allow_random=allow_random,
                 batch_size=cfg.depth.batch_size,
+                input_spec=cfg.depth.input,
             )
             if cfg.depth.enabled
             else None
@@ -98,6 +99,7 @@ class VideoProcessor:
                 self.device,
                 allow_random=allow_random,
                 batch_size=cfg.embed.batch_size,
+                input_spec=cfg.embed.input,
             )
             if cfg.embed.enabled
             else None
