@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pytest
 import skimage.data
+from oracles import mintime_crop, mintime_val_transform
 
 from faceshard.config import CropConfig, DetectConfig
 from faceshard.models.detectors import build_detector
@@ -196,28 +197,6 @@ def test_crop_encoder_stores_the_formatted_crop_only_when_asked(frame: Frame) ->
     assert faces[0].crop.shape == (150, 150, 3)  # the native crop stays for later stages
 
 
-def mintime_crop_oracle(frame: np.ndarray, box: np.ndarray) -> np.ndarray:
-    """MINTIME's preprocessing/extract_crops.py, re-implemented as it reads (boxes already in frame pixels)."""
-    xmin, ymin, xmax, ymax = (int(b) for b in box)
-    w, h = xmax - xmin, ymax - ymin
-    p_h, p_w = h // 3, w // 3
-    crop_h = (ymax + p_h) - max(ymin - p_h, 0)
-    crop_w = (xmax + p_w) - max(xmin - p_w, 0)
-    if crop_h > crop_w:
-        p_h -= int((crop_h - crop_w) / 2)
-    else:
-        p_w -= int((crop_w - crop_h) / 2)
-    crop = frame[max(ymin - p_h, 0) : ymax + p_h, max(xmin - p_w, 0) : xmax + p_w]
-    h, w = crop.shape[:2]
-    if h > w:
-        diff = int((h - w) / 2)
-        crop = crop[diff:-diff, :] if diff > 0 else crop[1:, :]
-    elif h < w:
-        diff = int((w - h) / 2)
-        crop = crop[:, diff:-diff] if diff > 0 else crop[:, :-1]
-    return crop
-
-
 def random_boxes(rng: np.random.Generator, width: int, height: int, n: int) -> np.ndarray:
     """Face-like float boxes anywhere in and around the frame, a quarter pinned across each edge."""
     side = rng.uniform(4, 0.7 * min(width, height), n)
@@ -245,7 +224,7 @@ def test_mintime_rect_matches_mintime_on_random_boxes_across_every_edge(width: i
     }
     assert min(crossings.values()) > 400, crossings
     for box in boxes:
-        expected = mintime_crop_oracle(index, box)
+        expected = mintime_crop(index, box)
         x0, y0, x1, y1 = mintime_rect(box, width, height)
         if expected.size == 0:
             assert x1 <= x0 or y1 <= y0, box
@@ -266,7 +245,7 @@ def test_mintime_crops_and_sizes_follow_mintime_in_a_1080p_frame() -> None:
     )
     cropper, size = Cropper(CropConfig(method="mintime")), SizeStage()
     for box in boxes:
-        expected = mintime_crop_oracle(rgb, box)
+        expected = mintime_crop(rgb, box)
         faces = size(cropper(frame, dets(tuple(box))))
         if not faces:  # dropped: only a box off the frame, whose MINTIME crop is empty or meaningless
             assert expected.size == 0 or not (
@@ -283,24 +262,6 @@ def test_mintime_crops_and_sizes_follow_mintime_in_a_1080p_frame() -> None:
     np.testing.assert_array_equal(first.crop, rgb[0:272, 229:501])
 
 
-def isotropic_oracle(img: np.ndarray, size: int) -> np.ndarray:
-    """MINTIME's val transform: isotropically_resize_image (int() truncation) then PadIfNeeded (zeros)."""
-    h, w = img.shape[:2]
-    if max(w, h) != size:
-        if w > h:
-            scale = size / w
-            h, w = h * scale, size
-        else:
-            scale = size / h
-            w, h = w * scale, size
-        img = cv2.resize(
-            img, (int(w), int(h)), interpolation=cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA
-        )
-    h, w = img.shape[:2]
-    top, left = int((size - h) / 2.0), int((size - w) / 2.0)
-    return cv2.copyMakeBorder(img, top, size - h - top, left, size - w - left, cv2.BORDER_CONSTANT, value=0)
-
-
 @pytest.mark.parametrize(
     ("height", "width"), [(99, 100), (100, 99), (107, 107), (300, 200), (50, 223), (224, 224), (3, 3)]
 )
@@ -308,7 +269,9 @@ def test_isotropic_truncates_like_mintime(height: int, width: int) -> None:
     rng = np.random.default_rng(height * width)
     crop = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
     for size in (224, 112):
-        np.testing.assert_array_equal(store_format(crop, f"isotropic:{size}"), isotropic_oracle(crop, size))
+        np.testing.assert_array_equal(
+            store_format(crop, f"isotropic:{size}"), mintime_val_transform(crop, size)
+        )
     content_rows = np.flatnonzero(
         store_format(np.full((99, 100, 3), 255, np.uint8), "isotropic:224").any(axis=(1, 2))
     )
