@@ -201,7 +201,8 @@ def _pad_or_centre_crop(img: np.ndarray, size: int) -> np.ndarray:
 STORE_FORMATS: dict[str, Callable[[str | None], Callable[[np.ndarray], np.ndarray]]] = {
     "native": lambda arg: lambda img: img,
     "isotropic": lambda arg: lambda img: isotropic_square(img, int(arg or 224)),
-    # Megatron: zero-pad to S × S, no resize; a crop larger than S is centre-cropped to S.
+    # Fixed S × S stored images: zero-pad, no resize; a crop larger than S is centre-cropped to S (Megatron
+    # never cut a face: what its embedder saw is `embed.input=pad:max`).
     "pad": lambda arg: lambda img: _pad_or_centre_crop(img, int(arg or 224)),
 }
 
