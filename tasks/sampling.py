@@ -39,13 +39,15 @@ until the batch's verdicts are in (see `tasks/pipeline.py`).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from faceshard.errors import VideoError
 from faceshard.records import VideoInfo
-from faceshard.tasks.decode import count_frames
+from faceshard.tasks.decode import count_frames, frame_times
 
 
 class FrameSelector(ABC):
@@ -182,6 +184,10 @@ class PerSecond(FrameSelector):
     spaced, are tried in order and the first one with a face is the sample: its boxes and its pixels
     (MINTIME mixed the two). `fallback=None` tries every frame of the second (MINTIME's exhaustive
     search): one face-less long video then costs a detection per frame.
+
+    A video without a usable frame rate (int(fps) < 1; MINTIME skipped those) takes its seconds from the
+    frames' timestamps, demuxed up front; with neither, the video is refused (VideoError) rather than
+    every frame becoming its own second.
     """
 
     needs_feedback = True
@@ -193,19 +199,42 @@ class PerSecond(FrameSelector):
         self.fallback = fallback
 
     def start(self, info: VideoInfo, path: str | Path | None = None) -> None:
-        self.fps = max(1, int(info.fps))
-        self.tries = {
-            offset: position for position, offset in enumerate(fallback_offsets(self.fps, self.fallback))
-        }
+        self.fps = int(info.fps)
+        self._seconds = [] if self.fps >= 1 else self._seconds_from_timestamps(path)
+        self._first: dict[int, int] = {}  # timestamps only: second -> its first frame, and its length
+        self._length: Counter[int] = Counter(self._seconds)
+        for index, second in enumerate(self._seconds):
+            self._first.setdefault(second, index)
+        self._tries: dict[int, dict[int, int]] = {}  # frames in a second -> {offset: try position}
         self.chosen: dict[int, int] = {}  # second -> frame whose faces are kept
         self.empty: dict[int, int] = {}  # second -> how many of its first tries were found face-less
 
-    def _second(self, index: int) -> int:
-        return index // self.fps
-
     def _position(self, index: int) -> int | None:
         """Which try of its second frame `index` is (0 = the second's first frame), None if none."""
-        return self.tries.get(index % self.fps)
+        if self.fps >= 1:
+            offset, length = index % self.fps, self.fps
+        else:
+            second = self._second(index)
+            offset, length = index - self._first[second], self._length[second]
+        if length not in self._tries:
+            offsets = fallback_offsets(length, self.fallback)
+            self._tries[length] = {offset: position for position, offset in enumerate(offsets)}
+        return self._tries[length].get(offset)
+
+    @staticmethod
+    def _seconds_from_timestamps(path: str | Path | None) -> list[int]:
+        times = frame_times(path) if path is not None else None
+        if not times:
+            raise VideoError(
+                "per_second sampling needs a frame rate or frame timestamps and this video has neither; "
+                "sample it with uniform:N or stride:K instead"
+            )
+        return [int(t) for t in times]
+
+    def _second(self, index: int) -> int:
+        if self.fps >= 1:
+            return index // self.fps
+        return self._seconds[min(index, len(self._seconds) - 1)]
 
     def want(self, index: int) -> bool:
         return not self.done and self._second(index) not in self.chosen and self._position(index) is not None
