@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from faceshard.cli import app
 from faceshard.storage.commit import Output
-from faceshard.storage.datasets import ShardDataset
+from faceshard.storage.datasets import MissingColumnsError, ShardDataset
 from faceshard.storage.manifest import plan_shards
 from faceshard.storage.testing import fake_shard_tables, fake_videos
 from faceshard.training import loop
@@ -147,7 +147,7 @@ def test_checkpoint_is_not_overwritten_without_resume_and_settings_must_match(
     uri: str, tmp_path: Path
 ) -> None:
     settings = loop.TrainSettings(model="megatron", epochs=1, batch_size=4)
-    with pytest.raises(Exception, match="emb_depth.*--set depth.enabled=true"):
+    with pytest.raises(MissingColumnsError, match=r"emb_depth.*--set depth.enabled=true"):
         loop.train(uri, settings, out=tmp_path)
     settings = loop.TrainSettings(model="mintime", epochs=1, batch_size=4)
     loop.train(uri, settings, out=tmp_path)
