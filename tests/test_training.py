@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -20,12 +22,18 @@ from faceshard.training.models import MegatronNet, MintimeNet
 WEIGHTS = {"repvit": {"source": "hub:repvit", "fingerprint": "aaa", "random": True}}
 
 
-def committed(root: Path, n_videos: int = 24, emb_dim: int | None = 8) -> str:
+def committed(root: Path, n_videos: int = 24, emb_dim: int | None = 8, depth: bool = False) -> str:
     out = Output.open(str(root), config={"embed": {"dtype": "float16"}}, weights=WEIGHTS)
     plans = plan_shards(fake_videos(n_videos, splits=("train", "train", "val")), 4)
     out.set_plan(plans)
     for plan in plans:
-        out.commit_shard(plan, fake_shard_tables(plan, faces_per_video=5, emb_dim=emb_dim, seed=3), {})
+        tables = fake_shard_tables(plan, faces_per_video=5, emb_dim=emb_dim, seed=3)
+        if depth:  # a depth embedding column beside emb_rgb (its negation)
+            faces = tables["faces"]
+            flipped = pc.negate(faces["emb_rgb"].combine_chunks().flatten())
+            column = pa.FixedSizeListArray.from_arrays(flipped, emb_dim)
+            tables["faces"] = faces.append_column("emb_depth", column)
+        out.commit_shard(plan, tables, {})
     return str(root)
 
 
@@ -179,3 +187,15 @@ def test_cli_train_json_and_clear_errors(uri: str, tmp_path: Path) -> None:
     probe = runner.invoke(app, ["train", uri, "--model", "probe", "--epochs", "20", "--json"])
     assert probe.exit_code == 0, probe.output
     assert {"train_loss", "val_auc", "val_accuracy"} <= set(json.loads(probe.stdout))
+
+
+def test_megatron_trains_on_rgb_and_depth_embeddings(tmp_path: Path) -> None:
+    uri = committed(tmp_path / "depth", n_videos=12, depth=True)
+    sample = next(iter(ShardDataset(uri, "train", kind="megatron", shuffle=False)))
+    assert sample["rgb"].shape == (20, 8) and sample["mask"].sum() == 5
+    assert torch.equal(sample["depth"][:5], -sample["rgb"][:5])
+    result = loop.train(
+        uri, loop.TrainSettings(model="megatron", epochs=2, batch_size=4), out=tmp_path / "ck"
+    )
+    assert result["model"] == "megatron" and result["epochs"] == 2 and result["val_videos"] == 4
+    assert result["train_loss"] > 0 and result["val_auc"] is not None
