@@ -16,11 +16,49 @@ from torch import nn
 SIZE_BUCKETS = 21  # 0 = padding, 1…20 (SPEC §4)
 
 
-class MintimeNet(nn.Module):
-    """Face tokens + size, identity and temporal-position embeddings → transformer → CLS logit.
+def sinusoidal(n: int, dim: int) -> torch.Tensor:
+    """(n, dim) transformer position table: with few videos a randomly initialised position table
+    gives attention nothing to match faces of the same frame by; this one does from the start."""
+    position = torch.arange(n, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-torch.log(torch.tensor(10_000.0)) / dim))
+    table = torch.zeros(n, dim)
+    table[:, 0::2], table[:, 1::2] = torch.sin(position * freq), torch.cos(position * freq)
+    return table
 
-    Every token of a padding slot is a key-padding position: attention never reads it, so whatever
-    a padding slot holds cannot change the output (MINTIME's own loader left padding unmasked).
+
+class DividedBlock(nn.Module):
+    """TimeSformer's divided space-time attention: over slots per token position, then within a face.
+
+    Temporal attention masks padding slots as keys; spatial attention stays inside one face, so a
+    padding slot's tokens only ever see each other and are never read by a real face.
+    """
+
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.time_norm, self.space_norm, self.mlp_norm = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.time_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.space_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim))
+
+    def forward(self, x: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+        b, f, p, d = x.shape
+        t = x.transpose(1, 2).reshape(b * p, f, d)
+        key_padding = padding[:, None, :].expand(b, p, f).reshape(b * p, f)
+        h = self.time_norm(t)
+        t = t + self.time_attn(h, h, h, key_padding_mask=key_padding, need_weights=False)[0]
+        s = t.reshape(b, p, f, d).transpose(1, 2).reshape(b * f, p, d)
+        h = self.space_norm(s)
+        s = s + self.space_attn(h, h, h, need_weights=False)[0]
+        s = s + self.mlp(self.mlp_norm(s))
+        return s.reshape(b, f, p, d)
+
+
+class MintimeNet(nn.Module):
+    """Face tokens + size, identity and temporal-position embeddings → divided space-time attention →
+    a CLS query attending over every real token → logit.
+
+    Padding slots are masked as keys in every attention that crosses faces (temporal and CLS), so
+    whatever a padding slot holds cannot change the output (MINTIME's own loader left padding unmasked).
     """
 
     def __init__(
@@ -33,31 +71,36 @@ class MintimeNet(nn.Module):
         depth: int = 2,
         heads: int = 4,
         dropout: float = 0.1,
+        appearance_dropout: float = 0.5,
     ) -> None:
         super().__init__()
-        self.tokens_per_face = tokens_per_face
-        self.project = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, dim))
+        # Heavy dropout on the face features: a few hundred videos of 49×C tokens are memorised
+        # otherwise, and who appears when (identities, sizes, positions) is left unused.
+        self.project = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, dim), nn.Dropout(appearance_dropout))
         self.size = nn.Embedding(SIZE_BUCKETS, dim)
         self.identity = nn.Embedding(max_identities + 1, dim)
         self.time = nn.Embedding(num_frames * tokens_per_face + 1, dim)
+        with torch.no_grad():  # learnable, but starting sinusoidal: near positions start alike
+            self.time.weight.copy_(sinusoidal(num_frames * tokens_per_face + 1, dim))
+        self.blocks = nn.ModuleList(DividedBlock(dim, heads, dropout) for _ in range(depth))
         self.cls = nn.Parameter(torch.zeros(1, 1, dim))
-        layer = nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout, batch_first=True, norm_first=True)
-        self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.pool = nn.MultiheadAttention(dim, heads, batch_first=True)
         self.head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 1))
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
         feats = batch["features"].float()  # (B, F, P, C)
         b, f, p, _ = feats.shape
+        padding = ~batch["mask"].bool()  # (B, F)
         x = self.project(feats)
         x = x + self.size(batch["size_bucket"])[:, :, None] + self.identity(batch["identity"])[:, :, None]
         x = x + self.time(batch["positions"])
-        x = x.reshape(b, f * p, -1)
+        for block in self.blocks:
+            x = block(x, padding)
+        tokens = x.reshape(b, f * p, -1)
+        token_padding = padding[:, :, None].expand(b, f, p).reshape(b, f * p)
         cls = self.cls.expand(b, -1, -1) + self.time.weight[0]
-        tokens = torch.cat([cls, x], dim=1)
-        padding = ~batch["mask"].bool()[:, :, None].expand(b, f, p).reshape(b, f * p)
-        padding = torch.cat([torch.zeros(b, 1, dtype=torch.bool, device=padding.device), padding], dim=1)
-        out = self.encoder(tokens, src_key_padding_mask=padding)
-        return self.head(out[:, 0]).squeeze(1)
+        pooled = self.pool(cls, tokens, tokens, key_padding_mask=token_padding, need_weights=False)[0]
+        return self.head(pooled[:, 0] + cls[:, 0]).squeeze(1)
 
 
 class MegatronNet(nn.Module):
