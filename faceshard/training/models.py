@@ -20,7 +20,9 @@ def sinusoidal(n: int, dim: int) -> torch.Tensor:
     """(n, dim) transformer position table: with few videos a randomly initialised position table
     gives attention nothing to match faces of the same frame by; this one does from the start."""
     position = torch.arange(n, dtype=torch.float32)[:, None]
-    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-torch.log(torch.tensor(10_000.0)) / dim))
+    freq = torch.exp(
+        torch.arange(0, dim, 2, dtype=torch.float32) * (-torch.log(torch.tensor(10_000.0)) / dim)
+    )
     table = torch.zeros(n, dim)
     table[:, 0::2], table[:, 1::2] = torch.sin(position * freq), torch.cos(position * freq)
     return table
@@ -35,10 +37,16 @@ class DividedBlock(nn.Module):
 
     def __init__(self, dim: int, heads: int, dropout: float) -> None:
         super().__init__()
-        self.time_norm, self.space_norm, self.mlp_norm = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.time_norm, self.space_norm, self.mlp_norm = (
+            nn.LayerNorm(dim),
+            nn.LayerNorm(dim),
+            nn.LayerNorm(dim),
+        )
         self.time_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
         self.space_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
-        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim))
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim)
+        )
 
     def forward(self, x: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
         b, f, p, d = x.shape
@@ -76,7 +84,9 @@ class MintimeNet(nn.Module):
         super().__init__()
         # Heavy dropout on the face features: a few hundred videos of 49×C tokens are memorised
         # otherwise, and who appears when (identities, sizes, positions) is left unused.
-        self.project = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, dim), nn.Dropout(appearance_dropout))
+        self.project = nn.Sequential(
+            nn.LayerNorm(in_dim), nn.Linear(in_dim, dim), nn.Dropout(appearance_dropout)
+        )
         self.size = nn.Embedding(SIZE_BUCKETS, dim)
         self.identity = nn.Embedding(max_identities + 1, dim)
         self.time = nn.Embedding(num_frames * tokens_per_face + 1, dim)
