@@ -2,7 +2,8 @@
 
 All work lives in `faceshard.tasks.shard.process_shard`; this module only wires it to Prefect and Ray.
 One task per shard (not per video): Prefect servers are reported unstable past a few thousand
-task runs, and a shard is the unit that commits.
+task runs, and a shard is the unit that commits. At most `runtime.max_in_flight` shards are
+submitted at once (`flows.fanout`), and progress is reported as each one finishes (`flows.progress`).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from conftest import faceshard_cli
 from prefect.flows import load_flow_from_entrypoint
-from processes import free_port, stop_session, wait_until
+from processes import free_port, session_members, stop_session, wait_until
 
 from faceshard.config import config_from_tree
 from faceshard.deployments.serve import deployment_parameters, scheduled_build
@@ -132,11 +132,8 @@ def external_ray() -> Iterator[tuple[str, Path]]:
         yield f"127.0.0.1:{port}", temp / "session_latest" / "logs"
     finally:
         stop_session(head)
-        leftover = subprocess.run(
-            ["ps", "-o", "pid=,args=", "-s", str(head.pid)], capture_output=True, text=True
-        )
         shutil.rmtree(temp, ignore_errors=True)
-    assert not leftover.stdout.strip(), f"processes of the cluster survived:\n{leftover.stdout}"
+    assert not session_members(head.pid), "processes of the cluster survived"
 
 
 def _client_env(api_url: str) -> dict[str, str]:
@@ -206,10 +203,13 @@ def test_prefect_yaml_deploys_and_a_process_worker_runs_the_build(
     assert sorted(row["shard"] for row in json.loads(shards["data"])) == [0, 1]
 
 
-def _frames(stderr: str) -> list[str]:
-    """The bar's values in the order they were drawn (escape codes removed)."""
+BAR = re.compile(r"shards (\d+/\d+) videos (\d+/\d+) [\d.]+ videos/s ETA [-:\d]+ failures (\d+)$")
+
+
+def _frames(stderr: str) -> list[tuple[str, ...]]:
+    """The bar's (shards, videos, failures) in the order drawn: one frame per line or carriage return."""
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", stderr)
-    return re.findall(r"shards (\d+/\d+) videos (\d+/\d+) .*? failures (\d+)", text)
+    return [m.groups() for line in re.split(r"[\r\n]", text) if (m := BAR.search(line.rstrip()))]
 
 
 @pytest.mark.slow
