@@ -52,6 +52,8 @@ class StandInProcessor:
             "label": video.label,
             "method": video.method,
             "split": video.split,
+            "source": video.source,
+            "dataset": video.dataset,
             "status": "no_faces",
             "error": None,
             "fps": 25.0,
