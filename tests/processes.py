@@ -47,7 +47,7 @@ def session_members(session: int) -> list[int]:
     return members
 
 
-def stop_session(leader: subprocess.Popen, grace: float = 15.0) -> None:
+def stop_session(leader: subprocess.Popen, grace: float = 5.0) -> None:
     """SIGTERM every process of the leader's session, SIGKILL what is left after `grace` seconds."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in session_members(leader.pid):
