@@ -37,6 +37,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "faceshard.probe",
             "faceshard.synth",
             "faceshard.training",
+            "faceshard.progress_bar",
         ),
     ),
 ]
