@@ -36,6 +36,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "faceshard.export",
             "faceshard.probe",
             "faceshard.synth",
+            "faceshard.training",
             "faceshard.progress_bar",
         ),
     ),
