@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from faceshard.bench import app as bench_app
 from faceshard.config import PRESETS, BuildConfig, ConfigError, load_config
 
 app = typer.Typer(
@@ -21,6 +22,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.add_typer(bench_app, name="bench")
 console = Console(stderr=True)
 stdout = Console()
 
@@ -395,13 +397,7 @@ def demo(
         )
 
 
-bench_app = typer.Typer(
-    help="Benchmarks that compare two things in one run and print the ratio.", no_args_is_help=True
-)
-app.add_typer(bench_app, name="bench")
-
-
-@bench_app.command("loader")
+@bench_app.command("loader")  # on the `bench` sub-app of faceshard.bench, beside `bench build`
 def bench_loader(
     rows: Annotated[
         int, typer.Option("--rows", min=1, help="synthetic face rows to write and stream")

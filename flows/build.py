@@ -27,10 +27,11 @@ from faceshard.flows.progress import (
     reporting_to,
     shard_row,
 )
-from faceshard.flows.runtime import apply_local_defaults, prefect_api, ray_init_kwargs
+from faceshard.flows.runtime import apply_local_defaults, local_runtime, ray_init_kwargs
 from faceshard.storage.commit import Output
 from faceshard.storage.manifest import ShardPlan, plan_shards, read_manifest
-from faceshard.tasks.shard import process_shard, shards_to_retry, weights_manifest
+from faceshard.tasks.pipeline import weights_manifest
+from faceshard.tasks.shard import process_shard, shards_to_retry
 
 
 @task(name="process-shard", retries=2, retry_delay_seconds=2, persist_result=False)
@@ -173,15 +174,16 @@ def run_build(
     storage_options: dict[str, Any] | None = None,
     on_progress: ProgressListener | None = None,
 ) -> dict[str, Any]:
-    """Run `build_dataset` on the embedded default: one local Prefect server and a local Ray cluster.
+    """Run `build_dataset` on the embedded default: one local Prefect server and a local Ray cluster,
+    started concurrently.
 
-    The models are loaded here first (the flow reuses them for the fingerprint), so missing weights
-    or a bad identity metric fail fast, before a server starts or anything is written.
+    The weights are fingerprinted here first from their files (no model is loaded in the driver), so
+    missing weights or a bad identity metric fail fast, before a server starts or anything is written.
     `on_progress` is called with a `BuildProgress` as the build starts and after every shard.
     """
     apply_local_defaults()
     weights_manifest(cfg)
-    with prefect_api(), reporting_to(on_progress):
+    with local_runtime(cfg.runtime), reporting_to(on_progress):
         runner = RayTaskRunner(address=cfg.runtime.ray_address, init_kwargs=ray_init_kwargs(cfg.runtime))
         flow_with_ray = build_dataset.with_options(task_runner=runner)
         return flow_with_ray(

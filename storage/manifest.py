@@ -14,11 +14,12 @@ import posixpath
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import polars as pl
+from typing import TYPE_CHECKING, Any
 
 from faceshard.errors import ManifestError
+
+if TYPE_CHECKING:
+    import polars as pl
 from faceshard.records import VideoTask
 from faceshard.storage.fsio import is_local, open_fs, read_bytes
 
@@ -138,6 +139,8 @@ def derive_video_id(relative_path: str) -> str:
 
 
 def _read_frame(data: bytes, uri: str) -> pl.DataFrame:
+    import polars as pl  # only manifest intake needs it: the per-video pipeline (GPU check) runs without
+
     try:
         if _is_csv(uri):
             return pl.read_csv(io.BytesIO(data), infer_schema=False)

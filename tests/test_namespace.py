@@ -38,6 +38,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "faceshard.synth",
             "faceshard.training",
             "faceshard.progress_bar",
+            "faceshard.bench",
         ),
     ),
 ]
