@@ -687,3 +687,22 @@ def test_soak_concurrent_writer_processes_with_random_kills_then_one_clean_resum
     assert_no_partial_shard_visible(Path(root))
     writers.build(root)  # one clean resume
     assert_exactly_one_clean_build(root, reference)
+
+
+def test_cli_status_names_the_damage_and_repair_fixes_it(tmp_path: Path, reference) -> None:
+    from typer.testing import CliRunner
+
+    from faceshard.cli import app
+
+    root = tmp_path / "out"
+    _build_with_one_shard_left(root)
+    (root / "_faceshard.json").write_text("{")
+    runner = CliRunner()
+    status = runner.invoke(app, ["status", str(root), "--json"])
+    assert status.exit_code == 2 and "faceshard repair" in " ".join(status.output.split())
+    repaired = runner.invoke(app, ["repair", str(root)])
+    assert repaired.exit_code == 0 and "restored _faceshard.json" in repaired.output
+    status = runner.invoke(app, ["status", str(root), "--json"])
+    info = json.loads(status.output)
+    assert (info["committed"], info["pending"], info["lease"]["state"]) == (3, 1, "released")
+    assert runner.invoke(app, ["repair", str(root)]).output.strip() == "nothing to repair"
