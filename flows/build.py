@@ -67,10 +67,10 @@ def build_dataset(
         wait_s=wait_s,
     )
     with output:
-        return _run(output, plans, cfg, config, weights, retry_failed, started)
+        return _build_under_lease(output, plans, cfg, config, weights, retry_failed, started)
 
 
-def _run(
+def _build_under_lease(
     output: Output,
     plans: list[ShardPlan],
     cfg: BuildConfig,

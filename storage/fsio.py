@@ -142,11 +142,10 @@ def create_if_absent(fs: AbstractFileSystem, path: str, data: bytes) -> bool:
     """
     if is_local(fs):
         return retrying(_create_local, path, data)
-    try:
+    # Refused or not, what is there decides: a refusal may answer our own retried PUT whose first
+    # attempt landed, and a store that ignored the condition shows the last writer.
+    with contextlib.suppress(FileExistsError):
         retrying(_create_remote, fs, path, data)
-    except FileExistsError:
-        # Also the answer when our own earlier attempt landed and only its response was lost.
-        return read_optional(fs, path) == data
     return read_optional(fs, path) == data
 
 
