@@ -66,7 +66,7 @@ def read_manifest(
     """Read a CSV or Parquet manifest with at least `path,label` into VideoTasks, in manifest order.
 
     Optional columns: `method`, `split` (missing → 'all'), `video_id` (missing → stem + hash of the
-    path relative to the manifest, stable across machines). Relative paths resolve against the
+    path relative to the manifest, stable across machines), `source`, `dataset` (SPEC §9). Relative paths resolve against the
     manifest's directory. Raises ManifestError on missing columns, bad labels, duplicate ids.
     """
     fs, path = open_fs(uri, storage_options)
@@ -104,6 +104,8 @@ def read_manifest(
                 method=_text(row.get("method")),
                 split=_text(row.get("split")) or "all",
                 error=error,
+                source=_text(row.get("source")),
+                dataset=_text(row.get("dataset")),
             )
         )
     if bad_labels:

@@ -28,6 +28,8 @@ SPEC_COLUMNS = {
         "label",
         "method",
         "split",
+        "source",
+        "dataset",
         "status",
         "error",
         "fps",
