@@ -165,11 +165,20 @@ def build(
     from faceshard.errors import StorageError
     from faceshard.flows.build import run_build
     from faceshard.models.registry import WeightsUnavailableError
+    from faceshard.progress_bar import BuildProgressBar
 
     try:
-        summary = run_build(
-            manifest, out, cfg, rebuild=rebuild, retry_failed=retry_failed, roots=root, wait_s=wait
-        )
+        with BuildProgressBar(console) as bar:
+            summary = run_build(
+                manifest,
+                out,
+                cfg,
+                rebuild=rebuild,
+                retry_failed=retry_failed,
+                roots=root,
+                wait_s=wait,
+                on_progress=bar,
+            )
     except (StorageError, WeightsUnavailableError, FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     if as_json:
@@ -316,13 +325,15 @@ def demo(
 ) -> None:
     """Synthesise a small corpus, build it with the demo preset, and print a summary."""
     from faceshard.flows.build import run_build
+    from faceshard.progress_bar import BuildProgressBar
     from faceshard.storage.status import dataset_status
     from faceshard.synth import make_corpus
 
     started = time.perf_counter()
     manifest = make_corpus(out / "corpus", n_videos=videos, seed=0)
     cfg = load_config("demo")
-    summary = run_build(str(manifest), str(out / "dataset"), cfg)
+    with BuildProgressBar(console) as bar:
+        summary = run_build(str(manifest), str(out / "dataset"), cfg, on_progress=bar)
     info = dataset_status(str(out / "dataset"))
     _print_summary(summary)
     totals = info.get("totals", {})
