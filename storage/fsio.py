@@ -218,9 +218,14 @@ def list_files_with_age(fs: AbstractFileSystem, path: str) -> dict[str, float | 
         return {}
     now = time.time()
     out: dict[str, float | None] = {}
+    below = _strip(fs, path) + "/"
     for name, info in found.items():
+        stripped = _strip(fs, name)
+        # Only files strictly below `path` (an object store may answer with the prefix itself).
+        if info.get("type") == "directory" or not stripped.startswith(below):
+            continue
         modified = _modified(info)
-        out[_strip(fs, name)] = None if modified is None else now - modified
+        out[stripped] = None if modified is None else now - modified
     return out
 
 
