@@ -157,6 +157,10 @@ def build(
         typer.Option(help="allowed root for video paths (repeatable; default: manifest dir)"),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+    wait: Annotated[
+        float,
+        typer.Option(min=0, help="seconds to wait while another build holds the output (default: exit)"),
+    ] = 0.0,
 ) -> None:
     """Build (or resume) a dataset: decode, detect, crop, cluster, embed, commit Parquet shards."""
     cfg = resolve_build_config(preset, config, set_, shard_size)
@@ -168,7 +172,14 @@ def build(
     try:
         with BuildProgressBar(console) as bar:
             summary = run_build(
-                manifest, out, cfg, rebuild=rebuild, retry_failed=retry_failed, roots=root, on_progress=bar
+                manifest,
+                out,
+                cfg,
+                rebuild=rebuild,
+                retry_failed=retry_failed,
+                roots=root,
+                wait_s=wait,
+                on_progress=bar,
             )
     except (StorageError, WeightsUnavailableError, FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
@@ -221,6 +232,16 @@ def _print_status(info: dict[str, Any]) -> None:
         table.add_row(key, str(value))
     if info.get("random_weights"):
         table.add_row("[yellow]random weights[/]", ", ".join(info["random_weights"]))
+    holder = info.get("lease")
+    if holder:
+        table.add_row(
+            "lease", escape(f"{holder.get('state')}: {holder.get('holder') or holder.get('error')}")
+        )
+    if info.get("rebuilding"):
+        rebuilding = info["rebuilding"]
+        table.add_row(
+            "[yellow]rebuild interrupted[/]", escape(f"{rebuilding.get('from')} → {rebuilding.get('to')}")
+        )
     stdout.print(table)
     failed_shards = info.get("failed_shards") or []
     if failed_shards:
@@ -238,6 +259,27 @@ def _print_status(info: dict[str, Any]) -> None:
         for row in failed[:50]:
             errors.add_row(*(escape(str(row[key])) for key in ("video_id", "path", "error")))
         stdout.print(errors)
+
+
+@app.command()
+def repair(
+    uri: Annotated[str, typer.Argument(help="output URI of a build")],
+    wait: Annotated[float, typer.Option(min=0, help="seconds to wait while a build holds the output")] = 0.0,
+) -> None:
+    """Make an output with damaged metadata usable again; what cannot be read is set aside, never deleted."""
+    from faceshard.errors import StorageError
+    from faceshard.storage.repair import repair_output
+
+    try:
+        result = repair_output(uri, wait_s=wait)
+    except StorageError as exc:
+        _fail(str(exc))
+    if not result["actions"]:
+        stdout.print("nothing to repair")
+        return
+    for action in result["actions"]:
+        stdout.print(f"- {escape(action)}")
+    stdout.print(f"set aside under {escape(str(result['quarantine']))}")
 
 
 @app.command()

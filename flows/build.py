@@ -58,12 +58,14 @@ def build_dataset(
     retry_failed: bool = False,
     roots: list[str] | None = None,
     storage_options: dict[str, Any] | None = None,
+    wait_s: float = 0.0,
 ) -> dict[str, Any]:
     """Plan → fan out → collect. Failed shards are recorded, never fatal to the build.
 
-    `config` is a config tree over the preset it names (`{"preset": "mintime"}` is enough).
+    `config` is a config tree over the preset it names (`{"preset": "mintime"}` is enough). The
+    output's lease is held (and heartbeated) for the whole flow; another build on the same output
+    waits up to `wait_s` for it, then fails naming this one.
     """
-    logger = get_run_logger()
     started = time.perf_counter()
     cfg = config_from_tree(config)
     plans = plan_shards(read_manifest(manifest, roots=roots), cfg.shard_size)
@@ -74,7 +76,22 @@ def build_dataset(
         weights=weights,
         rebuild=rebuild,
         storage_options=storage_options,
+        wait_s=wait_s,
     )
+    with output:
+        return _build_under_lease(output, plans, cfg, config, weights, retry_failed, started)
+
+
+def _build_under_lease(
+    output: Output,
+    plans: list[ShardPlan],
+    cfg: BuildConfig,
+    config: dict[str, Any],
+    weights: dict[str, Any],
+    retry_failed: bool,
+    started: float,
+) -> dict[str, Any]:
+    logger = get_run_logger()
     output.set_plan(plans)
     todo = shards_to_retry(output, plans) if retry_failed else output.pending(plans)
     logger.info("%d shards planned, %d to process", len(plans), len(todo))
@@ -172,6 +189,7 @@ def run_build(
     retry_failed: bool = False,
     roots: list[str] | None = None,
     storage_options: dict[str, Any] | None = None,
+    wait_s: float = 0.0,
     on_progress: ProgressListener | None = None,
 ) -> dict[str, Any]:
     """Run `build_dataset` on the embedded default: one local Prefect server and a local Ray cluster,
@@ -194,4 +212,5 @@ def run_build(
             retry_failed=retry_failed,
             roots=roots,
             storage_options=storage_options,
+            wait_s=wait_s,
         )
