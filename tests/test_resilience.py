@@ -145,7 +145,7 @@ def build_processes(session: int, token: str) -> dict[int, str]:
     return found
 
 
-def kill_build(proc: subprocess.Popen, token: str, grace_s: float = 30) -> dict[int, str]:
+def kill_build(proc: subprocess.Popen, token: str, grace_s: float = 90) -> dict[int, str]:
     """SIGKILL the build's process group (driver, Prefect server, raylet, GCS) and wait for the rest
     of its session to go by itself: Ray workers sit in process groups of their own and must exit
     once their raylet is gone. Returns what was still running after `grace_s` (then killed by pid)."""
