@@ -41,7 +41,9 @@ def epoch_videos(
 ) -> list[str]:
     dataset = ShardDataset(uri, kind="mintime", seed=seed, shuffle_buffer=3, rank=rank, world_size=world_size)
     dataset.set_epoch(epoch)
-    loader = DataLoader(dataset, batch_size=None, num_workers=workers)
+    # forkserver: forked copies of this pytest process exit 1 once an earlier test ran an in-process
+    # Prefect flow on Ray (test_build_e2e); a training job's process has neither.
+    loader = DataLoader(dataset, batch_size=None, num_workers=workers, multiprocessing_context="forkserver")
     return [sample["video_id"] for sample in loader]
 
 

@@ -300,7 +300,7 @@ def test_sigkill_at_random_points_shows_only_committed_shards_and_resumes_to_the
     out = tmp_path / "dataset"
     log = tmp_path / "builds.log"
     rng = random.Random(20240611)
-    stretched = {**build_env, "FACESHARD_FAULTS": "video:*=sleep:1.0"}
+    stretched = {**build_env, "FACESHARD_FAULTS": "video:*=sleep:2.5"}
     # Kill points anchored on what the build has reached (start-up time varies a lot on a shared
     # machine), each plus a seeded random delay: while shards commit; while a resumed build starts
     # its workers; while the resumed build commits again.
