@@ -145,8 +145,12 @@ class BuildConfig(_Section):
     runtime: RuntimeConfig = RuntimeConfig()
 
     def row_affecting(self) -> dict[str, Any]:
-        """The part of the config that changes output rows (hashed into the fingerprint)."""
-        return self.model_dump(mode="json", exclude={"runtime", "preset"})
+        """The part of the config that changes output rows (hashed into the fingerprint).
+
+        `shard_size` is left out: it only sizes the shards of videos not yet committed, so changing
+        it never asks for a rebuild.
+        """
+        return self.model_dump(mode="json", exclude={"runtime", "preset", "shard_size"})
 
 
 class ConfigError(ValueError):

@@ -16,10 +16,11 @@ from prefect_ray import RayTaskRunner
 from prefect_ray.context import remote_options
 
 from faceshard.config import BuildConfig, RuntimeConfig, config_from_tree
+from faceshard.flows.plan import dataset_weights, plan_output, shards_to_run
 from faceshard.flows.runtime import apply_local_defaults, prefect_api, ray_init_kwargs
 from faceshard.storage.commit import Output
-from faceshard.storage.manifest import ShardPlan, plan_shards, read_manifest
-from faceshard.tasks.shard import process_shard, shards_to_retry, weights_manifest
+from faceshard.storage.manifest import ShardPlan, load_manifest
+from faceshard.tasks.shard import process_shard
 
 
 @task(name="process-shard", retries=2, retry_delay_seconds=2, persist_result=False)
@@ -46,16 +47,19 @@ def build_dataset(
     retry_failed: bool = False,
     roots: list[str] | None = None,
     storage_options: dict[str, Any] | None = None,
+    prune: bool = False,
 ) -> dict[str, Any]:
     """Plan → fan out → collect. Failed shards are recorded, never fatal to the build.
 
-    `config` is a config tree over the preset it names (`{"preset": "mintime"}` is enough).
+    `config` is a config tree over the preset it names (`{"preset": "mintime"}` is enough). Only
+    videos the output has not committed are processed, in new shards (see `storage.plan`); rows
+    of videos missing from the manifest stay unless `prune`.
     """
     logger = get_run_logger()
     started = time.perf_counter()
     cfg = config_from_tree(config)
-    plans = plan_shards(read_manifest(manifest, roots=roots), cfg.shard_size)
-    weights = weights_manifest(cfg)
+    videos = load_manifest(manifest, roots=roots)
+    weights = dataset_weights(cfg)
     output = Output.open(
         out,
         config=cfg,
@@ -63,9 +67,10 @@ def build_dataset(
         rebuild=rebuild,
         storage_options=storage_options,
     )
-    output.set_plan(plans)
-    todo = shards_to_retry(output, plans) if retry_failed else output.pending(plans)
-    logger.info("%d shards planned, %d to process", len(plans), len(todo))
+    plan = plan_output(output, videos, cfg, prune=prune)
+    output.apply_plan(plan)
+    todo = shards_to_run(output, videos, plan, retry_failed)
+    logger.info("%d shards planned, %d to process", plan.shards_total, len(todo))
 
     runner_task = process_shard_task.with_options(retries=cfg.runtime.task_retries)
     with remote_options(num_cpus=cfg.runtime.cpus_per_shard, num_gpus=cfg.runtime.gpus_per_shard):
@@ -84,10 +89,15 @@ def build_dataset(
             logger.error("shard %05d failed: %s", plan.shard_id, message)
 
     return {
-        "shards_total": len(plans),
+        "shards_total": plan.shards_total,
         "processed": len(shard_stats),
-        "skipped": len(plans) - len(todo),
+        "skipped": plan.shards_total - len(todo),
         "failed_shards": failed,
+        "videos_total": plan.videos_total,
+        "videos_processed": sum(s["videos"] for s in shard_stats),
+        "videos_skipped": plan.videos_skipped,
+        "not_in_manifest": plan.not_in_manifest,
+        "pruned_videos": plan.pruned_videos,
         "videos": sum(s["videos"] for s in shard_stats),
         "faces": sum(s["faces"] for s in shard_stats),
         "identities": sum(s["identities"] for s in shard_stats),
@@ -123,14 +133,17 @@ def run_build(
     retry_failed: bool = False,
     roots: list[str] | None = None,
     storage_options: dict[str, Any] | None = None,
+    prune: bool = False,
 ) -> dict[str, Any]:
     """Run `build_dataset` on the embedded default: one local Prefect server and a local Ray cluster.
 
-    The models are loaded here first (the flow reuses them for the fingerprint), so missing weights
-    or a bad identity metric fail fast, before a server starts or anything is written.
+    The manifest is read and checked and the models are loaded here first (the flow reuses them for
+    the fingerprint), so a bad manifest, missing weights or a bad identity metric fail fast, before
+    a server starts or anything is written.
     """
     apply_local_defaults()
-    weights_manifest(cfg)
+    load_manifest(manifest, roots=roots)
+    dataset_weights(cfg)
     with prefect_api():
         runner = RayTaskRunner(address=cfg.runtime.ray_address, init_kwargs=ray_init_kwargs(cfg.runtime))
         flow_with_ray = build_dataset.with_options(task_runner=runner)
@@ -142,4 +155,5 @@ def run_build(
             retry_failed=retry_failed,
             roots=roots,
             storage_options=storage_options,
+            prune=prune,
         )

@@ -39,14 +39,25 @@ from importlib import metadata as importlib_metadata
 from typing import Any
 from urllib.parse import quote
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fsspec import AbstractFileSystem
 
 from faceshard.errors import FingerprintMismatch, StorageError
+from faceshard.records import VideoTask
 from faceshard.storage import fsio
 from faceshard.storage.manifest import ShardPlan
+from faceshard.storage.plan import (
+    PLAN_SCHEMA,
+    BuildPlan,
+    PriorPlan,
+    empty_plan_frame,
+    plan_file_bytes,
+    read_plan_file,
+    shard_fingerprint_of,
+)
 from faceshard.storage.schema import (
     PARTITION_COLUMNS,
     SCHEMA_VERSION,
@@ -59,6 +70,7 @@ from faceshard.storage.schema import (
 METADATA_FILE = "_faceshard.json"
 STATE_DIR = "_faceshard"
 PLAN_FILE = f"{STATE_DIR}/plan.json"
+PLAN_FORMAT = 2
 COMMITS_DIR = f"{STATE_DIR}/commits"
 FAILURES_DIR = f"{STATE_DIR}/failures"
 STAGING_DIR = f"{STATE_DIR}/staging"
@@ -67,6 +79,7 @@ ROW_GROUP_TARGET_BYTES = 64 << 20
 MAX_ERROR_CHARS = 20_000
 _DATA_FILE = re.compile(r"part-[0-9A-Za-z_-]+\.parquet$")
 _MARKER_FILE = re.compile(r"shard-(\d+)\.json$")
+_PLAN_VIDEOS_FILE = re.compile(r"plan-[0-9a-f]+\.parquet$")
 _DICTIONARY_COLUMNS = ("video_id", "path", "method", "status", "error")
 
 
@@ -106,9 +119,8 @@ def dataset_fingerprint(
 
 
 def shard_fingerprint(dataset_fp: str, plan: ShardPlan) -> str:
-    """Hash of the dataset fingerprint and the shard's ordered videos (every VideoTask field changes rows)."""
-    videos = [[v.video_id, v.path, v.label, v.method, v.split, v.error] for v in plan.videos]
-    return _digest({"dataset": dataset_fp, "shard": plan.shard_id, "videos": videos})
+    """Hash of the dataset fingerprint, the shard id and its video ids (not their paths or order)."""
+    return shard_fingerprint_of(dataset_fp, plan.shard_id, [video.video_id for video in plan.videos])
 
 
 def describe_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -359,6 +371,32 @@ class Output:
         out.cleanup()
         return out
 
+    @classmethod
+    def preview(
+        cls,
+        uri: str,
+        *,
+        config: Mapping[str, Any] | Any,
+        weights: Mapping[str, Mapping[str, Any]],
+        rebuild: bool = False,
+        storage_options: dict[str, Any] | None = None,
+    ) -> tuple[Output, bool]:
+        """What `open` would find, writing nothing: (output, whether its committed state is kept).
+
+        Raises FingerprintMismatch exactly where `open` would; a foreign directory is refused too.
+        """
+        row_config, _ = _config_views(config)
+        weights = {name: dict(info) for name, info in weights.items()}
+        fingerprint = dataset_fingerprint(row_config, weights)
+        out = cls(uri, fingerprint, storage_options)
+        existing = read_metadata(out.fs, out.root)
+        if existing is None:
+            out._refuse_foreign_directory()
+            return out, False
+        if existing["fingerprint"] != fingerprint and not rebuild:
+            raise FingerprintMismatch(_mismatch_message(uri, existing, row_config, weights, fingerprint))
+        return out, not rebuild
+
     def __getstate__(self) -> dict[str, Any]:
         return {"uri": self.uri, "fingerprint": self.fingerprint, "storage_options": self.storage_options}
 
@@ -385,35 +423,127 @@ class Output:
     def shard_fingerprint(self, plan: ShardPlan) -> str:
         return shard_fingerprint(self.fingerprint, plan)
 
-    def set_plan(self, plans: list[ShardPlan]) -> list[int]:
-        """Record shards_total and every shard's fingerprint; retire shards the plan no longer has.
+    def set_plan(self, plans: list[ShardPlan]) -> None:
+        """Record exactly these shards as the output's plan (tests and tools; builds use `apply_plan`).
 
-        A committed shard whose videos changed (another manifest, another shard size) or that the
-        plan no longer contains would mix stale rows with fresh ones: its marker is removed first
-        (invisible at once), then its files. Returns the retired shard ids.
+        Nothing is deleted: a committed shard the plan no longer names (or names with other videos)
+        just stops being visible through status and the reader.
         """
-        wanted = {plan.shard_id: self.shard_fingerprint(plan) for plan in plans}
-        if len(wanted) != len(plans):
+        ids = [plan.shard_id for plan in plans]
+        if len(set(ids)) != len(ids):
             raise ValueError("set_plan: shard ids must be unique")
-        retired: list[int] = []
-        for shard, marker in sorted(self._all_records(COMMITS_DIR).items()):
-            if wanted.get(shard) != marker.get("fingerprint"):
+        shards = pl.DataFrame(
+            {
+                "shard": [plan.shard_id for plan in plans for _ in plan.videos],
+                "video_id": [video.video_id for plan in plans for video in plan.videos],
+            },
+            schema=PLAN_SCHEMA,
+        )
+        self._write_plan(shards, {plan.shard_id: self.shard_fingerprint(plan) for plan in plans}, {})
+
+    def prior_plan(self) -> PriorPlan:
+        """The recorded plan, which of its shards are committed, and the next unused shard id.
+
+        An output written before plans recorded video ids (or one whose plan was lost) has its
+        committed shards adopted: their ids are read from their committed `videos` files.
+        """
+        state = self.state()
+        doc = state.plan
+        if doc is not None and doc.get("videos_file"):
+            data = fsio.read_optional(self.fs, self._path(doc["videos_file"]))
+            if data is None:
+                raise StorageError(
+                    f"{self.uri}: {doc['videos_file']} (named by {PLAN_FILE}) is missing; the plan"
+                    " cannot be read, so nothing can be skipped safely"
+                )
+            shards = read_plan_file(data)
+            fingerprints = {int(s): fp for s, fp, _ in doc["shards"]}
+            shards = shards.filter(pl.col("shard").is_in(list(fingerprints)))
+        else:
+            parts = [
+                self.committed_rows(shard, "videos", ["video_id"]).select(["shard", "video_id"])
+                for shard in sorted(state.markers)
+            ]
+            shards = pl.from_arrow(pa.concat_tables(parts)).cast(PLAN_SCHEMA) if parts else empty_plan_frame()
+            fingerprints = {shard: marker["fingerprint"] for shard, marker in state.markers.items()}
+        used = [*fingerprints, *self._record_ids(COMMITS_DIR), *self._record_ids(FAILURES_DIR)]
+        return PriorPlan(
+            shards=shards,
+            fingerprints=fingerprints,
+            committed=set(state.markers) & set(fingerprints),
+            next_shard=max(used, default=-1) + 1,
+        )
+
+    def apply_plan(self, plan: BuildPlan) -> None:
+        """Record a build's plan and carry out its pruning (the only deletion a plan can cause).
+
+        Order keeps every step safe to crash in: shards pruned whole lose their marker (and then the
+        files it names) first; then the plan is written; then shards pruned in part are recommitted
+        with their remaining videos' rows (until then the plan shows them pending, never twice).
+        """
+        for shard in plan.prune_drop:
+            marker = self.marker(shard)
+            if marker is not None:
                 self._remove_marker(shard, marker)
-                retired.append(shard)
-        for shard, record in self._all_records(FAILURES_DIR).items():
-            if wanted.get(shard) != record.get("fingerprint"):
-                fsio.remove_files(self.fs, [self._path(FAILURES_DIR, marker_name(shard))])
+        notes = {"not_in_manifest": plan.not_in_manifest, "manifest_videos": plan.videos_total}
+        self._write_plan(plan.shards, plan.fingerprints(self.fingerprint), notes)
+        for shard, keep in plan.prune_keep.items():
+            self._recommit_without_others(shard, keep)
+        failures = [*plan.dropped, *plan.prune_drop]
+        fsio.remove_files(self.fs, [self._path(FAILURES_DIR, marker_name(s)) for s in failures])
+
+    def _recommit_without_others(self, shard_id: int, keep: list[str]) -> None:
+        """Commit the shard again holding only the rows of `keep` (prune): a new attempt, atomically."""
+        marker = self.marker(shard_id)
+        if marker is None:
+            return
+        wanted = pa.array(keep, pa.string())
+        tables = {}
+        for name in TABLES:
+            rows = _without_partitions(self.committed_rows(shard_id, name))
+            tables[name] = rows.filter(pc.is_in(rows["video_id"], value_set=wanted))
+        videos = self.committed_rows(shard_id, "videos", ["video_id", "path", "label", "method", "error"])
+        videos = videos.filter(pc.is_in(videos["video_id"], value_set=wanted))
+        plan = ShardPlan(
+            shard_id,
+            [
+                VideoTask(r["video_id"], r["path"], r["label"], r["method"], r["split"], r["error"])
+                for r in videos.to_pylist()
+            ],
+        )
+        stats = {**(marker.get("stats") or {}), "pruned_videos": marker["rows"]["videos"] - len(keep)}
+        self.commit_shard(plan, tables, stats)
+
+    def _write_plan(self, shards: pl.DataFrame, fingerprints: dict[int, str], notes: dict[str, Any]) -> None:
+        """The plan's video ids (content-named Parquet) first, then `plan.json` naming it: one switch."""
+        data = plan_file_bytes(shards)
+        videos_file = f"{STATE_DIR}/plan-{hashlib.sha256(data).hexdigest()[:16]}.parquet"
+        self._put(videos_file, data)
+        counts = dict(shards.group_by("shard").len().iter_rows())
         plan_doc = {
+            "format": PLAN_FORMAT,
             "dataset_fingerprint": self.fingerprint,
-            "shards_total": len(plans),
-            "videos_total": sum(len(p.videos) for p in plans),
-            "shards": [[p.shard_id, wanted[p.shard_id], len(p.videos)] for p in plans],
+            "shards_total": len(fingerprints),
+            "videos_total": shards.height,
+            "shards": [[shard, fp, counts.get(shard, 0)] for shard, fp in fingerprints.items()],
+            "videos_file": videos_file,
+            **notes,
         }
         self._put(PLAN_FILE, _dump_json(plan_doc))
         metadata = self.metadata()
         metadata["plan"] = {k: plan_doc[k] for k in ("shards_total", "videos_total")}
         self._put(METADATA_FILE, _dump_json(metadata))
-        return retired
+        try:
+            listed = fsio.retrying(self.fs.ls, self._path(STATE_DIR), detail=False)
+        except FileNotFoundError:
+            listed = []
+        stale = [p for p in listed if _PLAN_VIDEOS_FILE.search(p) and not p.endswith(videos_file)]
+        fsio.remove_files(self.fs, stale)
+
+    def _record_ids(self, directory: str) -> list[int]:
+        """Shard ids of the marker/failure files present (listing only, no reads)."""
+        found = fsio.list_files(self.fs, self._path(directory))
+        return [int(m.group(1)) for p in found if (m := _MARKER_FILE.search(p))]
 
     def metadata(self) -> dict[str, Any]:
         """The current `_faceshard.json`."""
