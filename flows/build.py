@@ -67,10 +67,10 @@ def build_dataset(
         rebuild=rebuild,
         storage_options=storage_options,
     )
-    plan = plan_output(output, videos, cfg, prune=prune)
-    output.apply_plan(plan)
-    todo = shards_to_run(output, videos, plan, retry_failed)
-    logger.info("%d shards planned, %d to process", plan.shards_total, len(todo))
+    build_plan = plan_output(output, videos, cfg, prune=prune)
+    output.apply_plan(build_plan)
+    todo = shards_to_run(output, videos, build_plan, retry_failed)
+    logger.info("%d shards planned, %d to process", build_plan.shards_total, len(todo))
 
     runner_task = process_shard_task.with_options(retries=cfg.runtime.task_retries)
     with remote_options(num_cpus=cfg.runtime.cpus_per_shard, num_gpus=cfg.runtime.gpus_per_shard):
@@ -89,15 +89,15 @@ def build_dataset(
             logger.error("shard %05d failed: %s", plan.shard_id, message)
 
     return {
-        "shards_total": plan.shards_total,
+        "shards_total": build_plan.shards_total,
         "processed": len(shard_stats),
-        "skipped": plan.shards_total - len(todo),
+        "skipped": build_plan.shards_total - len(todo),
         "failed_shards": failed,
-        "videos_total": plan.videos_total,
+        "videos_total": build_plan.videos_total,
         "videos_processed": sum(s["videos"] for s in shard_stats),
-        "videos_skipped": plan.videos_skipped,
-        "not_in_manifest": plan.not_in_manifest,
-        "pruned_videos": plan.pruned_videos,
+        "videos_skipped": build_plan.videos_skipped,
+        "not_in_manifest": build_plan.not_in_manifest,
+        "pruned_videos": build_plan.pruned_videos,
         "videos": sum(s["videos"] for s in shard_stats),
         "faces": sum(s["faces"] for s in shard_stats),
         "identities": sum(s["identities"] for s in shard_stats),

@@ -489,6 +489,11 @@ class Output:
         self._write_plan(plan.shards, plan.fingerprints(self.fingerprint), notes)
         for shard, keep in plan.prune_keep.items():
             self._recommit_without_others(shard, keep)
+        # Dropped shards never committed under the plan; a stale marker's files would linger in listings.
+        for shard in plan.dropped:
+            marker = self.marker(shard)
+            if marker is not None:
+                self._remove_marker(shard, marker)
         failures = [*plan.dropped, *plan.prune_drop]
         fsio.remove_files(self.fs, [self._path(FAILURES_DIR, marker_name(s)) for s in failures])
 
@@ -518,7 +523,8 @@ class Output:
         """The plan's video ids (content-named Parquet) first, then `plan.json` naming it: one switch."""
         data = plan_file_bytes(shards)
         videos_file = f"{STATE_DIR}/plan-{hashlib.sha256(data).hexdigest()[:16]}.parquet"
-        self._put(videos_file, data)
+        if not fsio.retrying(self.fs.exists, self._path(videos_file)):  # named by its content
+            self._put(videos_file, data)
         counts = dict(shards.group_by("shard").len().iter_rows())
         plan_doc = {
             "format": PLAN_FORMAT,

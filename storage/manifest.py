@@ -306,14 +306,14 @@ class _RealPaths:
         return self._resolve(path)[0]
 
     def _resolve(self, path: str) -> tuple[str, bool]:
-        parent, name = os.path.split(path)
+        parent, _, name = path.rpartition("/")  # absolute and normalised: plain string ops suffice
         if not name:
             return path, True
         found = self._dirs.get(parent)
         if found is None:
-            found = self._dirs[parent] = self._resolve(parent)
+            found = self._dirs[parent] = self._resolve(parent) if parent else ("", True)
         real_parent, parent_exists = found
-        candidate = os.path.join(real_parent, name)
+        candidate = f"{real_parent.rstrip('/')}/{name}"
         if not parent_exists:
             return candidate, False
         try:

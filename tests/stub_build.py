@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from faceshard.config import BuildConfig
+from faceshard.config import BuildConfig, load_config
 from faceshard.flows import plan as planning
 from faceshard.records import VideoTask
 from faceshard.storage.commit import Output
@@ -103,9 +103,10 @@ def stub_build(
     *,
     prune: bool = False,
     retry_failed: bool = False,
+    preset: str | None = None,
 ) -> dict[str, Any]:
     """What `build_dataset` does, in process: plan, record the plan, process the shards in order."""
-    cfg = BuildConfig(shard_size=shard_size)
+    cfg = load_config(preset, shard_size=shard_size) if preset else BuildConfig(shard_size=shard_size)
     videos = load_manifest(manifest)
     output = Output.open(uri, config=cfg, weights=WEIGHTS)
     plan = planning.plan_output(output, videos, cfg, prune=prune)

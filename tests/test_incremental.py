@@ -323,3 +323,30 @@ def test_kill_9_during_an_incremental_build_resumes_to_the_clean_build(tmp_path)
     assert dataset_status(str(out))["pending"] == 0
     for table in TABLES:
         assert hive_rows(out, table) == hive_rows(reference, table), table
+
+
+def test_cli_dry_run_prints_the_plan_as_json_and_starts_nothing(tmp_path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from faceshard import cli
+    from faceshard.flows import build as build_flow
+
+    out = tmp_path / "out"
+    stub_build(write_manifest(tmp_path / "m.csv", NAMES), str(out), StubProcessor(), preset="demo")
+    manifest = write_manifest(tmp_path / "m.csv", [*NAMES[1:], "new"])
+    before = everything(out)
+    monkeypatch.setattr(planning, "dataset_weights", lambda cfg: WEIGHTS)
+    monkeypatch.setattr(build_flow, "run_build", lambda *a, **k: pytest.fail("dry-run ran a build"))
+    args = ["build", manifest, "--out", str(out), "--shard-size", "2", "--dry-run", "--json"]
+    done = CliRunner().invoke(cli.app, args)
+    assert done.exit_code == 0, done.output
+    plan = json.loads(done.stdout)
+    assert {k: plan[k] for k in ("videos", "shards", "pending", "videos_to_process", "not_in_manifest")} == {
+        "videos": 6,
+        "shards": 4,
+        "pending": 1,
+        "videos_to_process": 1,
+        "not_in_manifest": 1,
+    }
+    assert plan["fingerprint"] == dataset_status(str(out))["fingerprint"]
+    assert everything(out) == before
