@@ -350,3 +350,24 @@ def test_cli_dry_run_prints_the_plan_as_json_and_starts_nothing(tmp_path, monkey
     }
     assert plan["fingerprint"] == dataset_status(str(out))["fingerprint"]
     assert everything(out) == before
+
+
+def test_a_prune_killed_before_recommitting_never_shows_a_video_twice(tmp_path, monkeypatch) -> None:
+    out = tmp_path / "out"
+    stub_build(write_manifest(tmp_path / "m.csv", NAMES), str(out), StubProcessor())
+    kept = [n for n in NAMES if n not in ("n00", "n01", "n02")]  # shard 0 goes whole, shard 1 in part
+    manifest = write_manifest(tmp_path / "m.csv", kept)
+
+    def killed(self, shard_id, keep):
+        raise RuntimeError("killed before recommitting")
+
+    monkeypatch.setattr(Output, "_recommit_without_others", killed)
+    with pytest.raises(RuntimeError):
+        stub_build(manifest, str(out), StubProcessor(), prune=True)
+    monkeypatch.undo()
+    listed = [r["video_id"] for r in hive_rows(out, "videos")]
+    assert len(listed) == len(set(listed)) and not set(listed) & set(ids(NAMES[:2]))
+    resumed = StubProcessor()
+    stub_build(manifest, str(out), resumed)
+    assert resumed.processed == ids(["n03"])  # the half-pruned shard is pending with what it keeps
+    assert video_ids(out) == ids(kept) and dataset_status(str(out))["pending"] == 0
