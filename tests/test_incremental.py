@@ -371,3 +371,16 @@ def test_a_prune_killed_before_recommitting_never_shows_a_video_twice(tmp_path, 
     stub_build(manifest, str(out), resumed)
     assert resumed.processed == ids(["n03"])  # the half-pruned shard is pending with what it keeps
     assert video_ids(out) == ids(kept) and dataset_status(str(out))["pending"] == 0
+
+
+def test_a_bad_manifest_fails_before_models_or_a_server_start(tmp_path, monkeypatch) -> None:
+    from faceshard.errors import ManifestError
+    from faceshard.flows import build as build_flow
+
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label,video_id\na/video.mp4,0,same\nb/video.mp4,1,same\n")
+    monkeypatch.setattr(build_flow, "prefect_api", lambda: pytest.fail("a Prefect server was started"))
+    monkeypatch.setattr(build_flow, "dataset_weights", lambda cfg: pytest.fail("models were loaded first"))
+    with pytest.raises(ManifestError, match="duplicate video ids"):
+        build_flow.run_build(str(manifest), str(tmp_path / "out"), BuildConfig())
+    assert not (tmp_path / "out").exists()
