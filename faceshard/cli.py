@@ -1,4 +1,4 @@
-"""`faceshard`: the front door (synth, build, status, report, train, export, demo)."""
+"""`faceshard`: the front door (synth, manifest, build, status, report, train, export, demo)."""
 
 from __future__ import annotations
 
@@ -41,6 +41,90 @@ def synth(
 
     manifest = make_corpus(out, n_videos=videos, seed=seed)
     stdout.print(f"wrote {videos} clips and {manifest}")
+
+
+MANIFEST_HELP = (
+    "Write a manifest (path, label, method, split, video_id, source, dataset, donor) for a dataset as it ships."
+    "\n\nFORMAT and what ROOT must hold:"
+    "\n\n* forgerynet: Training/video_list.txt (train; validation drawn from it) and Validation/video_list.txt"
+    " (test), or lists named with --list FILE[=SPLIT]."
+    "\n\n* ffpp: original_sequences/ and manipulated_sequences/ (--compression c0, c23 or c40); the official"
+    " train/val/test.json pair lists from ROOT/splits/, ROOT or --splits DIR."
+    "\n\n* celebdf: Celeb-real/, YouTube-real/, Celeb-synthesis/ and List_of_testing_videos.txt (test)."
+    "\n\n* dfdc: a metadata.json in every part folder."
+    "\n\n* glob: files matching --pattern, labelled by --label-from-dir real=0,fake=1 or --label 0|1."
+    "\n\n`source` is the real video whose footage a fake is (FF++ 000_003 → 000, Celeb-DF id0_id1_0000 →"
+    " id0_0000, DFDC `original`). --split auto keeps official splits and, where the dataset has no"
+    " validation split, draws MINTIME's (per class int(N/10 · count/N), random.Random(42)); mintime redraws"
+    " validation from train and val; none keeps only the dataset's own. A source, its fakes and their donor"
+    " videos always share a split."
+)
+
+
+@app.command(help=MANIFEST_HELP)
+def manifest(
+    fmt: Annotated[str, typer.Argument(metavar="FORMAT", help="forgerynet, ffpp, celebdf, dfdc or glob")],
+    root: Annotated[Path, typer.Argument(metavar="ROOT", help="the dataset's folder, as it ships")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="manifest to write: .parquet or .csv")],
+    split: Annotated[str, typer.Option(help="auto, mintime or none")] = "auto",
+    seed: Annotated[int, typer.Option(help="seed of the validation draw (MINTIME: 42)")] = 42,
+    list_: Annotated[
+        list[str] | None,
+        typer.Option("--list", help="forgerynet: video_list.txt to read, FILE[=SPLIT] (repeatable)"),
+    ] = None,
+    compression: Annotated[str | None, typer.Option(help="ffpp: c0 (raw), c23 (default) or c40")] = None,
+    splits: Annotated[Path | None, typer.Option(help="ffpp: folder of train/val/test.json")] = None,
+    pattern: Annotated[str | None, typer.Option(help="glob: files under ROOT (default **/*.mp4)")] = None,
+    label: Annotated[
+        str | None, typer.Option(help="glob: one label for every file, 0/1 or real/fake")
+    ] = None,
+    label_from_dir: Annotated[
+        str | None, typer.Option(help="glob: label by folder name, e.g. real=0,fake=1")
+    ] = None,
+    dataset: Annotated[str | None, typer.Option(help="glob: dataset name (default: ROOT's name)")] = None,
+) -> None:
+    from faceshard.errors import ManifestError
+    from faceshard.storage.intake import SPLIT_MODES, build_manifest, outside, write_manifest
+
+    if split not in SPLIT_MODES:
+        _fail(f"--split {split!r}: one of {', '.join(SPLIT_MODES)}")
+    options = {
+        "lists": list_,
+        "compression": compression,
+        "splits": splits,
+        "pattern": pattern,
+        "label": label,
+        "label_from_dir": label_from_dir,
+        "dataset": dataset,
+    }
+    try:
+        intake = build_manifest(fmt, root, split=split, seed=seed, **options)
+        written = write_manifest(intake, out)
+    except (ManifestError, OSError) as exc:
+        _fail(str(exc))
+    for note in intake.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}")
+    _print_manifest_summary(intake.frame, written)
+    if outside(intake, written):
+        console.print(
+            f"[yellow]note:[/] videos lie outside {written.parent}: build with "
+            f"--root {escape(str(root.expanduser().resolve()))}"
+        )
+
+
+def _print_manifest_summary(frame: Any, written: Path) -> None:
+    counts = frame.group_by("split", "label").len().sort("split", "label")
+    table = Table()
+    for column in ("split", "real", "fake"):
+        table.add_column(column)
+    by_split: dict[str, dict[int, int]] = {}
+    for row in counts.iter_rows(named=True):
+        by_split.setdefault(row["split"], {})[row["label"]] = row["len"]
+    for name, labels in by_split.items():
+        table.add_row(name, str(labels.get(0, 0)), str(labels.get(1, 0)))
+    linked = frame["source"].is_not_null().sum()
+    stdout.print(table)
+    stdout.print(f"wrote {escape(str(written))}: {len(frame)} videos, {linked} fakes linked to their source")
 
 
 def resolve_build_config(

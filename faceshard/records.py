@@ -20,6 +20,8 @@ class VideoTask:
     method: str | None = None
     split: str = "all"
     error: str | None = None  # set at planning time when the path is refused (outside roots, ...)
+    source: str | None = None  # video_id of the real video whose footage this fake is (SPEC §9)
+    dataset: str | None = None  # the release it came from (forgerynet, ffpp, celebdf, dfdc, …)
 
 
 @dataclass

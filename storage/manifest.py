@@ -96,7 +96,8 @@ class Manifest:
         return [ShardPlan(shard_id=shard, videos=videos) for shard, videos in plans.items()]
 
 
-TASK_COLUMNS = ("video_id", "path", "label", "method", "split", "error")
+TASK_COLUMNS = ("video_id", "path", "label", "method", "split", "error", "source", "dataset")
+OPTIONAL_COLUMNS = ("method", "split", "video_id", "source", "dataset")
 
 
 def _task(row: dict[str, Any]) -> VideoTask:
@@ -117,8 +118,8 @@ def load_manifest(
 
     Optional columns: `method`, `split` (missing → 'all'), `video_id` (missing → the path relative to
     the manifest, `/`-separated: readable, the same on every machine and mount, and unique because
-    paths are). Relative paths resolve against the manifest's directory. Raises ManifestError on
-    missing columns, empty paths, bad labels, duplicate ids.
+    paths are), `source`, `dataset` (SPEC §9). Relative paths resolve against the manifest's
+    directory. Raises ManifestError on missing columns, empty paths, bad labels, duplicate ids.
     """
     fs, path = open_fs(uri, storage_options)
     frame = _read_frame(read_bytes(fs, path), uri)
@@ -136,7 +137,7 @@ def load_manifest(
         pl.col("label"),
         *(
             _blank_to_null(pl.col(c)).alias(c) if c in frame.columns else pl.lit(None, pl.String).alias(c)
-            for c in ("path", "method", "split", "video_id")
+            for c in ("path", *OPTIONAL_COLUMNS)
         ),
     ).with_row_index("row", first_row)
     empty = frame.filter(pl.col("path").is_null())["row"]
@@ -161,6 +162,8 @@ def load_manifest(
         .then(pl.lit(None, pl.String))
         .otherwise(pl.format("path outside allowed roots: {} (roots: {})", "url", pl.lit(shown_roots)))
         .alias("error"),
+        pl.col("source"),
+        pl.col("dataset"),
     )
     duplicates = frame.filter(pl.col("video_id").is_duplicated())["video_id"].unique(maintain_order=True)
     if duplicates.len():

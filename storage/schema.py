@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 TABLES = ("videos", "faces", "identities")
 PARTITION_COLUMNS = ("split", "shard")
 PARTITION_SCHEMA = pa.schema([("split", pa.string()), ("shard", pa.int32())])
@@ -29,6 +29,8 @@ _VIDEO_FIELDS = [
     pa.field("path", pa.string(), nullable=False),
     pa.field("label", pa.int8(), nullable=False),
     pa.field("method", pa.string()),
+    pa.field("source", pa.string()),
+    pa.field("dataset", pa.string()),
     pa.field("status", pa.string(), nullable=False),
     pa.field("error", pa.string()),
     pa.field("fps", pa.float64()),

@@ -54,6 +54,8 @@ def fake_shard_tables(
                 "label": video.label,
                 "method": video.method,
                 "split": video.split,
+                "source": video.source,
+                "dataset": video.dataset,
                 "status": "error" if error else ("ok" if n_faces else "no_faces"),
                 "error": error,
                 "fps": None if error else 25.0,

@@ -271,6 +271,8 @@ def _video_row(video: VideoTask, shard_id: int) -> dict[str, Any]:
         "label": video.label,
         "method": video.method,
         "split": video.split,
+        "source": video.source,
+        "dataset": video.dataset,
         "status": "error",
         "error": None,
         "fps": None,

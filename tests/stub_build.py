@@ -49,6 +49,8 @@ class StubProcessor:
             "label": video.label,
             "method": video.method,
             "split": video.split,
+            "source": video.source,
+            "dataset": video.dataset,
             "status": "error" if error else "ok",
             "error": error,
             "fps": None if error else 25.0,

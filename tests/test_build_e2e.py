@@ -29,6 +29,8 @@ SPEC_COLUMNS = {
         "label",
         "method",
         "split",
+        "source",
+        "dataset",
         "status",
         "error",
         "fps",

@@ -18,7 +18,7 @@ from faceshard.storage import fsio
 from faceshard.storage.commit import Output
 from faceshard.storage.manifest import ShardPlan, plan_shards
 from faceshard.storage.reader import load_faces, read_table
-from faceshard.storage.schema import rows_to_tables, table_schemas
+from faceshard.storage.schema import SCHEMA_VERSION, rows_to_tables, table_schemas
 from faceshard.storage.status import dataset_status
 from faceshard.storage.testing import fake_shard_tables, fake_videos
 
@@ -367,7 +367,7 @@ def test_metadata_records_config_weights_plan_and_random_models(uri) -> None:
     out = _open(uri, weights=weights)
     out.set_plan(plan_shards(fake_videos(9), 4))
     meta = out.metadata()
-    assert meta["schema_version"] == 1 and meta["fingerprint"] == out.fingerprint
+    assert meta["schema_version"] == SCHEMA_VERSION and meta["fingerprint"] == out.fingerprint
     assert meta["row_affecting"] == CONFIG and meta["weights"]["depth"]["random"] is True
     assert meta["random_weights"] == ["depth"] and meta["plan"] == {"shards_total": 3, "videos_total": 9}
     assert meta["created_at"] and meta["faceshard_version"]
@@ -456,7 +456,9 @@ def test_fingerprint_helpers_are_order_independent() -> None:
     a = commit_module.dataset_fingerprint({"a": 1, "b": {"c": 2, "d": 3}}, WEIGHTS)
     b = commit_module.dataset_fingerprint({"b": {"d": 3, "c": 2}, "a": 1}, WEIGHTS)
     assert a == b != commit_module.dataset_fingerprint({"a": 1, "b": {"c": 2, "d": 4}}, WEIGHTS)
-    assert a != commit_module.dataset_fingerprint({"a": 1, "b": {"c": 2, "d": 3}}, WEIGHTS, schema_version=2)
+    assert a != commit_module.dataset_fingerprint(
+        {"a": 1, "b": {"c": 2, "d": 3}}, WEIGHTS, schema_version=SCHEMA_VERSION + 1
+    )
     plans = plan_shards(fake_videos(8), 4)
     assert commit_module.shard_fingerprint(a, plans[0]) != commit_module.shard_fingerprint(a, plans[1])
 

@@ -26,6 +26,8 @@ SPEC_COLUMNS = {
         "label",
         "method",
         "split",
+        "source",
+        "dataset",
         "status",
         "error",
         "fps",
