@@ -15,6 +15,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 PRESETS = ("demo", "mintime", "megatron", "deepfakebench")
+# What a model is shown of a crop (models/inputs.py): native | timm | isotropic:S | pad:S | pad:max
+MODEL_INPUT_PATTERN = r"native|timm|isotropic:[1-9][0-9]*|pad:([1-9][0-9]*|max)"
 
 
 class _Section(BaseModel):
@@ -103,6 +105,16 @@ class DepthConfig(_Section):
     input_size: int = Field(518, ge=14)
     save: bool = Field(True, description="store encoded depth maps in the `depth` column")
     batch_size: int = Field(16, ge=1)
+    input: str = Field(
+        "native", description="what the model sees: native (Megatron) | isotropic:S | pad:S | pad:max"
+    )
+
+    @field_validator("input")
+    @classmethod
+    def _input(cls, v: str) -> str:
+        if v == "timm":
+            raise ValueError("depth.input 'timm' means nothing for Depth Anything; use native")
+        return _check_pattern(v, MODEL_INPUT_PATTERN, "depth.input")
 
 
 class EmbedConfig(_Section):
@@ -115,6 +127,16 @@ class EmbedConfig(_Section):
     dtype: Literal["float16", "float32"] = "float16"
     depth: bool = Field(False, description="also embed depth maps into `emb_depth`")
     batch_size: int = Field(32, ge=1)
+    input: str = Field(
+        "timm",
+        description="what the model sees: timm (its eval transform: resize, centre crop) | "
+        "isotropic:S (MINTIME) | pad:max (Megatron) | pad:S | native",
+    )
+
+    @field_validator("input")
+    @classmethod
+    def _input(cls, v: str) -> str:
+        return _check_pattern(v, MODEL_INPUT_PATTERN, "embed.input")
 
 
 class RuntimeConfig(_Section):

@@ -28,11 +28,15 @@ class VideoTask:
 class VideoInfo:
     """What the container says and what decoding found; both counts are recorded (SPEC §1)."""
 
-    fps: float
-    width: int
+    fps: float  # 0.0 when the container gives no frame rate
+    width: int  # as displayed: after the container's rotation
     height: int
     n_frames_container: int | None  # from the stream header; may be wrong or missing
-    n_frames_decoded: int = 0  # filled in as decoding proceeds: the trusted count
+    n_frames_decoded: int = 0  # filled in as decoding proceeds
+    # Frames in the stream, once decoding has finished: the decoded count, or, when the sampler stopped
+    # decoding early, the frames decoded or handed to the decoder plus the packets demuxed after them.
+    n_frames: int | None = None
+    rotation: int = 0  # counter-clockwise degrees of the display matrix (0, 90, 180, 270)
 
 
 @dataclass

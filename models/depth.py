@@ -14,6 +14,10 @@ alone. Each predicted map is then resized back (bicubic) to ITS OWN crop size �
 batched pipeline resized every map to the last crop's size, a bug not copied — and min–max
 normalised per crop to uint8 (a map constant up to float noise becomes zeros rather than amplified
 noise).
+
+What the model is shown is `input_spec` (models/inputs.py): `native` (default; Megatron ran the
+pipeline on the plain crop), or a canvas (`isotropic:S`, `pad:S`, `pad:max`); on a canvas the map is
+cut back to the crop's place on it before being resized to the crop's size.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from faceshard.models.inputs import Placed, check_input, place
 from faceshard.models.registry import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -128,9 +133,11 @@ class DepthEstimator:
         device: str = "cpu",
         allow_random: bool = False,
         batch_size: int = 16,
+        input_spec: str = "native",
     ) -> None:
         if input_size < 14:
             raise ValueError("input_size must be at least one 14-pixel patch")
+        self.input = check_input(input_spec)
         self.input_size = input_size
         self.device = resolve_device(device)
         self.batch_size = batch_size
@@ -166,7 +173,8 @@ class DepthEstimator:
         """uint8 depth maps, each (h, w) of its own crop, min–max normalised per crop."""
         if not crops:
             return []
-        pixels = self.preprocess(crops)
+        placed = place(crops, self.input)
+        pixels = self.preprocess([p.canvas for p in placed])
         groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
         for index, tensor in enumerate(pixels):
             groups[tuple(tensor.shape)].append(index)
@@ -177,7 +185,9 @@ class DepthEstimator:
                 batch = torch.stack([pixels[i] for i in chunk]).to(self.device)
                 predicted = self.model(pixel_values=batch).predicted_depth  # (b, H, W)
                 for row, index in enumerate(chunk):
-                    maps[index] = to_uint8_map(predicted[row], crops[index].shape[:2])
+                    maps[index] = to_uint8_map(
+                        _on_crop(predicted[row], placed[index]), crops[index].shape[:2]
+                    )
         return maps  # type: ignore[return-value]
 
     def __call__(self, faces: list[Face]) -> list[Face]:
@@ -187,6 +197,17 @@ class DepthEstimator:
         for face, depth in zip(faces, self.predict([face.crop for face in faces]), strict=True):  # type: ignore[misc]
             face.depth = depth
         return faces
+
+
+def _on_crop(predicted: torch.Tensor, placed: Placed) -> torch.Tensor:
+    """The part of a canvas's prediction that covers the crop (the whole map when there is no canvas)."""
+    top, left, height, width = placed.content
+    if (top, left, height, width) == (0, 0, *placed.canvas.shape[:2]):
+        return predicted
+    on_canvas = F.interpolate(
+        predicted[None, None].float(), size=placed.canvas.shape[:2], mode="bicubic", align_corners=False
+    )[0, 0]
+    return on_canvas[top : top + height, left : left + width]
 
 
 def to_uint8_map(predicted: torch.Tensor, size: tuple[int, int]) -> np.ndarray:

@@ -1,9 +1,12 @@
 """Cached timm embeddings of face crops and depth maps (SPEC §7).
 
-`Embedder` builds a timm model by name without a classifier (`num_classes=0`), in eval mode, and prepares
-images with the model's own pretrained data config (`resolve_data_config` + `create_transform`: resize,
-centre crop, mean/std), so a preset only names the model. Megatron ran RepViT in train mode on /255
-pixels without mean/std; that is not copied.
+`Embedder` builds a timm model by name without a classifier (`num_classes=0`), in eval mode. What the
+model is shown of a crop is `input` (models/inputs.py), set by each preset to what its pipeline fed:
+MINTIME `isotropic:224` (longest side → 224, zero-padded square), Megatron `pad:max` (the run's crops
+zero-padded to the largest of them, never resized), or `timm`, the model's own eval transform (resize,
+then centre crop: it cuts the edges of the face crop). Normalisation is always the model's own mean/std
+from its pretrained data config. Megatron ran RepViT in train mode on /255 pixels without mean/std; that
+is not copied.
 
 Weights, in order:
 1. `checkpoint`: a local file (safetensors, or a torch state dict read with `weights_only=True`, inside
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import defaultdict
 from pathlib import Path
 from typing import Literal
 
@@ -32,6 +36,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from faceshard.models.inputs import check_input, place
 from faceshard.models.registry import (
     MODELS,
     WeightsInfo,
@@ -254,11 +259,18 @@ class Embedder:
         device: str = "cpu",
         allow_random: bool = False,
         batch_size: int = 32,
+        input_spec: str = "timm",
     ) -> None:
         from timm.data import create_transform, resolve_data_config
 
         if output not in ("pooled", "tokens"):
             raise ValueError(f"output must be 'pooled' or 'tokens', got {output!r}")
+        self.input = check_input(input_spec)
+        if output == "tokens" and self.input.startswith(("pad", "native")):
+            raise ValueError(
+                f"tokens need one canvas size for every face (a 7×7 grid): use input isotropic:224 or "
+                f"timm, not {input_spec!r}"
+            )
         self.model_name = model_name
         self.output = output
         self.dtype = np.dtype(dtype)
@@ -270,6 +282,8 @@ class Embedder:
         )
         self.data_config = resolve_data_config({}, model=self.model)
         self.transform = create_transform(**self.data_config)
+        self._mean = torch.tensor(self.data_config["mean"], dtype=torch.float32).view(3, 1, 1)
+        self._std = torch.tensor(self.data_config["std"], dtype=torch.float32).view(3, 1, 1)
         self.pooled_dim = int(self.model.num_features)  # type: ignore[arg-type]
         card = MODELS.get(model_name)
         if card is not None and card.dim is not None and card.dim != self.pooled_dim:
@@ -290,9 +304,19 @@ class Embedder:
         """Channels per face vector (pooled) or per token (tokens)."""
         return self.pooled_dim
 
-    def preprocess(self, images: list[np.ndarray]) -> torch.Tensor:
-        """The model's pretrained eval transform on each (h, w, 3) uint8 RGB image, stacked."""
-        return torch.stack([self.transform(Image.fromarray(np.ascontiguousarray(img))) for img in images])
+    def canvases(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """The uint8 images the model is shown before normalisation (`timm`: as given, it transforms)."""
+        return [placed.canvas for placed in place(images, self.input)]
+
+    def preprocess(self, images: list[np.ndarray]) -> list[torch.Tensor]:
+        """One normalised (3, h, w) float tensor per (h, w, 3) uint8 RGB image, for the model."""
+        if self.input == "timm":
+            return [self.transform(Image.fromarray(np.ascontiguousarray(img))) for img in images]
+        return [
+            (torch.from_numpy(np.ascontiguousarray(canvas)).permute(2, 0, 1).float() / 255 - self._mean)
+            / self._std
+            for canvas in self.canvases(images)
+        ]
 
     @torch.inference_mode()
     def embed(
@@ -300,19 +324,26 @@ class Embedder:
     ) -> np.ndarray:
         """(n, C) pooled vectors, or (n, h·w, C) tokens (49 at 224 px), in the configured dtype."""
         output = output or self.output
-        chunks = []
-        for start in range(0, len(images), self.batch_size):
-            batch = self.preprocess(images[start : start + self.batch_size]).to(self.device)
-            features = self.model.forward_features(batch)  # type: ignore[operator]
-            if output == "pooled":
-                result = self.model.forward_head(features, pre_logits=True)  # type: ignore[operator]
-            else:
-                result = features.flatten(2).transpose(1, 2)  # (b, C, h, w) → (b, h·w, C)
-            chunks.append(result.float().cpu().numpy().astype(self.dtype))
-        if not chunks:
+        if not images:
             shape = (0, self.pooled_dim) if output == "pooled" else (0, 0, self.pooled_dim)
             return np.zeros(shape, self.dtype)
-        return np.concatenate(chunks)
+        tensors = self.preprocess(images)  # all at once: `pad:max` sizes the canvas over the whole call
+        by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)  # `pad:S` canvases can differ
+        for index, tensor in enumerate(tensors):
+            by_shape[tuple(tensor.shape)].append(index)
+        results: list[np.ndarray] = [np.empty(0)] * len(images)
+        for members in by_shape.values():
+            for start in range(0, len(members), self.batch_size):
+                chunk = members[start : start + self.batch_size]
+                batch = torch.stack([tensors[i] for i in chunk]).to(self.device)
+                features = self.model.forward_features(batch)  # type: ignore[operator]
+                if output == "pooled":
+                    result = self.model.forward_head(features, pre_logits=True)  # type: ignore[operator]
+                else:
+                    result = features.flatten(2).transpose(1, 2)  # (b, C, h, w) → (b, h·w, C)
+                for row, index in zip(result.float().cpu().numpy().astype(self.dtype), chunk, strict=True):
+                    results[index] = row
+        return np.stack(results)
 
     def __call__(self, faces: list[Face]) -> list[Face]:
         crops = [face.crop for face in faces]

@@ -2,10 +2,7 @@
 
 Crop methods (`CropConfig.method`), each a registry entry:
 
-* `mintime` — integer box w, h; padding p_h = h // 3, p_w = w // 3; the longer side's padding shrinks
-  by int(|h − w| / 2) so the crop is near square; the rectangle is clipped to the frame and then
-  trimmed to a square (side = the shorter side), the trimmed axis centred on the box centre as far as
-  the clipped rectangle allows. No resize.
+* `mintime` — MINTIME's `extract_crops.py`, edges and off-by-ones included (see `mintime_rect`). No resize.
 * `margin:m` — the float box grown by m × its width left and right and m × its height top and bottom
   (DFDC: 0.3), outward to whole pixels, clipped. `margin:0` is the plain box (Megatron).
 * `align:S` — 5 dlib landmarks → least-squares similarity transform onto the ArcFace 112-px template
@@ -24,6 +21,7 @@ import cv2
 import numpy as np
 
 from faceshard.config import CropConfig
+from faceshard.models.inputs import isotropic_square
 from faceshard.records import Detections, Face, Frame
 
 # (crop, box_in_crop) or None when the box gives no usable crop.
@@ -56,28 +54,35 @@ def _cut(rgb: np.ndarray, box: np.ndarray, x0: int, y0: int, x1: int, y1: int) -
     return crop, (np.asarray(box[:4], np.float32) - np.array([x0, y0, x0, y0], np.float32))
 
 
-def _trim(lo: int, hi: int, side: int, centre: float) -> tuple[int, int]:
-    """`side` pixels of [lo, hi) centred on `centre`, shifted inside [lo, hi) where needed."""
-    start = min(max(math.floor(centre - side / 2), lo), hi - side)
-    return start, start + side
-
-
 def mintime_rect(box: np.ndarray, width: int, height: int) -> tuple[int, int, int, int]:
-    """MINTIME's square-padded crop rectangle (x0, y0, x1, y1), clipped to the frame, end exclusive."""
+    """MINTIME's square-padded crop of `box` as (x0, y0, x1, y1) in a width × height frame, end exclusive.
+
+    The integer box (truncated toward zero) gets padding h // 3 and w // 3; the sides of that padded
+    rectangle are measured after clipping only at the top/left edge, and the longer side's padding
+    shrinks by half their difference (int). The rectangle is then cut the way numpy slices: the
+    far edges clip to the frame, and a negative end counts from the far edge. Whatever difference is left
+    between the sides is trimmed from both ends of the longer one by int(diff / 2) each; a difference of
+    1 drops the first row, or the last column. The result can stay one pixel off square (an odd
+    difference of 3 or more), as MINTIME's did; an empty rectangle has x1 == x0 or y1 == y0.
+    """
     xmin, ymin, xmax, ymax = (int(v) for v in box[:4])
-    w, h = xmax - xmin, ymax - ymin
-    p_h, p_w = h // 3, w // 3
-    if h > w:
-        p_h -= int((h - w) / 2)
-    elif w > h:
-        p_w -= int((w - h) / 2)
-    x0, x1 = max(xmin - p_w, 0), min(xmax + p_w, width)
-    y0, y1 = max(ymin - p_h, 0), min(ymax + p_h, height)
-    side = min(x1 - x0, y1 - y0)
-    if side <= 0:
-        return x0, y0, x0, y0
-    x0, x1 = _trim(x0, x1, side, (xmin + xmax) / 2)
-    y0, y1 = _trim(y0, y1, side, (ymin + ymax) / 2)
+    p_w, p_h = (xmax - xmin) // 3, (ymax - ymin) // 3
+    padded_h = ymax + p_h - max(ymin - p_h, 0)
+    padded_w = xmax + p_w - max(xmin - p_w, 0)
+    if padded_h > padded_w:
+        p_h -= int((padded_h - padded_w) / 2)
+    else:
+        p_w -= int((padded_w - padded_h) / 2)
+    y0, y1, _ = slice(max(ymin - p_h, 0), ymax + p_h).indices(height)
+    x0, x1, _ = slice(max(xmin - p_w, 0), xmax + p_w).indices(width)
+    y1, x1 = max(y1, y0), max(x1, x0)
+    rows, cols = y1 - y0, x1 - x0
+    if rows > cols:
+        trim = int((rows - cols) / 2)
+        y0, y1 = (y0 + trim, y1 - trim) if trim else (y0 + 1, y1)
+    elif cols > rows:
+        trim = int((cols - rows) / 2)
+        x0, x1 = (x0 + trim, x1 - trim) if trim else (x0, x1 - 1)
     return x0, y0, x1, y1
 
 
@@ -182,21 +187,6 @@ class Cropper:
         return faces
 
 
-def _isotropic(size: int) -> Callable[[np.ndarray], np.ndarray]:
-    """MINTIME's loader: longest side → size (INTER_AREA down, INTER_CUBIC up), zero-pad centred."""
-
-    def fmt(img: np.ndarray) -> np.ndarray:
-        h, w = img.shape[:2]
-        scale = size / max(h, w)
-        new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
-        if (new_w, new_h) != (w, h):
-            interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
-            img = cv2.resize(img, (new_w, new_h), interpolation=interpolation)
-        return _pad_or_centre_crop(img, size)
-
-    return fmt
-
-
 def _pad_or_centre_crop(img: np.ndarray, size: int) -> np.ndarray:
     """size × size without resampling: zero-pad each short axis centred, centre-crop each long axis."""
     out = np.zeros((size, size, *img.shape[2:]), img.dtype)
@@ -210,8 +200,9 @@ def _pad_or_centre_crop(img: np.ndarray, size: int) -> np.ndarray:
 
 STORE_FORMATS: dict[str, Callable[[str | None], Callable[[np.ndarray], np.ndarray]]] = {
     "native": lambda arg: lambda img: img,
-    "isotropic": lambda arg: _isotropic(int(arg or 224)),
-    # Megatron: zero-pad to S × S, no resize; a crop larger than S is centre-cropped to S.
+    "isotropic": lambda arg: lambda img: isotropic_square(img, int(arg or 224)),
+    # Fixed S × S stored images: zero-pad, no resize; a crop larger than S is centre-cropped to S (Megatron
+    # never cut a face: what its embedder saw is `embed.input=pad:max`).
     "pad": lambda arg: lambda img: _pad_or_centre_crop(img, int(arg or 224)),
 }
 

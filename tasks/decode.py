@@ -5,7 +5,13 @@ detector; they meet at a small bounded queue, so at most `queue_size` RGB frames
 consumer whatever the video's length. Only frames the selector wants are converted to RGB.
 
 Frame indices are the positions of frames in decode output order (0, 1, 2, …). The container's frame
-count is recorded but not trusted: `VideoInfo.n_frames_decoded` counts what actually decoded.
+count is recorded but not trusted: `VideoInfo.n_frames` counts the frames in the stream. When the
+sampler is done before the end of the video, decoding stops and the rest of the stream is only demuxed
+(cheap) to count its packets: one packet is one frame for the codecs deepfake datasets use.
+
+Frames come out as displayed: the container's display matrix (phone footage is stored sideways with a
+rotation flag) is applied to every frame, as OpenCV does, and `VideoInfo.width/height` are the displayed
+size. Flips in the matrix are ignored, like OpenCV ignores them.
 """
 
 from __future__ import annotations
@@ -94,34 +100,91 @@ def _packets(container: Any, stream: Any, stats: dict[str, int]) -> Iterator[Any
                 return
 
 
-def _frames(container: Any, stream: Any, stats: dict[str, int]) -> Iterator[Any]:
-    """Decoded frames in output order; a corrupt packet is skipped and decoding goes on."""
-    for packet in _packets(container, stream, stats):
+def _frames(packets: Iterator[Any], stats: dict[str, int]) -> Iterator[Any]:
+    """Decoded frames in output order; a corrupt packet is skipped and decoding goes on.
+
+    `stats["fed"]` counts the frame packets the decoder accepted (frames decoded or still inside it).
+    """
+    for packet in packets:
         try:
             decoded = packet.decode()
         except av.error.FFmpegError:
             stats["bad_packets"] += 1
             continue
+        if packet.size:
+            stats["fed"] += 1
         yield from decoded
 
 
+def _frame_rate(stream: Any) -> float:
+    """The container's frame rate, 0.0 when it has none.
+
+    FFmpeg falls back to the time base's tick (1/time_base: 1000 for a Matroska/WebM stream without a
+    frame rate) when it can only guess; that is a clock, not a frame rate, so it is not used.
+    """
+    if stream.average_rate:
+        return float(stream.average_rate)
+    tick = 1 / stream.time_base if stream.time_base else None
+    for rate in (stream.guessed_rate, stream.base_rate):
+        if rate and rate != tick:
+            return float(rate)
+    return 0.0
+
+
+def _quarter_turns(rotation: float) -> int:
+    """Counter-clockwise quarter turns for a display-matrix angle in degrees (nearest multiple of 90)."""
+    return round(rotation / 90) % 4
+
+
+def _first_rotation(container: Any, stream: Any) -> int:
+    """The display rotation, read from the first decoded frame (PyAV exposes it on frames only)."""
+    stats = {"bad_packets": 0, "fed": 0}
+    for av_frame in _frames(_packets(container, stream, stats), stats):
+        return _quarter_turns(av_frame.rotation) * 90
+    return 0
+
+
 def probe(path: str | Path) -> VideoInfo:
-    """Read the container header: fps, size and the (untrusted) frame count; VideoError if not a video."""
+    """Read the header and the first frame: fps, displayed size, rotation and the (untrusted) frame count.
+
+    VideoError if not a video.
+    """
     with _open(path) as container:
         stream = _video_stream(container)
         try:
             width, height = stream.codec_context.width, stream.codec_context.height
-            rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+            fps = _frame_rate(stream)
+            n_frames_container = int(stream.frames) or None
+            rotation = _first_rotation(container, stream)
         except _ERRORS as exc:
             raise VideoError(f"unreadable video stream: {_reason(exc)}") from exc
         if not width or not height:
             raise VideoError("video stream has no frame size (corrupt or unsupported header)")
+        if rotation % 180:
+            width, height = height, width
         return VideoInfo(
-            fps=float(rate) if rate else 0.0,
+            fps=fps,
             width=int(width),
             height=int(height),
-            n_frames_container=int(stream.frames) or None,
+            n_frames_container=n_frames_container,
+            rotation=rotation,
         )
+
+
+def frame_times(path: str | Path) -> list[float] | None:
+    """Each frame's time in seconds from the first frame, in output order, by demuxing (no decoding).
+
+    None when the stream carries no timestamps (a packet without pts): then only the frame rate can
+    say where a second starts.
+    """
+    stats = {"bad_packets": 0}
+    with _open(path) as container:
+        stream = _video_stream(container)
+        stamps = [packet.pts for packet in _packets(container, stream, stats) if packet.size]
+        if not stamps or stream.time_base is None or any(pts is None for pts in stamps):
+            return None
+        first = min(stamps)
+        return [float((pts - first) * stream.time_base) for pts in sorted(stamps)]
 
 
 def count_frames(path: str | Path) -> int:
@@ -136,6 +199,11 @@ def count_frames(path: str | Path) -> int:
         return sum(1 for packet in _packets(container, stream, stats) if packet.size)
 
 
+def _rest_of_stream(packets: Iterator[Any]) -> int:
+    """Frame packets left in the stream, demuxed without decoding."""
+    return sum(1 for packet in packets if packet.size)
+
+
 def _put(channel: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
     """Block while the queue is full, but give up as soon as the consumer has gone."""
     while not stop.is_set():
@@ -148,8 +216,10 @@ def _put(channel: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
 
 
 def _rgb(av_frame: Any) -> np.ndarray:
-    """C-contiguous RGB uint8 (H, W, 3) whatever the source pixel format (grayscale included)."""
-    return np.ascontiguousarray(av_frame.to_ndarray(format="rgb24"))
+    """C-contiguous RGB uint8 (H, W, 3) as displayed, whatever the source pixel format (grayscale too)."""
+    rgb = av_frame.to_ndarray(format="rgb24")
+    turns = _quarter_turns(av_frame.rotation)
+    return np.ascontiguousarray(np.rot90(rgb, turns) if turns else rgb)
 
 
 def _produce(
@@ -166,15 +236,20 @@ def _produce(
         with _open(path) as container:
             stream = _video_stream(container)
             stream.thread_type = "AUTO"
-            for av_frame in _frames(container, stream, stats):
+            packets = _packets(container, stream, stats)
+            for av_frame in _frames(packets, stats):
                 index = info.n_frames_decoded
                 info.n_frames_decoded = index + 1
                 if want(index):
                     item = (index, av_frame) if feedback else Frame(index, _rgb(av_frame))
                     if not _put(channel, item, stop):
                         return
-                if stop.is_set() or (done is not None and done()):
+                if stop.is_set():
                     return
+                if done is not None and done():
+                    info.n_frames = max(info.n_frames_decoded, stats["fed"] + _rest_of_stream(packets))
+                    return
+            info.n_frames = info.n_frames_decoded
     except BaseException as exc:  # handed to the consumer thread, which re-raises it
         _put(channel, exc, stop)
     finally:
@@ -200,11 +275,12 @@ def iter_frames(
     thread wanted speculatively cost no conversion. Decoding stops
     once `done()` is true, or when the caller stops iterating (closing the generator stops the thread).
     Corrupt packets are skipped; a video where nothing decodes raises VideoError.
-    `info.n_frames_decoded` counts the frames decoded so far: the whole video's count once iteration
-    reached the end of the stream.
+    `info.n_frames_decoded` counts the frames decoded so far; once iteration has ended, `info.n_frames`
+    is the stream's frame count, also when `done()` stopped decoding early (the rest is demuxed only).
     """
     info.n_frames_decoded = 0
-    stats = {"bad_packets": 0}
+    info.n_frames = None
+    stats = {"bad_packets": 0, "fed": 0}
     channel: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
     stop = threading.Event()
     worker = threading.Thread(

@@ -85,6 +85,7 @@ class VideoProcessor:
                 self.device,
                 allow_random=allow_random,
                 batch_size=cfg.depth.batch_size,
+                input_spec=cfg.depth.input,
             )
             if cfg.depth.enabled
             else None
@@ -98,6 +99,7 @@ class VideoProcessor:
                 self.device,
                 allow_random=allow_random,
                 batch_size=cfg.embed.batch_size,
+                input_spec=cfg.embed.input,
             )
             if cfg.embed.enabled
             else None
@@ -168,7 +170,7 @@ class VideoProcessor:
             faces, info = self._faces(video, clock)
             row.update(
                 fps=info.fps,
-                n_frames=info.n_frames_decoded,
+                n_frames=info.n_frames,
                 n_frames_container=info.n_frames_container,
                 width=info.width,
                 height=info.height,

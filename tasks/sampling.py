@@ -39,8 +39,9 @@ from pathlib import Path
 
 import numpy as np
 
+from faceshard.errors import VideoError
 from faceshard.records import VideoInfo
-from faceshard.tasks.decode import count_frames
+from faceshard.tasks.decode import count_frames, frame_times
 
 
 class FrameSelector(ABC):
@@ -156,19 +157,39 @@ class PerSecond(FrameSelector):
 
     If the second's first frame has no face, the following frames of that second are tried in order
     and the first one with a face is the sample: its boxes and its pixels (MINTIME mixed the two).
+
+    A video without a usable frame rate (int(fps) < 1; MINTIME skipped those) takes its seconds from the
+    frames' timestamps, demuxed up front; with neither, the video is refused (VideoError) rather than
+    every frame becoming its own second.
     """
 
     needs_feedback = True
 
     def start(self, info: VideoInfo, path: str | Path | None = None) -> None:
-        self.fps = max(1, int(info.fps))
+        self.fps = int(info.fps)
+        self._seconds = [] if self.fps >= 1 else self._seconds_from_timestamps(path)
         self.chosen: dict[int, int] = {}  # second -> frame whose faces are kept
 
+    @staticmethod
+    def _seconds_from_timestamps(path: str | Path | None) -> list[int]:
+        times = frame_times(path) if path is not None else None
+        if not times:
+            raise VideoError(
+                "per_second sampling needs a frame rate or frame timestamps and this video has neither; "
+                "sample it with uniform:N or stride:K instead"
+            )
+        return [int(t) for t in times]
+
+    def _second(self, index: int) -> int:
+        if self.fps >= 1:
+            return index // self.fps
+        return self._seconds[min(index, len(self._seconds) - 1)]
+
     def want(self, index: int) -> bool:
-        return not self.done and index // self.fps not in self.chosen
+        return not self.done and self._second(index) not in self.chosen
 
     def found(self, index: int, n_faces: int) -> None:
-        second = index // self.fps
+        second = self._second(index)
         if n_faces > 0 and second not in self.chosen and not self.done:
             self.chosen[second] = index
 
@@ -177,7 +198,7 @@ class PerSecond(FrameSelector):
         return self.max_frames is not None and len(self.chosen) >= self.max_frames
 
     def accepted(self, index: int) -> bool:
-        return self.chosen.get(index // self.fps) == index
+        return self.chosen.get(self._second(index)) == index
 
 
 class Consecutive(FrameSelector):

@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pytest
 import skimage.data
+from oracles import mintime_crop, mintime_val_transform
 
 from faceshard.config import CropConfig, DetectConfig
 from faceshard.models.detectors import build_detector
@@ -20,6 +21,7 @@ from faceshard.tasks.crops import (
     similarity_transform,
     store_format,
 )
+from faceshard.tasks.size import SizeStage
 
 
 @pytest.fixture(scope="module")
@@ -42,14 +44,18 @@ def decode(data: bytes, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
 @pytest.mark.parametrize(
     ("box", "rect"),
     [
-        # w=90, h=120: p_w=30, p_h=40−int(30/2)=25 → x 70..220, y 25..195; square 150, y centred on 110
+        # w=90, h=120: p_w=30, p_h=40; padded h = 210 − 10 = 200, w = 220 − 70 = 150 → p_h −= int(50/2)
+        # → 15 → y 35..185, x 70..220: 150 × 150
         ((100, 50, 190, 170), (70, 35, 220, 185)),
-        # w=120, h=60: p_h=20, p_w=40−30=10 → x 190..330, y 80..180; square 100, x centred on 260
+        # w=120, h=60: p_h=20, p_w=40; padded h 100 < w 200 → p_w −= 50 → −10: x 210..310, y 80..180
         ((200, 100, 320, 160), (210, 80, 310, 180)),
-        # int() truncates toward zero: (−20, 10, 60, 90), p=26 → x 0..86, y 0..116 (clipped); y centred on 50
-        ((-20.7, 10.2, 60.9, 90.5), (0, 7, 86, 93)),
-        # bottom-right: w=60, h=100: p_w=20, p_h=33−20=13 → x 570..640, y 387..480; square 70 pushed inside
-        ((590, 400, 650, 500), (570, 410, 640, 480)),
+        # one column more: padded h 200, w 151 → p_h = 40 − 24 = 16 → 152 rows × 151 cols → drop row 34
+        ((100, 50, 191, 170), (70, 35, 221, 186)),
+        # int() truncates toward zero: (−20, 10, 60, 90), p=26; padded h 116 (clipped top: 0), w 86 →
+        # p_h = 26 − 15 = 11 → y 0..101, x 0..86 → 101 − 86 = 15 → int(15/2)=7 off both ends: 87 × 86
+        ((-20.7, 10.2, 60.9, 90.5), (0, 7, 86, 94)),
+        # bottom-right: p_w=20, p_h=33 − int(66/2)=0 → y 400..480 (numpy clips), x 570..640 → trim 5 + 5
+        ((590, 400, 650, 500), (570, 405, 640, 475)),
     ],
 )
 def test_mintime_worked_examples(
@@ -59,7 +65,7 @@ def test_mintime_worked_examples(
     (face,) = Cropper(CropConfig(method="mintime"))(frame, dets(box))
     x0, y0, x1, y1 = rect
     np.testing.assert_array_equal(face.crop, frame.rgb[y0:y1, x0:x1])
-    assert face.crop.shape[0] == face.crop.shape[1]  # square, never resized
+    assert abs(face.crop.shape[0] - face.crop.shape[1]) <= 1  # (near) square, never resized
     np.testing.assert_allclose(face.box_in_crop, np.array(box, np.float32) - [x0, y0, x0, y0], atol=1e-4)
     assert (face.frame, face.face, face.frame_width, face.frame_height) == (7, 0, 640, 480)
     assert not np.shares_memory(face.crop, frame.rgb)  # a crop never keeps the frame alive
@@ -189,3 +195,84 @@ def test_crop_encoder_stores_the_formatted_crop_only_when_asked(frame: Frame) ->
     stored = decode(faces[0].crop_bytes)
     assert stored.shape == (64, 64, 3)
     assert faces[0].crop.shape == (150, 150, 3)  # the native crop stays for later stages
+
+
+def random_boxes(rng: np.random.Generator, width: int, height: int, n: int) -> np.ndarray:
+    """Face-like float boxes anywhere in and around the frame, a quarter pinned across each edge."""
+    side = rng.uniform(4, 0.7 * min(width, height), n)
+    aspect = rng.uniform(0.5, 2.0, n)
+    w, h = side * np.sqrt(aspect), side / np.sqrt(aspect)
+    cx = rng.uniform(-0.1 * width, 1.1 * width, n)
+    cy = rng.uniform(-0.1 * height, 1.1 * height, n)
+    edge = rng.integers(0, 8, n)  # 0..3: straddle left/top/right/bottom; 4..7: anywhere
+    straddle = rng.uniform(-0.45, 0.45, n)
+    cx = np.where(edge == 0, straddle * w, np.where(edge == 2, width + straddle * w, cx))
+    cy = np.where(edge == 1, straddle * h, np.where(edge == 3, height + straddle * h, cy))
+    return np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1).astype(np.float32)
+
+
+@pytest.mark.parametrize(("width", "height"), [(1920, 1080), (640, 480), (320, 568)])
+def test_mintime_rect_matches_mintime_on_random_boxes_across_every_edge(width: int, height: int) -> None:
+    rng = np.random.default_rng(width + height)
+    index = np.arange(width * height, dtype=np.int64).reshape(height, width)  # each pixel names itself
+    boxes = random_boxes(rng, width, height, 4000)
+    crossings = {
+        "left": int((boxes[:, 0] < 0).sum()),
+        "top": int((boxes[:, 1] < 0).sum()),
+        "right": int((boxes[:, 2] > width).sum()),
+        "bottom": int((boxes[:, 3] > height).sum()),
+    }
+    assert min(crossings.values()) > 400, crossings
+    for box in boxes:
+        expected = mintime_crop(index, box)
+        x0, y0, x1, y1 = mintime_rect(box, width, height)
+        if expected.size == 0:
+            assert x1 <= x0 or y1 <= y0, box
+            continue
+        top_left = int(expected[0, 0])
+        assert (x0, y0) == (top_left % width, top_left // width), box
+        assert (y1 - y0, x1 - x0) == expected.shape, box
+
+
+def test_mintime_crops_and_sizes_follow_mintime_in_a_1080p_frame() -> None:
+    """The crop's pixels, area_ratio and size_bucket are MINTIME's, issue #12's edge case included."""
+    width, height = 1920, 1080
+    ys, xs = np.mgrid[0:height, 0:width]
+    rgb = np.stack([xs % 256, ys % 256, (xs // 256) * 16 + (ys // 256)], axis=-1).astype(np.uint8)
+    frame = Frame(0, rgb)
+    boxes = np.vstack(
+        [[[282.8, -17.6, 449.1, 200.5]], random_boxes(np.random.default_rng(5), width, height, 300)]
+    )
+    cropper, size = Cropper(CropConfig(method="mintime")), SizeStage()
+    for box in boxes:
+        expected = mintime_crop(rgb, box)
+        faces = size(cropper(frame, dets(tuple(box))))
+        if not faces:  # dropped: only a box off the frame, whose MINTIME crop is empty or meaningless
+            assert expected.size == 0 or not (
+                box[2] > 0 and box[3] > 0 and box[0] < width and box[1] < height
+            )
+            continue
+        (face,) = faces
+        np.testing.assert_array_equal(face.crop, expected)
+        ratio = int(100 * expected.shape[0] * expected.shape[1] / (width * height))
+        assert face.area_ratio == ratio
+        assert face.size_bucket == next(i + 1 for i, top in enumerate(range(5, 101, 5)) if ratio <= top)
+    first = size(cropper(frame, dets(tuple(boxes[0]))))[0]
+    assert first.crop.shape == (272, 272, 3)  # issue #12: MINTIME's 272 × 272 at (229, 0)
+    np.testing.assert_array_equal(first.crop, rgb[0:272, 229:501])
+
+
+@pytest.mark.parametrize(
+    ("height", "width"), [(99, 100), (100, 99), (107, 107), (300, 200), (50, 223), (224, 224), (3, 3)]
+)
+def test_isotropic_truncates_like_mintime(height: int, width: int) -> None:
+    rng = np.random.default_rng(height * width)
+    crop = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    for size in (224, 112):
+        np.testing.assert_array_equal(
+            store_format(crop, f"isotropic:{size}"), mintime_val_transform(crop, size)
+        )
+    content_rows = np.flatnonzero(
+        store_format(np.full((99, 100, 3), 255, np.uint8), "isotropic:224").any(axis=(1, 2))
+    )
+    assert len(content_rows) == 221  # issue #12: 99 · 2.24 = 221.76 → 221 rows, not 222

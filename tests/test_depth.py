@@ -175,3 +175,25 @@ def test_unreachable_weights_refused_unless_random_allowed(
 
 def test_constant_prediction_becomes_zeros() -> None:
     assert not to_uint8_map(torch.ones(4, 4), (6, 3)).any()
+
+
+def test_a_canvas_input_maps_back_onto_each_crop(tiny_dir: tuple[Path, torch.nn.Module]) -> None:
+    """depth.input=pad:S: the model sees the crop centred on a zero S × S canvas; the crop's own part of
+    that map, min–max'd, is the crop's depth. Oracle: the processor and model alone on a padded canvas."""
+    directory, model = tiny_dir
+    estimator = DepthEstimator(str(directory), input_size=INPUT_SIZE, input_spec="pad:140")
+    crops = crops_of_many_shapes()
+    for crop, depth in zip(crops, estimator.predict(crops), strict=True):
+        h, w = crop.shape[:2]
+        canvas = np.zeros((140, 140, 3), np.uint8)
+        top, left = (140 - h) // 2, (140 - w) // 2
+        canvas[top : top + h, left : left + w] = crop
+        processor = depth_anything_processor(INPUT_SIZE)
+        pixels = processor(canvas, return_tensors="pt", input_data_format="channels_last")["pixel_values"]
+        with torch.no_grad():
+            predicted = model(pixel_values=pixels).predicted_depth
+        full = F.interpolate(predicted[:, None], size=(140, 140), mode="bicubic", align_corners=False)[0, 0]
+        part = full[top : top + h, left : left + w].numpy().astype(np.float64)
+        expected = np.round((part - part.min()) / (part.max() - part.min()) * 255).astype(np.uint8)
+        assert depth.shape == (h, w)
+        assert np.abs(depth.astype(int) - expected.astype(int)).max() <= 1

@@ -14,9 +14,11 @@ import pytest
 import safetensors.torch
 import timm
 import torch
+from oracles import megatron_pad_frames, mintime_val_transform
 from PIL import Image
 from timm.data import create_transform, resolve_data_config
 
+from faceshard.config import load_config
 from faceshard.models import registry
 from faceshard.models.embedders import Embedder
 from faceshard.models.registry import WeightsUnavailableError
@@ -228,3 +230,83 @@ def test_random_fallback_only_when_allowed(tmp_path: Path, monkeypatch: pytest.M
     with pytest.warns(RuntimeWarning):
         second = Embedder(REPVIT, allow_random=True, dtype="float32")
     np.testing.assert_array_equal(first.embed(images()[:1]), second.embed(images()[:1]))
+
+
+def face_crops() -> list[np.ndarray]:
+    """Crops as the pipelines cut them: near-square, a few larger than 224, one 100 × 99."""
+    rng = np.random.default_rng(12)
+    shapes = ((99, 100, 3), (180, 150, 3), (260, 231, 3), (201, 199, 3), (64, 64, 3))
+    return [rng.integers(0, 256, shape, dtype=np.uint8) for shape in shapes]
+
+
+def normalised(model: torch.nn.Module, canvases: list[np.ndarray]) -> torch.Tensor:
+    """The model's own mean/std (its timm data config) on uint8 canvases: what both pipelines should see."""
+    config = resolve_data_config({}, model=model)
+    mean = torch.tensor(config["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(config["std"]).view(1, 3, 1, 1)
+    batch = torch.stack([torch.from_numpy(c).permute(2, 0, 1).float() for c in canvases]) / 255.0
+    return (batch - mean) / std
+
+
+def test_mintime_preset_embeds_mintimes_isotropic_padded_crop(tmp_path: Path) -> None:
+    """MINTIME fed its EfficientNet-B0 the whole crop, longest side 224, zero-padded: not timm's centre crop."""
+    cfg = load_config("mintime")
+    assert cfg.embed.input == "isotropic:224" and cfg.embed.output == "tokens"
+    reference = seeded(cfg.embed.model, 3, num_classes=0)
+    torch.save(reference.state_dict(), tmp_path / "b0.pth")
+    embedder = Embedder(
+        cfg.embed.model, str(tmp_path / "b0.pth"), cfg.embed.output, "float32", input_spec=cfg.embed.input
+    )
+    crops = face_crops()
+    expected = [mintime_val_transform(crop, 224) for crop in crops]
+    for canvas, oracle in zip(embedder.canvases(crops), expected, strict=True):
+        np.testing.assert_array_equal(canvas, oracle)
+    assert int(expected[0].any(axis=(1, 2)).sum()) == 221  # 99 rows · 2.24, truncated
+    tokens = embedder.embed(crops)
+    with torch.no_grad():
+        grid = reference.forward_features(normalised(reference, expected))  # (n, 1280, 7, 7)
+    assert tokens.shape == (len(crops), 49, 1280)
+    np.testing.assert_allclose(tokens, grid.flatten(2).transpose(1, 2).numpy(), atol=1e-3)
+
+
+def test_megatron_preset_embeds_the_run_padded_to_its_largest_crop(tmp_path: Path) -> None:
+    """Megatron zero-padded a video's crops (and depth maps) to the largest of them, never resizing or
+    cutting, and ran RepViT on that; normalisation stays the model's (Megatron's /255 is not copied)."""
+    cfg = load_config("megatron")
+    assert cfg.embed.input == "pad:max" and cfg.depth.input == "native"
+    reference = seeded(cfg.embed.model, 4, num_classes=0)
+    torch.save(reference.state_dict(), tmp_path / "repvit.pth")
+    embedder = Embedder(
+        cfg.embed.model, str(tmp_path / "repvit.pth"), "pooled", "float32", input_spec="pad:max"
+    )
+    crops = face_crops()
+    expected = megatron_pad_frames(crops)
+    assert expected[0].shape == (260, 231, 3)  # the largest height and width, whole
+    for canvas, oracle in zip(embedder.canvases(crops), expected, strict=True):
+        np.testing.assert_array_equal(canvas, oracle)
+    faces = []
+    for crop in crops:
+        face = Face(frame=0, face=0, box=np.zeros(4, np.float32), score=1.0, frame_width=9, frame_height=9)
+        face.crop, face.depth = crop, crop[:, :, 1].copy()
+        faces.append(face)
+    embedder.embed_depth(embedder(faces))
+    depth_expected = megatron_pad_frames([np.repeat(c[:, :, 1:2], 3, axis=2) for c in crops])
+    with torch.no_grad():
+        rgb = reference(normalised(reference, expected)).numpy()
+        depth = reference(normalised(reference, depth_expected)).numpy()
+    np.testing.assert_allclose(np.stack([f.emb_rgb for f in faces]), rgb, atol=1e-3)
+    np.testing.assert_allclose(np.stack([f.emb_depth for f in faces]), depth, atol=1e-3)
+
+
+def test_pad_keeps_large_crops_whole_and_tokens_need_one_canvas(tmp_path: Path) -> None:
+    reference = seeded(REPVIT, 5, num_classes=0)
+    torch.save(reference.state_dict(), tmp_path / "repvit.pth")
+    embedder = Embedder(REPVIT, str(tmp_path / "repvit.pth"), dtype="float32", input_spec="pad:224")
+    crops = face_crops()
+    shapes = [canvas.shape for canvas in embedder.canvases(crops)]
+    assert shapes == [(224, 224, 3), (224, 224, 3), (260, 231, 3), (224, 224, 3), (224, 224, 3)]
+    assert embedder.embed(crops).shape == (5, 384)  # two canvas sizes, one call
+    with pytest.raises(ValueError, match="7×7 grid"):
+        Embedder(REPVIT, str(tmp_path / "repvit.pth"), output="tokens", input_spec="pad:224")
+    with pytest.raises(ValueError, match="model input"):
+        Embedder(REPVIT, str(tmp_path / "repvit.pth"), input_spec="stretch:224")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ import skimage.data
 from clips import write_video
 
 from faceshard.config import DetectConfig
+from faceshard.errors import VideoError
 from faceshard.models.detectors import build_detector
 from faceshard.records import VideoInfo
 from faceshard.tasks.decode import iter_frames, probe
@@ -189,3 +192,128 @@ def test_per_second_with_a_real_detector(tmp_path: Path) -> None:
         selector.found(frame.index, found[frame.index])
     assert {i: n > 0 for i, n in found.items()} == {0: False, 1: False, 2: False, 3: True, 10: True}
     assert accepted(selector, 15) == [3, 10]
+
+
+def cv2_decoded_count(path: Path) -> int:
+    """The oracle: frames OpenCV decodes reading the whole video."""
+    capture = cv2.VideoCapture(str(path))
+    count = 0
+    while capture.read()[0]:
+        count += 1
+    capture.release()
+    return count
+
+
+@pytest.fixture(scope="module")
+def hundred(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """100 frames at 10 fps whose header says nothing false."""
+    base = cv2.resize(skimage.data.astronaut(), (64, 64))
+    return write_video(
+        tmp_path_factory.mktemp("hundred") / "hundred.mp4", [np.roll(base, i, 0) for i in range(100)]
+    )
+
+
+@pytest.mark.parametrize(
+    ("strategy", "max_frames", "kept"),
+    [
+        ("consecutive:20", None, list(range(20))),
+        ("per_second", 2, [0, 10]),
+        ("uniform:4", None, [0, 33, 66, 99]),
+    ],
+)
+def test_n_frames_counts_the_whole_stream_when_decoding_stops_early(
+    hundred: Path, strategy: str, max_frames: int | None, kept: list[int]
+) -> None:
+    """Issue #12: consecutive:20 wrote 29 and per_second with max_frames=2 wrote 35 for 100 frames."""
+    info = probe(hundred)
+    selector = make_selector(strategy, max_frames)
+    drive(selector, hundred, info, lambda i: True)
+    assert accepted(selector, 100) == kept
+    assert info.n_frames == cv2_decoded_count(hundred) == 100
+    if strategy != "uniform:4":
+        assert info.n_frames_decoded < 50  # decoding did stop early; the rest was only demuxed
+
+
+def test_megatron_row_counts_the_stream_after_its_run(tmp_path: Path) -> None:
+    """The `videos` row of a consecutive:20 build says 100 frames, though decoding stopped after ~20."""
+    from faceshard.config import load_config
+    from faceshard.records import VideoTask
+    from faceshard.tasks.pipeline import VideoProcessor
+
+    face = skimage.data.astronaut()  # dlib finds its face without upsampling (Megatron's setting)
+    path = write_video(tmp_path / "face.mp4", [np.roll(face, 2 * i, axis=1) for i in range(100)])
+    cfg = load_config(
+        "megatron", overrides=["depth.enabled=false", "embed.enabled=false", "identity.enabled=false"]
+    )
+    row = VideoProcessor(cfg, device="cpu")(VideoTask("face", str(path), 0), 0).video
+    assert row["status"] == "ok" and row["n_faces"] == 20, row
+    assert row["n_frames"] == cv2_decoded_count(path) == 100
+    assert row["n_frames_container"] == 100
+
+
+STAMPS_MS = [0, 37, 500, 777, 1234, 1900, 2100, 2950, 3001, 4444, 4500, 6020]
+
+
+def write_without_frame_rate(path: Path, stamps_ms: list[int]) -> Path:
+    """Matroska with millisecond timestamps and no frame rate (as browsers' MediaRecorder writes WebM)."""
+    tick = Fraction(1, 1000)
+    base = cv2.resize(skimage.data.astronaut(), (64, 48))
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mjpeg")
+        stream.height, stream.width, stream.pix_fmt = 48, 64, "yuvj420p"
+        stream.time_base = stream.codec_context.time_base = tick
+        stream.codec_context.framerate = Fraction(0, 1)
+        for i, pts in enumerate(stamps_ms):
+            frame = av.VideoFrame.from_ndarray(np.roll(base, i, axis=1), format="rgb24")
+            frame.pts, frame.time_base = pts, tick
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    return path
+
+
+def first_frame_of_each_second_by_cv2(path: Path) -> list[int]:
+    """The oracle: OpenCV's per-frame position in milliseconds, first frame of each whole second."""
+    capture = cv2.VideoCapture(str(path))
+    firsts: dict[int, int] = {}
+    index = 0
+    while True:
+        ok = capture.grab()
+        if not ok:
+            break
+        firsts.setdefault(int(capture.get(cv2.CAP_PROP_POS_MSEC) // 1000), index)
+        index += 1
+    capture.release()
+    return sorted(firsts.values())
+
+
+def test_per_second_without_a_frame_rate_uses_timestamps(tmp_path: Path) -> None:
+    path = write_without_frame_rate(tmp_path / "no_rate.mkv", STAMPS_MS)
+    info = probe(path)
+    assert info.fps == 0.0  # FFmpeg's only guess is the 1 kHz clock, not a frame rate
+    selector = make_selector("per_second")
+    drive(selector, path, info, lambda i: True)
+    expected = first_frame_of_each_second_by_cv2(path)
+    assert expected == [0, 4, 6, 8, 9, 11]  # seconds 0, 1, 2, 3, 4, 6 (no frame falls in second 5)
+    assert accepted(selector, len(STAMPS_MS)) == expected
+    selector = make_selector("per_second")
+    drive(selector, path, info, lambda i: i not in {4, 6, 8})  # faceless firsts fall back in-second
+    assert accepted(selector, len(STAMPS_MS)) == [0, 5, 7, 9, 11]  # second 3 has frame 8 only
+
+
+def test_per_second_without_frame_rate_or_timestamps_is_an_error_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from faceshard.config import load_config
+    from faceshard.records import VideoTask
+    from faceshard.tasks import sampling
+    from faceshard.tasks.pipeline import VideoProcessor
+
+    with pytest.raises(VideoError, match="uniform:N or stride:K"):
+        make_selector("per_second").start(VideoInfo(fps=0.0, width=64, height=48, n_frames_container=None))
+    path = write_without_frame_rate(tmp_path / "no_rate.mkv", STAMPS_MS)
+    monkeypatch.setattr(sampling, "frame_times", lambda path: None)  # a stream whose packets carry no pts
+    cfg = load_config(
+        "mintime", overrides=["identity.enabled=false", "embed.enabled=false", "detect.backend=dlib"]
+    )
+    row = VideoProcessor(cfg, device="cpu")(VideoTask("no_rate", str(path), 0), 0).video
+    assert row["status"] == "error" and "uniform:N or stride:K" in row["error"], row
