@@ -1,14 +1,19 @@
 """Serve the build flow on a schedule from this process (no work pool needed).
 
-    python -m deployments.serve --manifest /data/ff++/manifest.csv --out s3://bucket/ffpp --preset megatron \
-        --cron "0 3 * * *"
+    python -m faceshard.deployments.serve --manifest /data/ff++/manifest.csv --out s3://bucket/ffpp \
+        --preset megatron --cron "0 3 * * *"
 
 For work pools and several deployments use `prefect deploy --all` with the repository's prefect.yaml.
+Both name the flow by its installed module (`faceshard.flows.build.build_dataset`), so runs load it
+from the installed package whatever the working directory.
 """
 
 from __future__ import annotations
 
 import argparse
+
+from prefect import serve
+from prefect.deployments.runner import EntrypointType, RunnerDeployment
 
 from faceshard.flows.build import build_dataset
 
@@ -24,6 +29,18 @@ def deployment_parameters(manifest: str, out: str, preset: str, retry_failed: bo
     }
 
 
+def scheduled_build(
+    manifest: str, out: str, preset: str, cron: str, name: str | None = None
+) -> RunnerDeployment:
+    """The deployment `main` serves: the build flow by module path, on `cron`, resumable parameters."""
+    return build_dataset.to_deployment(
+        name=name or f"{preset}-build",
+        cron=cron,
+        parameters=deployment_parameters(manifest, out, preset),
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -34,11 +51,7 @@ def main() -> None:
     parser.add_argument("--cron", default="0 2 * * *")
     parser.add_argument("--name", default=None)
     args = parser.parse_args()
-    build_dataset.serve(
-        name=args.name or f"{args.preset}-build",
-        cron=args.cron,
-        parameters=deployment_parameters(args.manifest, args.out, args.preset),
-    )
+    serve(scheduled_build(args.manifest, args.out, args.preset, args.cron, args.name))
 
 
 if __name__ == "__main__":

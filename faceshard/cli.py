@@ -172,6 +172,7 @@ def build(
     from faceshard.errors import StorageError
     from faceshard.flows.plan import dry_run as plan_only
     from faceshard.models.registry import WeightsUnavailableError
+    from faceshard.progress_bar import BuildProgressBar
 
     options = {"rebuild": rebuild, "retry_failed": retry_failed, "roots": root, "prune": prune}
     try:
@@ -184,7 +185,8 @@ def build(
             return
         from faceshard.flows.build import run_build
 
-        summary = run_build(manifest, out, cfg, **options)
+        with BuildProgressBar(console) as bar:
+            summary = run_build(manifest, out, cfg, **options, on_progress=bar)
     except (StorageError, WeightsUnavailableError, FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     if as_json:
@@ -309,13 +311,15 @@ def demo(
 ) -> None:
     """Synthesise a small corpus, build it with the demo preset, and print a summary."""
     from faceshard.flows.build import run_build
+    from faceshard.progress_bar import BuildProgressBar
     from faceshard.storage.status import dataset_status
     from faceshard.synth import make_corpus
 
     started = time.perf_counter()
     manifest = make_corpus(out / "corpus", n_videos=videos, seed=0)
     cfg = load_config("demo")
-    summary = run_build(str(manifest), str(out / "dataset"), cfg)
+    with BuildProgressBar(console) as bar:
+        summary = run_build(str(manifest), str(out / "dataset"), cfg, on_progress=bar)
     info = dataset_status(str(out / "dataset"))
     _print_summary(summary)
     totals = info.get("totals", {})

@@ -151,6 +151,11 @@ class RuntimeConfig(_Section):
         False, description="fall back to random init when weights are unreachable (demo only)"
     )
     task_retries: int = Field(2, ge=0)
+    max_in_flight: int | None = Field(
+        None,
+        ge=1,
+        description="shards submitted to the cluster at once; None = twice the shards it runs at once",
+    )
 
 
 class BuildConfig(_Section):

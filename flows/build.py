@@ -2,7 +2,8 @@
 
 All work lives in `faceshard.tasks.shard.process_shard`; this module only wires it to Prefect and Ray.
 One task per shard (not per video): Prefect servers are reported unstable past a few thousand
-task runs, and a shard is the unit that commits.
+task runs, and a shard is the unit that commits. At most `runtime.max_in_flight` shards are
+submitted at once (`flows.fanout`), and progress is reported as each one finishes (`flows.progress`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,17 @@ from prefect_ray import RayTaskRunner
 from prefect_ray.context import remote_options
 
 from faceshard.config import BuildConfig, RuntimeConfig, config_from_tree
+from faceshard.flows.fanout import bounded_as_completed, in_flight_limit
 from faceshard.flows.plan import dataset_weights, plan_output, shards_to_run
+from faceshard.flows.progress import (
+    BuildProgress,
+    ProgressArtifact,
+    ProgressListener,
+    current_listener,
+    publish_shard_table,
+    reporting_to,
+    shard_row,
+)
 from faceshard.flows.runtime import apply_local_defaults, prefect_api, ray_init_kwargs
 from faceshard.storage.commit import Output
 from faceshard.storage.manifest import ShardPlan, load_manifest
@@ -72,21 +83,7 @@ def build_dataset(
     todo = shards_to_run(output, videos, build_plan, retry_failed)
     logger.info("%d shards planned, %d to process", build_plan.shards_total, len(todo))
 
-    runner_task = process_shard_task.with_options(retries=cfg.runtime.task_retries)
-    with remote_options(num_cpus=cfg.runtime.cpus_per_shard, num_gpus=cfg.runtime.gpus_per_shard):
-        futures = [runner_task.submit(plan, config, output, retry_failed) for plan in todo]
-
-    shard_stats: list[dict] = []
-    failed: list[dict] = []
-    for plan, future in zip(todo, futures, strict=True):
-        future.wait()
-        if future.state.is_completed():
-            shard_stats.append(future.result())
-        else:
-            message = _failure_message(future)
-            output.record_failure(plan, message)
-            failed.append({"shard": plan.shard_id, "error": message})
-            logger.error("shard %05d failed: %s", plan.shard_id, message)
+    shard_stats, failed = run_shards(todo, config, output, retry_failed, cfg.runtime)
 
     return {
         "shards_total": build_plan.shards_total,
@@ -106,6 +103,57 @@ def build_dataset(
         "fingerprint": output.fingerprint,
         "random_weights": sorted(role for role, info in weights.items() if info.get("random")),
     }
+
+
+def run_shards(
+    plans: list[ShardPlan],
+    config: dict[str, Any],
+    output: Output,
+    retry_failed: bool,
+    runtime: RuntimeConfig,
+) -> tuple[list[dict], list[dict]]:
+    """Process `plans` on the cluster with at most `in_flight_limit(runtime)` submitted at once.
+
+    Returns the stats of the committed shards and the failed ones (`{"shard", "error"}`, also
+    recorded in the output), both in the order the shards finished. After every shard the
+    progress goes to this process's listener (the CLI's bar) and the Prefect progress artifact;
+    at the end a table artifact holds one row per shard.
+    """
+    logger = get_run_logger()
+    limit = in_flight_limit(runtime)
+    progress = BuildProgress(shards_total=len(plans), videos_total=sum(len(p.videos) for p in plans))
+    listeners = [listener for listener in (current_listener(), ProgressArtifact(progress)) if listener]
+    shard_task = process_shard_task.with_options(retries=runtime.task_retries)
+    logger.info("%d shards to process, at most %d in flight", len(plans), limit)
+
+    def submit(plan: ShardPlan) -> Any:
+        with remote_options(num_cpus=runtime.cpus_per_shard, num_gpus=runtime.gpus_per_shard):
+            return shard_task.submit(plan, config, output, retry_failed)
+
+    def report() -> None:
+        for listener in listeners:
+            listener(progress)
+
+    report()
+    shard_stats: list[dict] = []
+    failed: list[dict] = []
+    rows: list[dict] = []
+    for plan, future in bounded_as_completed(plans, submit, limit):
+        future.wait()
+        stats, error = None, None
+        if future.state.is_completed():
+            stats = future.result()
+            shard_stats.append(stats)
+        else:
+            error = _failure_message(future)
+            output.record_failure(plan, error)
+            failed.append({"shard": plan.shard_id, "error": error})
+            logger.error("shard %05d failed: %s", plan.shard_id, error)
+        rows.append(shard_row(plan, stats, error))
+        progress.shard_finished(plan, failed=error is not None)
+        report()
+    publish_shard_table(rows)
+    return shard_stats, failed
 
 
 def _failure_message(future: Any) -> str:
@@ -134,17 +182,19 @@ def run_build(
     roots: list[str] | None = None,
     storage_options: dict[str, Any] | None = None,
     prune: bool = False,
+    on_progress: ProgressListener | None = None,
 ) -> dict[str, Any]:
     """Run `build_dataset` on the embedded default: one local Prefect server and a local Ray cluster.
 
     The manifest is read and checked and the models are loaded here first (the flow reuses them for
     the fingerprint), so a bad manifest, missing weights or a bad identity metric fail fast, before
-    a server starts or anything is written.
+    a server starts or anything is written. `on_progress` is called with a `BuildProgress` as the
+    build starts and after every shard.
     """
     apply_local_defaults()
     load_manifest(manifest, roots=roots)
     dataset_weights(cfg)
-    with prefect_api():
+    with prefect_api(), reporting_to(on_progress):
         runner = RayTaskRunner(address=cfg.runtime.ray_address, init_kwargs=ray_init_kwargs(cfg.runtime))
         flow_with_ray = build_dataset.with_options(task_runner=runner)
         return flow_with_ray(

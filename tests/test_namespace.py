@@ -28,7 +28,17 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("tasks", ("faceshard.tasks",)),
     ("flows", ("faceshard.flows",)),
     ("deployments", ("faceshard.deployments",)),
-    ("app", ("faceshard.cli", "faceshard.report", "faceshard.export", "faceshard.probe", "faceshard.synth")),
+    (
+        "app",
+        (
+            "faceshard.cli",
+            "faceshard.report",
+            "faceshard.export",
+            "faceshard.probe",
+            "faceshard.synth",
+            "faceshard.progress_bar",
+        ),
+    ),
 ]
 CARD_FOLDERS = ("flows", "tasks", "storage", "models", "deployments")
 PACKAGE_DIR = Path(faceshard.__file__).parent
