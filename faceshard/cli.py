@@ -1,4 +1,4 @@
-"""`faceshard`: the front door (synth, manifest, build, status, report, train, export, demo)."""
+"""`faceshard`: the front door (synth, manifest, build, status, report, train, export, bench, demo)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from faceshard.bench import app as bench_app
 from faceshard.config import PRESETS, BuildConfig, ConfigError, load_config
 
 app = typer.Typer(
@@ -21,6 +22,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.add_typer(bench_app, name="bench")
 console = Console(stderr=True)
 stdout = Console()
 
@@ -161,6 +163,10 @@ def build(
         bool, typer.Option("--dry-run", help="print the plan (videos, shards, pending, …); process nothing")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+    wait: Annotated[
+        float,
+        typer.Option(min=0, help="seconds to wait while another build holds the output (default: exit)"),
+    ] = 0.0,
 ) -> None:
     """Build (or resume) a dataset: decode, detect, crop, cluster, embed, commit Parquet shards.
 
@@ -186,7 +192,7 @@ def build(
         from faceshard.flows.build import run_build
 
         with BuildProgressBar(console) as bar:
-            summary = run_build(manifest, out, cfg, **options, on_progress=bar)
+            summary = run_build(manifest, out, cfg, **options, wait_s=wait, on_progress=bar)
     except (StorageError, WeightsUnavailableError, FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     if as_json:
@@ -247,6 +253,16 @@ def _print_status(info: dict[str, Any]) -> None:
         table.add_row(key, str(value))
     if info.get("random_weights"):
         table.add_row("[yellow]random weights[/]", ", ".join(info["random_weights"]))
+    holder = info.get("lease")
+    if holder:
+        table.add_row(
+            "lease", escape(f"{holder.get('state')}: {holder.get('holder') or holder.get('error')}")
+        )
+    if info.get("rebuilding"):
+        rebuilding = info["rebuilding"]
+        table.add_row(
+            "[yellow]rebuild interrupted[/]", escape(f"{rebuilding.get('from')} → {rebuilding.get('to')}")
+        )
     stdout.print(table)
     failed_shards = info.get("failed_shards") or []
     if failed_shards:
@@ -267,6 +283,27 @@ def _print_status(info: dict[str, Any]) -> None:
 
 
 @app.command()
+def repair(
+    uri: Annotated[str, typer.Argument(help="output URI of a build")],
+    wait: Annotated[float, typer.Option(min=0, help="seconds to wait while a build holds the output")] = 0.0,
+) -> None:
+    """Make an output with damaged metadata usable again; what cannot be read is set aside, never deleted."""
+    from faceshard.errors import StorageError
+    from faceshard.storage.repair import repair_output
+
+    try:
+        result = repair_output(uri, wait_s=wait)
+    except StorageError as exc:
+        _fail(str(exc))
+    if not result["actions"]:
+        stdout.print("nothing to repair")
+        return
+    for action in result["actions"]:
+        stdout.print(f"- {escape(action)}")
+    stdout.print(f"set aside under {escape(str(result['quarantine']))}")
+
+
+@app.command()
 def report(uri: Annotated[str, typer.Argument(help="output URI of a build")]) -> None:
     """What a build produced: per split and method, size buckets, identities per video."""
     from faceshard.report import dataset_report
@@ -276,30 +313,118 @@ def report(uri: Annotated[str, typer.Argument(help="output URI of a build")]) ->
 
 @app.command()
 def train(
-    uri: Annotated[str, typer.Argument(help="output URI of a build with emb_rgb")],
+    uri: Annotated[str, typer.Argument(help="output URI of a build")],
+    model: Annotated[
+        str, typer.Option(help="mintime | megatron | probe (linear probe on pooled emb_rgb)")
+    ] = "mintime",
+    epochs: Annotated[int, typer.Option(min=1, help="epochs (probe: full-batch steps)")] = 10,
+    out: Annotated[Path | None, typer.Option("--out", help="directory for the per-epoch checkpoint")] = None,
+    resume: Annotated[bool, typer.Option(help="continue from the checkpoint in --out")] = False,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     train_split: Annotated[str, typer.Option(help="split to fit on")] = "train",
-    eval_split: Annotated[str | None, typer.Option(help="split to evaluate on (default: all others)")] = None,
-    epochs: Annotated[int, typer.Option(min=1)] = 200,
+    val_split: Annotated[
+        list[str] | None, typer.Option(help="split(s) to validate on (default: val, else all others)")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    lr: Annotated[float, typer.Option(min=0)] = 3e-4,
+    workers: Annotated[int, typer.Option(min=0, help="DataLoader workers")] = 0,
     seed: Annotated[int, typer.Option()] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="print one final JSON object")] = False,
 ) -> None:
-    """Fit a linear probe on cached face embeddings (video-level AUC): the lean consumer of a build."""
+    """Train a MINTIME- or Megatron-style model on the cached tokens/embeddings (video-level AUC)."""
+    from faceshard.errors import StorageError
+    from faceshard.storage.datasets import MissingColumnsError
+    from faceshard.training.loop import MODELS, TrainingError, TrainSettings
+    from faceshard.training.loop import train as run_training
+
+    if model not in MODELS:
+        _fail(f"--model must be one of {', '.join(MODELS)}, got {model!r}")
+    if device not in ("auto", "cpu", "cuda"):
+        _fail(f"--device must be auto, cpu or cuda, got {device!r}")
+    try:
+        if model == "probe":
+            result = _train_probe(uri, train_split, val_split, epochs, seed)
+        else:
+            settings = TrainSettings(
+                model=model, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, train_split=train_split,
+                val_splits=val_split, device=device, workers=workers,
+            )  # fmt: skip
+            report = None if as_json else lambda record: console.print(_epoch_line(record))
+            result = run_training(uri, settings, out=out, resume=resume, on_epoch=report)
+    except (MissingColumnsError, TrainingError, StorageError, FileNotFoundError, KeyError) as exc:
+        _fail(str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc))
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+        return
+    table = Table(title=f"faceshard train --model {model}", show_header=False)
+    for key in ("epochs", "train_loss", "val_auc", "val_accuracy", "val_videos", "device", "checkpoint"):
+        table.add_row(key, _fmt(result.get(key)))
+    for method, metrics in (result.get("val_per_method") or {}).items():
+        table.add_row(f"val {method}", f"auc {_fmt(metrics['auc'])}, accuracy {_fmt(metrics['accuracy'])}")
+    if result.get("random_weights"):
+        table.add_row("[yellow]random weights[/]", ", ".join(result["random_weights"]))
+    stdout.print(table)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _epoch_line(record: dict[str, Any]) -> str:
+    return (
+        f"epoch {record['epoch']}: train_loss {_fmt(record['train_loss'])}, val_auc {_fmt(record.get('val_auc'))},"
+        f" val_accuracy {_fmt(record.get('val_accuracy'))} ({record['seconds']:.1f}s)"
+    )
+
+
+def _train_probe(
+    uri: str, train_split: str, val_split: list[str] | None, epochs: int, seed: int
+) -> dict[str, Any]:
+    """The linear probe, reported with the same keys as the sequence models."""
     from faceshard.probe import train_probe
 
-    result = train_probe(uri, train_split=train_split, eval_split=eval_split, epochs=epochs, seed=seed)
-    print(json.dumps(result, indent=2))
+    if val_split and len(val_split) > 1:
+        _fail("--model probe validates on one --val-split")
+    probe = train_probe(uri, train_split, val_split[0] if val_split else None, epochs=epochs, seed=seed)
+    evaluation = probe.get("eval", {})
+    return {
+        "model": "probe",
+        "epochs": epochs,
+        "train_loss": probe["train"]["loss"],
+        "val_auc": evaluation.get("auc"),
+        "val_accuracy": evaluation.get("accuracy"),
+        "val_videos": evaluation.get("videos", 0),
+        "val_splits": evaluation.get("splits", []),
+        "random_weights": probe["random_weights"],
+        **probe,
+    }
 
 
 @app.command()
 def export(
     uri: Annotated[str, typer.Argument(help="output URI of a build with stored crops")],
     out: Annotated[Path, typer.Option("--out", help="directory for the exported index and frames")],
-    clip: Annotated[int, typer.Option(help="frames per clip in the index (DeepfakeBench: 8)")] = 8,
+    dataset: Annotated[
+        str, typer.Option(help="DeepfakeBench dataset name (the JSON file and its top-level key)")
+    ] = "faceshard",
+    compression: Annotated[
+        str, typer.Option(help="compression level key, written for DeepfakeBench's FF++ family names")
+    ] = "c23",
+    as_json: Annotated[bool, typer.Option("--json", help="print what was written as JSON")] = False,
 ) -> None:
-    """Export crops and a DeepfakeBench-style JSON index of frames for clip-based detectors."""
+    """Export crops and DeepfakeBench's JSON index (dataset → label → split → [compression] → video)."""
+    from faceshard.errors import StorageError
     from faceshard.export import export_deepfakebench
 
-    index = export_deepfakebench(uri, out, clip=clip)
-    stdout.print(f"wrote {index}")
+    try:
+        result = export_deepfakebench(uri, out, dataset=dataset, compression=compression)
+    except (ValueError, StorageError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        stdout.print(f"wrote {result['index']} ({result['videos']} videos, {result['frames']} frames)")
+        stdout.print(f"add to DeepfakeBench's label_dict: {json.dumps(result['label_dict'])}")
 
 
 @app.command()
@@ -333,3 +458,32 @@ def demo(
             f"[yellow]random weights:[/] {', '.join(info['random_weights'])} "
             "(hub weights unreachable offline; the demo preset allows random init)"
         )
+
+
+@bench_app.command("loader")  # on the `bench` sub-app of faceshard.bench, beside `bench build`
+def bench_loader(
+    rows: Annotated[
+        int, typer.Option("--rows", min=1, help="synthetic face rows to write and stream")
+    ] = 1_000_000,
+    out: Annotated[
+        Path, typer.Option("--out", help="directory for the synthetic output (must be new or empty)")
+    ] = Path("faceshard-bench-loader"),
+    workers: Annotated[int, typer.Option(min=0, help="DataLoader workers")] = 2,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+) -> None:
+    """Training-loader rows/s against a plain pyarrow scan of the same committed files, same run."""
+    from faceshard.errors import StorageError
+    from faceshard.training.bench import bench_loader as run_bench
+
+    try:
+        result = run_bench(rows, out, workers=workers, batch_size=batch_size)
+    except (StorageError, ValueError) as exc:
+        _fail(str(exc))
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    table = Table(title="faceshard bench loader", show_header=False)
+    for key, value in result.items():
+        table.add_row(key, _fmt(value))
+    stdout.print(table)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -34,6 +34,15 @@ class SamplingConfig(_Section):
 
     strategy: str = Field("per_second", description="per_second | uniform:N | stride:K | consecutive:N | all")
     max_frames: int | None = Field(None, ge=1, description="stop after this many sampled frames")
+    fallback_frames: Annotated[int, Field(ge=0)] | Literal["all"] = Field(
+        2,
+        description="per_second: further frames tried, evenly spaced, when a second's first frame has no "
+        "face; 'all' = MINTIME's exhaustive search (a face-less video then costs a detection per frame)",
+    )
+
+    def fallback(self) -> int | None:
+        """`fallback_frames` as `make_selector` takes it: None means every frame of the second."""
+        return None if self.fallback_frames == "all" else self.fallback_frames
 
     @field_validator("strategy")
     @classmethod
@@ -52,7 +61,9 @@ class DetectConfig(_Section):
     upsample: int = Field(0, ge=0, le=3, description="dlib HOG upsampling")
     keep: Literal["all", "largest", "first"] = "all"
     min_score: float = Field(0.0, ge=0, le=1)
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(
+        4, ge=1, description="frames per detector call; CPU gains nothing past 4, raise it on a GPU"
+    )
 
     @field_validator("detect_scale")
     @classmethod
@@ -158,6 +169,17 @@ class RuntimeConfig(_Section):
     )
 
 
+# Sections/fields that never change rows: how the build runs, and where weights files are located.
+ROW_NEUTRAL: dict[str, Any] = {
+    "runtime": True,
+    "preset": True,
+    "shard_size": True,
+    "identity": {"weights"},
+    "embed": {"checkpoint"},
+    "depth": {"model"},
+}
+
+
 class BuildConfig(_Section):
     """The whole build: one instance is resolved up front and travels to every worker."""
 
@@ -174,10 +196,11 @@ class BuildConfig(_Section):
     def row_affecting(self) -> dict[str, Any]:
         """The part of the config that changes output rows (hashed into the fingerprint).
 
-        `shard_size` is left out: it only sizes the shards of videos not yet committed, so changing
-        it never asks for a rebuild.
+        Where weights files live is left out: their content is fingerprinted with the weights, so the
+        same file at another path (a moved cache, another machine) needs no --rebuild. `shard_size`
+        is left out too: it only sizes the shards of videos not yet committed.
         """
-        return self.model_dump(mode="json", exclude={"runtime", "preset", "shard_size"})
+        return self.model_dump(mode="json", exclude=ROW_NEUTRAL)
 
 
 class ConfigError(ValueError):

@@ -26,3 +26,7 @@ class VideoError(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class OutputBusy(StorageError):
+    """Another live build holds the output's lease; the message names it (owner, host, pid, expiry)."""

@@ -57,7 +57,7 @@ def train_probe(
         loss.backward()
         optimiser.step()
     result: dict[str, Any] = {
-        "train": {"split": train_split, "videos": len(y_train), "loss": round(float(loss), 4)},
+        "train": {"split": train_split, "videos": len(y_train), "loss": round(float(loss.detach()), 4)},
         "random_weights": status.get("random_weights", []),
     }
     if splits:

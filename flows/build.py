@@ -28,9 +28,9 @@ from faceshard.flows.progress import (
     reporting_to,
     shard_row,
 )
-from faceshard.flows.runtime import apply_local_defaults, prefect_api, ray_init_kwargs
+from faceshard.flows.runtime import apply_local_defaults, local_runtime, ray_init_kwargs
 from faceshard.storage.commit import Output
-from faceshard.storage.manifest import ShardPlan, load_manifest
+from faceshard.storage.manifest import Manifest, ShardPlan, load_manifest
 from faceshard.tasks.shard import process_shard
 
 
@@ -58,15 +58,17 @@ def build_dataset(
     retry_failed: bool = False,
     roots: list[str] | None = None,
     storage_options: dict[str, Any] | None = None,
+    wait_s: float = 0.0,
     prune: bool = False,
 ) -> dict[str, Any]:
     """Plan → fan out → collect. Failed shards are recorded, never fatal to the build.
 
-    `config` is a config tree over the preset it names (`{"preset": "mintime"}` is enough). Only
-    videos the output has not committed are processed, in new shards (see `storage.plan`); rows
-    of videos missing from the manifest stay unless `prune`.
+    `config` is a config tree over the preset it names (`{"preset": "mintime"}` is enough). The
+    output's lease is held (and heartbeated) for the whole flow; another build on the same output
+    waits up to `wait_s` for it, then fails naming this one. Only videos the output has not
+    committed are processed, in new shards (see `storage.plan`); rows of videos missing from the
+    manifest stay unless `prune`.
     """
-    logger = get_run_logger()
     started = time.perf_counter()
     cfg = config_from_tree(config)
     videos = load_manifest(manifest, roots=roots)
@@ -77,7 +79,23 @@ def build_dataset(
         weights=weights,
         rebuild=rebuild,
         storage_options=storage_options,
+        wait_s=wait_s,
     )
+    with output:
+        return _build_under_lease(output, videos, cfg, config, weights, retry_failed, prune, started)
+
+
+def _build_under_lease(
+    output: Output,
+    videos: Manifest,
+    cfg: BuildConfig,
+    config: dict[str, Any],
+    weights: dict[str, Any],
+    retry_failed: bool,
+    prune: bool,
+    started: float,
+) -> dict[str, Any]:
+    logger = get_run_logger()
     build_plan = plan_output(output, videos, cfg, prune=prune)
     output.apply_plan(build_plan)
     todo = shards_to_run(output, videos, build_plan, retry_failed)
@@ -181,20 +199,22 @@ def run_build(
     retry_failed: bool = False,
     roots: list[str] | None = None,
     storage_options: dict[str, Any] | None = None,
+    wait_s: float = 0.0,
     prune: bool = False,
     on_progress: ProgressListener | None = None,
 ) -> dict[str, Any]:
-    """Run `build_dataset` on the embedded default: one local Prefect server and a local Ray cluster.
+    """Run `build_dataset` on the embedded default: one local Prefect server and a local Ray cluster,
+    started concurrently.
 
-    The manifest is read and checked and the models are loaded here first (the flow reuses them for
-    the fingerprint), so a bad manifest, missing weights or a bad identity metric fail fast, before
-    a server starts or anything is written. `on_progress` is called with a `BuildProgress` as the
-    build starts and after every shard.
+    The manifest is read and checked and the weights are fingerprinted from their files here first
+    (no model is loaded in the driver), so a bad manifest, missing weights or a bad identity metric
+    fail fast, before a server starts or anything is written. `on_progress` is called with a
+    `BuildProgress` as the build starts and after every shard.
     """
     apply_local_defaults()
     load_manifest(manifest, roots=roots)
     dataset_weights(cfg)
-    with prefect_api(), reporting_to(on_progress):
+    with local_runtime(cfg.runtime), reporting_to(on_progress):
         runner = RayTaskRunner(address=cfg.runtime.ray_address, init_kwargs=ray_init_kwargs(cfg.runtime))
         flow_with_ray = build_dataset.with_options(task_runner=runner)
         return flow_with_ray(
@@ -205,5 +225,6 @@ def run_build(
             retry_failed=retry_failed,
             roots=roots,
             storage_options=storage_options,
+            wait_s=wait_s,
             prune=prune,
         )

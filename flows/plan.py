@@ -12,19 +12,18 @@ from typing import Any
 import polars as pl
 
 from faceshard.config import BuildConfig
-from faceshard.storage.commit import Output
+from faceshard.storage.commit import Output, shard_fingerprint_of
 from faceshard.storage.manifest import Manifest, ShardPlan, load_manifest
-from faceshard.storage.plan import BuildPlan, PriorPlan, plan_build, shard_fingerprint_of
+from faceshard.storage.plan import BuildPlan, PriorPlan, plan_build
 
 
 def dataset_weights(cfg: BuildConfig) -> dict[str, dict[str, Any]]:
     """Every model's weights info for the dataset fingerprint: the one place a build asks for it.
 
-    Today this builds the processor (loads the models) once in the driver; reading the weight
-    files' fingerprints without loading models replaces the inside of this function only. (Imported
-    here: the models' libraries are only loaded when asked for.)
+    Read from the weights' files without loading any model (`tasks.pipeline.weights_manifest`);
+    imported here so planning alone never imports the models' libraries.
     """
-    from faceshard.tasks.shard import weights_manifest
+    from faceshard.tasks.pipeline import weights_manifest
 
     return weights_manifest(cfg)
 

@@ -3,12 +3,17 @@
 Prefect's ephemeral mode would start one API server per Ray worker (~4 s each); instead one
 server is started here and its URL is exported before Ray starts, so every worker reports to it.
 When the user already points PREFECT_API_URL at a server, that server is used as is.
+
+`local_runtime` starts the server and Ray at the same time (each takes seconds): the server's port
+is chosen first, so its URL is known (and forwarded to Ray's workers) before either is up.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -94,3 +99,56 @@ def ray_init_kwargs(runtime: RuntimeConfig) -> dict:
     if runtime.num_cpus is not None:
         kwargs["num_cpus"] = runtime.num_cpus
     return kwargs
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def local_runtime(runtime: RuntimeConfig) -> Iterator[None]:
+    """A Prefect API and a Ray cluster for one build, started concurrently.
+
+    The user's server (PREFECT_API_URL) and an already initialised Ray are used as they are and left
+    running; what is started here is stopped on exit. The server starts on a thread (it is a
+    subprocess plus a health poll) while `ray.init` runs here, on the main thread, as Ray expects.
+    """
+    import ray
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    server, failures, starter = None, [], None
+    if not os.environ.get("PREFECT_API_URL"):
+        from prefect.server.api.server import SubprocessASGIServer
+
+        server = SubprocessASGIServer(port=free_port())
+        os.environ["PREFECT_API_URL"] = server.api_url  # known now: Ray's workers inherit it
+        starter = threading.Thread(target=_start_server, args=(server, failures), daemon=True)
+        starter.start()
+    owns_ray = not ray.is_initialized()
+    try:
+        if owns_ray:
+            ray.init(address=runtime.ray_address, **ray_init_kwargs(runtime))
+        if starter is not None:
+            starter.join()
+            if failures:
+                raise failures[0]
+        with temporary_settings(updates={PREFECT_API_URL: os.environ["PREFECT_API_URL"]}):
+            yield
+    finally:
+        if owns_ray and ray.is_initialized():
+            ray.shutdown()
+        if server is not None:
+            if starter is not None:
+                starter.join()
+            os.environ.pop("PREFECT_API_URL", None)
+            server.stop()
+
+
+def _start_server(server: object, failures: list[BaseException]) -> None:
+    try:
+        server.start(timeout=120)  # type: ignore[attr-defined]
+    except BaseException as exc:  # re-raised on the main thread
+        failures.append(exc)

@@ -38,10 +38,12 @@ from faceshard.models.registry import (
     cached_model,
     fingerprint_dir,
     hub_offline,
+    hub_revision,
     hub_weights_info,
     is_local_ref,
     local_version,
     model_card,
+    random_weights_info,
     resolve_device,
 )
 from faceshard.records import Face
@@ -121,6 +123,24 @@ def load_depth_model(model_ref: str, allow_random: bool) -> tuple[torch.nn.Modul
         cause=cause,
     )
     return model, processor, info
+
+
+def depth_weights(model_ref: str, allow_random: bool) -> WeightsInfo:
+    """What `DepthEstimator(model_ref)` will run with, decided from files where that is enough:
+    a local directory's content hash, the cached hub snapshot's commit, or `random` (allowed and
+    unreachable). Only otherwise (online and not cached: download; missing and not allowed: the
+    error naming what was tried) is the loader called."""
+    if is_local_ref(model_ref):
+        path = Path(model_ref).expanduser()
+        if path.is_dir():
+            return WeightsInfo(model_ref, str(path.resolve()), fingerprint_dir(path))
+        if allow_random:
+            return random_weights_info(RANDOM_ARCH)
+    elif hub_revision(model_ref) is not None:
+        return hub_weights_info(model_ref, model_ref)
+    elif allow_random and hub_offline():
+        return random_weights_info(RANDOM_ARCH)
+    return load_depth_model(model_ref, allow_random)[2]
 
 
 class DepthEstimator:

@@ -8,6 +8,7 @@ first rectangle, i.e. its highest score).
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -74,6 +75,31 @@ def _finish(boxes: np.ndarray, scores: np.ndarray, min_score: float, keep: str) 
     return Detections(np.ascontiguousarray(boxes[order]), np.ascontiguousarray(scores[order]))
 
 
+def mtcnn_weights() -> registry.WeightsInfo:
+    """The P/R/O-net files shipped in the facenet-pytorch wheel, hashed together (nothing loaded)."""
+    spec = importlib.util.find_spec("facenet_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        raise registry.WeightsUnavailableError(
+            "facenet-pytorch is not installed (it ships the MTCNN weights)"
+        )
+    data = Path(spec.submodule_search_locations[0]) / "data"
+    parts = [registry.fingerprint_file(data / f"{name}.pt") for name in ("pnet", "rnet", "onet")]
+    return registry.WeightsInfo("mtcnn", str(data), registry.combine_fingerprints(parts))
+
+
+def dlib_hog_weights() -> registry.WeightsInfo:
+    """HOG has no weights file: the dlib release defines the detector."""
+    import dlib  # a small extension module: no model is loaded
+
+    release = dlib.__version__
+    return registry.WeightsInfo("dlib-hog", f"dlib {release}", f"dlib-hog-{release}")
+
+
+def detector_weights(cfg: DetectConfig) -> registry.WeightsInfo:
+    """What `build_detector(cfg)` will run with, from the files alone (the driver loads no model)."""
+    return {"mtcnn": mtcnn_weights, "dlib": dlib_hog_weights}[cfg.backend]()
+
+
 class MTCNNDetector:
     """facenet-pytorch MTCNN (weights ship in its wheel), batched over frames of the same size.
 
@@ -98,12 +124,7 @@ class MTCNNDetector:
 
     @property
     def weights(self) -> registry.WeightsInfo:
-        """The P/R/O-net files shipped in the facenet-pytorch wheel, hashed together."""
-        import facenet_pytorch
-
-        data = Path(facenet_pytorch.__file__).parent / "data"
-        parts = [registry.fingerprint_file(data / f"{name}.pt") for name in ("pnet", "rnet", "onet")]
-        return registry.WeightsInfo("mtcnn", str(data), registry.combine_fingerprints(parts))
+        return mtcnn_weights()
 
     @property
     def fingerprint(self) -> str:
@@ -162,13 +183,11 @@ class DlibDetector:
 
         self.cfg = cfg
         self.device = "cpu"
-        self._version = dlib.__version__
         self._hog = dlib.get_frontal_face_detector()
 
     @property
     def weights(self) -> registry.WeightsInfo:
-        """HOG has no weights file: the dlib release defines the detector."""
-        return registry.WeightsInfo("dlib-hog", f"dlib {self._version}", f"dlib-hog-{self._version}")
+        return dlib_hog_weights()
 
     @property
     def fingerprint(self) -> str:

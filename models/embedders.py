@@ -48,6 +48,7 @@ from faceshard.models.registry import (
     hub_offline,
     hub_weights_info,
     local_version,
+    random_weights_info,
     resolve_device,
 )
 from faceshard.records import Face
@@ -240,6 +241,33 @@ def load_embedding_model(
         cause=cause,
     )
     return model.eval(), info
+
+
+def embed_weights(model_name: str, checkpoint: str | None, allow_random: bool) -> WeightsInfo:
+    """What `Embedder(model_name, checkpoint)` will run with, decided from files where that is enough
+    (the checkpoint's content hash, the cached hub revision, or `random`); the loader is called only
+    to download (online, not cached) or to raise its error naming what was tried."""
+    import timm
+
+    if checkpoint is not None:
+        path = Path(checkpoint).expanduser()
+        if path.exists():
+            arch = model_name
+            if is_efficientnet_pytorch(read_checkpoint(checkpoint_file(path))):
+                arch = _tf_variant(model_name)
+            fingerprint = fingerprint_file(path) if path.is_file() else fingerprint_dir(path)
+            return WeightsInfo(arch, str(path.resolve()), fingerprint)
+    elif timm.is_model(model_name):
+        pretrained_cfg = timm.models.get_pretrained_cfg(model_name)
+        hub_id = pretrained_cfg.hf_hub_id if pretrained_cfg is not None else None
+        if hub_id:
+            from huggingface_hub import try_to_load_from_cache
+
+            if any(isinstance(try_to_load_from_cache(hub_id, name), str) for name in CHECKPOINT_FILES):
+                return hub_weights_info(hub_id, model_name)
+        if allow_random and (hub_id is None or hub_offline()):
+            return random_weights_info(model_name)
+    return load_embedding_model(model_name, checkpoint, allow_random)[1]
 
 
 class Embedder:

@@ -87,6 +87,27 @@ def facenet_weight_candidates(weights: str | None) -> list[Path]:
     return list(dict.fromkeys(candidates))
 
 
+def facenet_weights_file(weights: str | None) -> Path:
+    """The vggface2 state dict to load, or an error naming every place looked at."""
+    candidates = facenet_weight_candidates(weights)
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        looked = ", ".join(str(p) for p in candidates)
+        raise WeightsUnavailableError(
+            f"FaceNet (InceptionResnetV1 vggface2) weights not found; looked for: {looked}. "
+            f"Download {FACENET.weights} from facenet-pytorch's releases and pass it with "
+            "--set identity.weights=/path/to/file, or place it in $TORCH_HOME/checkpoints/; "
+            "nothing is downloaded. The dlib embedder (identity.embedder=dlib) runs offline."
+        )
+    return path
+
+
+def facenet_weights(weights: str | None) -> WeightsInfo:
+    """The file's content hash (never its location: the same file elsewhere is the same weights)."""
+    path = facenet_weights_file(weights)
+    return WeightsInfo("facenet", str(path.resolve()), fingerprint_file(path))
+
+
 def facenet_preprocess(crops: list[np.ndarray]) -> torch.Tensor:
     """SPEC §5: 128×128 non-isotropic PIL bilinear resize, RGB, (x − 127.5) / 128, NCHW float32."""
     size = FACENET.input_size or 128
@@ -122,22 +143,12 @@ class FaceNetEmbedder:
     dim = FACENET.dim or 512
 
     def __init__(self, weights: str | None = None, device: str = "cpu", batch_size: int = 64) -> None:
-        candidates = facenet_weight_candidates(weights)
-        path = next((p for p in candidates if p.is_file()), None)
-        if path is None:
-            looked = ", ".join(str(p) for p in candidates)
-            raise WeightsUnavailableError(
-                f"FaceNet (InceptionResnetV1 vggface2) weights not found; looked for: {looked}. "
-                f"Download {FACENET.weights} from facenet-pytorch's releases and pass it with "
-                "--set identity.weights=/path/to/file, or place it in $TORCH_HOME/checkpoints/; "
-                "nothing is downloaded. The dlib embedder (identity.embedder=dlib) runs offline."
-            )
+        path = facenet_weights_file(weights)
         self.device = resolve_device(device)
         self.batch_size = batch_size
-        fingerprint = fingerprint_file(path)
-        self.weights = WeightsInfo("facenet", str(path.resolve()), fingerprint)
+        self.weights = facenet_weights(weights)
         self.model = cached_model(
-            ("facenet", str(path.resolve()), fingerprint, self.device),
+            ("facenet", str(path.resolve()), self.weights.fingerprint, self.device),
             lambda: _load_facenet(path, self.device),
         )
 
@@ -175,6 +186,25 @@ def dlib_models_dir() -> Path:
     return Path(spec.submodule_search_locations[0]) / "models"
 
 
+def dlib_model_files() -> tuple[Path, Path]:
+    """The recogniser and its 5-point landmark predictor, or an error naming the missing files."""
+    models_dir = dlib_models_dir()
+    recogniser, predictor = models_dir / DLIB.weights, models_dir / DLIB_SHAPE_PREDICTOR
+    missing = [str(p) for p in (recogniser, predictor) if not p.is_file()]
+    if missing:
+        raise WeightsUnavailableError(
+            f"dlib identity model files not found: {', '.join(missing)}; reinstall face_recognition_models"
+        )
+    return recogniser, predictor
+
+
+def dlib_identity_weights() -> WeightsInfo:
+    """Both files' content hashes, combined."""
+    recogniser, predictor = dlib_model_files()
+    fingerprint = combine_fingerprints([fingerprint_file(recogniser), fingerprint_file(predictor)])
+    return WeightsInfo("dlib", str(recogniser.parent), fingerprint)
+
+
 def _load_dlib(recogniser: Path, predictor: Path) -> tuple[object, object]:
     import dlib
 
@@ -190,19 +220,12 @@ class DlibEmbedder:
 
     def __init__(self, device: str = "cpu", batch_size: int = 64) -> None:
         del device  # dlib-bin runs on the CPU
-        models_dir = dlib_models_dir()
-        recogniser, predictor = models_dir / DLIB.weights, models_dir / DLIB_SHAPE_PREDICTOR
-        missing = [str(p) for p in (recogniser, predictor) if not p.is_file()]
-        if missing:
-            raise WeightsUnavailableError(
-                f"dlib identity model files not found: {', '.join(missing)}; "
-                "reinstall face_recognition_models"
-            )
+        recogniser, predictor = dlib_model_files()
         self.batch_size = batch_size
-        fingerprint = combine_fingerprints([fingerprint_file(recogniser), fingerprint_file(predictor)])
-        self.weights = WeightsInfo("dlib", str(models_dir), fingerprint)
+        self.weights = dlib_identity_weights()
         self.recogniser, self.predictor = cached_model(
-            ("dlib-identity", str(models_dir), fingerprint), lambda: _load_dlib(recogniser, predictor)
+            ("dlib-identity", self.weights.source, self.weights.fingerprint),
+            lambda: _load_dlib(recogniser, predictor),
         )
 
     @property
@@ -250,6 +273,19 @@ IDENTITY_EMBEDDERS: dict[str, Callable[[IdentityConfig, str], IdentityEmbedder]]
     "facenet": lambda cfg, device: FaceNetEmbedder(cfg.weights, device),
     "dlib": lambda cfg, device: DlibEmbedder(device),
 }
+
+
+IDENTITY_CLASSES: dict[str, type[FaceNetEmbedder] | type[DlibEmbedder]] = {
+    "facenet": FaceNetEmbedder,
+    "dlib": DlibEmbedder,
+}
+
+
+def identity_weights(cfg: IdentityConfig) -> WeightsInfo:
+    """What `build_identity_embedder(cfg)` will run with, from the files alone (no model loaded)."""
+    if cfg.embedder == "facenet":
+        return facenet_weights(cfg.weights)
+    return dlib_identity_weights()
 
 
 def build_identity_embedder(cfg: IdentityConfig, device: str = "cpu") -> IdentityEmbedder:

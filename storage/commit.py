@@ -4,24 +4,34 @@ Layout under the output root (any fsspec URL):
 
     _faceshard.json                                  dataset metadata (schema version, config,
                                                      fingerprint, weights, plan summary)
+    _faceshard/metadata.backup.json                  the last metadata written (`faceshard repair`)
+    _faceshard/lease/epoch-00000007.json             the writer's lease (storage/lease.py)
+    _faceshard/rebuild.json                          a --rebuild in progress: {"from", "to"}
     _faceshard/plan.json                             shards_total and each shard's fingerprint
     _faceshard/commits/shard-000042.json             commit marker: files, rows, sha256, stats
     _faceshard/failures/shard-000042.json            a shard whose whole task failed
     _faceshard/staging/<attempt>/<table>/...         files of a commit not yet moved into place
+    _faceshard/staging/tmp-e000007/                  local atomic-write temporaries of epoch 7
     {videos,faces,identities}/split=<s>/shard=000042/part-<attempt>.parquet
+
+One writer at a time: `Output.open` takes the output's lease (owner, host, pid, heartbeat, epoch)
+and every attempt id carries its epoch (`20260101T000000-e000007-<hex>`). Whatever an older epoch
+left unreferenced is provably dead (its build was superseded and fenced); anything else is
+deleted only when named by our own markers, never because a listing lacks a file.
 
 Commit of one shard (every data file name carries a unique attempt id):
   1. each file is written under `_faceshard/staging/<attempt>/` (local: temp file, fsync, rename;
      object stores: one atomic PUT);
-  2. the marker is written: THE commit point (one atomic rename / PUT). Before it nothing of the
-     attempt is visible anywhere; after it readers following markers see the whole shard;
-  3. publishing: the files of a superseded commit are deleted, the staged files are moved under the
-     table directories (rename locally, server-side copy on object stores), and the marker is
-     rewritten with `published: true`.
-A plain `pyarrow.dataset` listing of `{URI}/{table}` therefore only ever sees committed shards
-(possibly fewer while one is being published). A crash before 2 leaves staging junk, a crash in 3
-leaves a committed-but-unpublished shard: `Output.open` deletes the first and rolls the second
-forward, and deletes any data file no marker references.
+  2. the lease is checked (fencing) and the marker is written: THE commit point (one atomic
+     rename / PUT). Before it nothing of the attempt is visible anywhere; after it readers
+     following markers see the whole shard;
+  3. publishing, table by table in PUBLISH_ORDER (`videos` last): the superseded commit's file of
+     the table is deleted and the staged ones are moved in (rename locally, server-side copy on
+     object stores); then the marker is rewritten with `published: true`.
+A plain `pyarrow.dataset` listing of `{URI}/{table}` therefore only ever sees committed files, and
+a shard's `videos` rows only once its faces and identities are in place. A crash before 2 leaves
+staging junk, a crash in 3 a committed-but-unpublished shard: `Output.open` deletes the first
+and rolls the second forward.
 """
 
 from __future__ import annotations
@@ -36,10 +46,9 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -48,16 +57,9 @@ from fsspec import AbstractFileSystem
 from faceshard.errors import FingerprintMismatch, StorageError
 from faceshard.records import VideoTask
 from faceshard.storage import fsio
+from faceshard.storage.lease import DEFAULT_TTL_S, Lease, LeaseRef
+from faceshard.storage.lease import check as check_lease
 from faceshard.storage.manifest import ShardPlan
-from faceshard.storage.plan import (
-    PLAN_SCHEMA,
-    BuildPlan,
-    PriorPlan,
-    empty_plan_frame,
-    plan_file_bytes,
-    read_plan_file,
-    shard_fingerprint_of,
-)
 from faceshard.storage.schema import (
     PARTITION_COLUMNS,
     SCHEMA_VERSION,
@@ -67,6 +69,9 @@ from faceshard.storage.schema import (
     schema_version_of,
 )
 
+if TYPE_CHECKING:  # planning needs polars; workers importing this module must not
+    from faceshard.storage.plan import BuildPlan, PriorPlan
+
 METADATA_FILE = "_faceshard.json"
 STATE_DIR = "_faceshard"
 PLAN_FILE = f"{STATE_DIR}/plan.json"
@@ -74,10 +79,21 @@ PLAN_FORMAT = 2
 COMMITS_DIR = f"{STATE_DIR}/commits"
 FAILURES_DIR = f"{STATE_DIR}/failures"
 STAGING_DIR = f"{STATE_DIR}/staging"
+METADATA_BACKUP = f"{STATE_DIR}/metadata.backup.json"
+REBUILD_FILE = f"{STATE_DIR}/rebuild.json"
+# Tables in the order a commit moves their files into place: a shard shows up in `videos` (the
+# table readers start from) only when its faces and identities are there already.
+PUBLISH_ORDER = ("identities", "faces", "videos")
+# Unreferenced files of ours whose writer is unknown (no epoch in the name) must be this old
+# before cleanup deletes them: a writer of an older faceshard may still be publishing them.
+ORPHAN_GRACE_S = 3600.0
 FORMAT = "faceshard"
 ROW_GROUP_TARGET_BYTES = 64 << 20
 MAX_ERROR_CHARS = 20_000
 _DATA_FILE = re.compile(r"part-[0-9A-Za-z_-]+\.parquet$")
+_OUR_DATA_PATH = re.compile(r"^(videos|faces|identities)/split=[^/]+/shard=\d+/part-[0-9A-Za-z_-]+\.parquet$")
+_EPOCH_TAG = re.compile(r"(?:^|-)e(\d{6,})(?:-|$)")
+_NAME_TIME = re.compile(r"(\d{8}T\d{6})")
 _MARKER_FILE = re.compile(r"shard-(\d+)\.json$")
 _PLAN_VIDEOS_FILE = re.compile(r"plan-[0-9a-f]+\.parquet$")
 _DICTIONARY_COLUMNS = ("video_id", "path", "method", "status", "error")
@@ -118,6 +134,16 @@ def dataset_fingerprint(
     )
 
 
+def shard_fingerprint_of(dataset_fp: str, shard_id: int, video_ids: list[str]) -> str:
+    """Hash of the dataset fingerprint, the shard id and the SET of its video ids.
+
+    Paths, labels and manifest order are left out on purpose: they do not identify a video, so a
+    relocated corpus or a reordered manifest keeps every committed shard.
+    """
+    text = "\n".join([dataset_fp, str(shard_id), *sorted(video_ids)])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def shard_fingerprint(dataset_fp: str, plan: ShardPlan) -> str:
     """Hash of the dataset fingerprint, the shard id and its video ids (not their paths or order)."""
     return shard_fingerprint_of(dataset_fp, plan.shard_id, [video.video_id for video in plan.videos])
@@ -148,9 +174,25 @@ def now_iso() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
-def new_attempt_id() -> str:
-    """Sortable and unique: UTC time + random suffix, so a retried shard never reuses a file name."""
-    return f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
+def new_attempt_id(epoch: int | None = None) -> str:
+    """Sortable and unique: UTC time, the writer's lease epoch, a random suffix.
+
+    A retried shard never reuses a file name, and cleanup can tell a dead writer's files (an
+    older epoch) from a live one's without trusting listings or clocks.
+    """
+    tag = "" if epoch is None else f"-e{epoch:06d}"
+    return f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}{tag}-{uuid.uuid4().hex[:12]}"
+
+
+def epoch_of(name: str) -> int | None:
+    """The lease epoch in an attempt id / staging entry name, None for names without one."""
+    match = _EPOCH_TAG.search(name)
+    return int(match.group(1)) if match else None
+
+
+def is_our_data_file(relative: str) -> bool:
+    """`{table}/split=…/shard=…/part-<attempt>.parquet`: the only data files faceshard writes."""
+    return bool(_OUR_DATA_PATH.match(relative))
 
 
 def faceshard_version() -> str:
@@ -224,21 +266,78 @@ def locate(fs: AbstractFileSystem, root: str, entry: Mapping[str, Any]) -> str:
     return final
 
 
+def parse_record(data: bytes, path: str, what: str, recovery: str) -> dict[str, Any]:
+    """A JSON object read from `path`, or a StorageError saying what is wrong and how to recover."""
+    try:
+        value = json.loads(data)
+    except ValueError as exc:
+        problem = f"not valid JSON ({exc})"
+    else:
+        if isinstance(value, dict):
+            return value
+        problem = f"a JSON {type(value).__name__}, not an object"
+    raise StorageError(f"{path}: the {what} is unreadable: {problem}. Nothing was changed. {recovery}")
+
+
+def _repair_hint(root: str) -> str:
+    return (
+        f"Run `faceshard repair {root}` (it restores or rebuilds the metadata and sets aside, never"
+        " deletes, what it cannot read), or restore the file from a backup."
+    )
+
+
 def read_metadata(fs: AbstractFileSystem, root: str) -> dict[str, Any] | None:
-    """`_faceshard.json` of the output at `root`, or None when there is none."""
-    meta = _load_json(fsio.read_optional(fs, fsio.join(root, METADATA_FILE)))
-    if meta is not None and meta.get("format") != FORMAT:
-        raise StorageError(f"{fsio.join(root, METADATA_FILE)} is not a faceshard metadata file")
+    """`_faceshard.json` of the output at `root`, or None when there is none.
+
+    Unreadable metadata is a StorageError, never "no output": treating it as absent would accept
+    any configuration and let cleanup delete every committed file.
+    """
+    path = fsio.join(root, METADATA_FILE)
+    data = fsio.read_optional(fs, path)
+    if data is None:
+        return None
+    meta = parse_record(data, path, "output's metadata", _repair_hint(root))
+    if meta.get("format") != FORMAT or not isinstance(meta.get("fingerprint"), str):
+        raise StorageError(
+            f"{path} is not a faceshard metadata file (no format/fingerprint). {_repair_hint(root)}"
+        )
     return meta
+
+
+def require_metadata(fs: AbstractFileSystem, root: str) -> dict[str, Any]:
+    """The metadata of an existing output; StorageError for no output or one that lost its metadata."""
+    metadata = read_metadata(fs, root)
+    if metadata is not None:
+        return metadata
+    if fsio.list_files(fs, fsio.join(root, COMMITS_DIR)):
+        raise StorageError(
+            f"{fsio.join(root, METADATA_FILE)} is missing but the output has commit markers: its"
+            f" metadata was lost. Nothing was changed. {_repair_hint(root)}"
+        )
+    raise StorageError(f"{root}: not a faceshard output (no {METADATA_FILE})")
+
+
+def read_plan(fs: AbstractFileSystem, root: str) -> dict[str, Any] | None:
+    """`_faceshard/plan.json`, None when absent; StorageError when unreadable."""
+    path = fsio.join(root, PLAN_FILE)
+    data = fsio.read_optional(fs, path)
+    if data is None:
+        return None
+    hint = (
+        f"The plan is derived from the manifest: `faceshard repair {root}` sets it aside and the next"
+        " build writes it again; no committed data is touched."
+    )
+    plan = parse_record(data, path, "shard plan", hint)
+    if not isinstance(plan.get("shards"), list):
+        raise StorageError(f"{path}: the shard plan has no list of shards. Nothing was changed. {hint}")
+    return plan
 
 
 def read_state(fs: AbstractFileSystem, root: str) -> OutputState:
     """The committed view of an output: only markers that match the dataset (and plan) are kept."""
-    metadata = read_metadata(fs, root)
-    if metadata is None:
-        raise StorageError(f"{root}: not a faceshard output (no {METADATA_FILE})")
+    metadata = require_metadata(fs, root)
     fingerprint = metadata["fingerprint"]
-    plan = _load_json(fsio.read_optional(fs, fsio.join(root, PLAN_FILE)))
+    plan = read_plan(fs, root)
     if plan is not None and plan.get("dataset_fingerprint") != fingerprint:
         plan = None
     planned = _planned_fingerprints(plan)
@@ -264,13 +363,17 @@ def _planned_fingerprints(plan: dict[str, Any] | None) -> dict[int, str] | None:
 
 
 def _read_records(fs: AbstractFileSystem, directory: str) -> dict[int, dict[str, Any]]:
-    """Every `shard-N.json` under `directory`, parsed; unreadable ones are skipped."""
+    """Every `shard-N.json` under `directory`, parsed.
+
+    An unreadable record is a StorageError: skipping a commit marker would turn its shard's files
+    into "orphans" for cleanup to delete.
+    """
     paths = {p: int(m.group(1)) for p in fsio.list_files(fs, directory) if (m := _MARKER_FILE.search(p))}
     out: dict[int, dict[str, Any]] = {}
+    root = directory.rsplit(f"/{STATE_DIR}/", 1)[0]
     for path, data in fsio.read_many(fs, list(paths)).items():
-        record = _load_json(data)
-        if record is not None and path in paths:
-            out[paths[path]] = record
+        if path in paths:
+            out[paths[path]] = parse_record(data, path, "shard record", _repair_hint(root))
     return out
 
 
@@ -310,14 +413,24 @@ def _read_committed_file(
 class Output:
     """One output URI being built. Small and picklable: workers re-open the filesystem lazily.
 
-    `Output.open` (driver, once per run) checks the fingerprint and cleans crashed writes; workers
-    receive the pickled object (uri, fingerprint, storage options) and never re-validate.
+    `Output.open` (driver, once per run) takes the output's lease, checks the fingerprint and
+    cleans crashed writes; workers receive the pickled object (uri, fingerprint, storage options,
+    lease epoch and token) and never re-validate, but every commit checks the lease (fencing).
+    `close()` (or leaving a `with` block) releases the lease.
     """
 
-    def __init__(self, uri: str, fingerprint: str, storage_options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        uri: str,
+        fingerprint: str,
+        storage_options: dict[str, Any] | None = None,
+        lease: LeaseRef | None = None,
+    ) -> None:
         self.uri = uri
         self.fingerprint = fingerprint
         self.storage_options = dict(storage_options or {})
+        self.lease = lease
+        self._held: Lease | None = None  # the driver's heartbeating lease; never pickled
         self._fs: AbstractFileSystem | None = None
         self._root: str | None = None
 
@@ -332,43 +445,64 @@ class Output:
         weights: Mapping[str, Mapping[str, Any]],
         rebuild: bool = False,
         storage_options: dict[str, Any] | None = None,
+        wait_s: float = 0.0,
+        lease_ttl_s: float = DEFAULT_TTL_S,
+        owner: str | None = None,
     ) -> Output:
-        """Create or resume the output at `uri` for this configuration.
+        """Take the output's lease, then create or resume the output at `uri` for this configuration.
 
         `config` is the row-affecting config dict (`BuildConfig.row_affecting()`), or a BuildConfig
-        (its full resolved config is then recorded too). A different dataset fingerprint raises
-        FingerprintMismatch naming the changed keys unless `rebuild`, which deletes every old table,
-        marker and failure first. Staging leftovers and unreferenced data files are deleted.
+        (its full resolved config is then recorded too). Another live build holding the output
+        raises OutputBusy naming it (after waiting up to `wait_s`). A different dataset fingerprint
+        raises FingerprintMismatch naming the changed keys unless `rebuild`, which discards every
+        committed shard first; an interrupted rebuild is finished by a later open with the new
+        configuration (no flag needed) or cancelled by one with the original configuration.
+        Files that dead writers left behind are deleted; unreadable metadata is a StorageError.
         """
         row_config, resolved = _config_views(config)
         weights = {name: dict(info) for name, info in weights.items()}
         fingerprint = dataset_fingerprint(row_config, weights)
         out = cls(uri, fingerprint, storage_options)
         fs, root = out.fs, out.root
-        existing = read_metadata(fs, root)
-        if existing is None:
-            out._refuse_foreign_directory()
-        elif existing["fingerprint"] != fingerprint and not rebuild:
-            raise FingerprintMismatch(_mismatch_message(uri, existing, row_config, weights, fingerprint))
-        metadata = {
-            "format": FORMAT,
-            "schema_version": SCHEMA_VERSION,
-            "fingerprint": fingerprint,
-            "created_at": now_iso() if existing is None or rebuild else existing.get("created_at"),
-            "opened_at": now_iso(),
-            "faceshard_version": faceshard_version(),
-            "row_affecting": row_config,
-            "config": resolved,
-            "weights": weights,
-            "random_weights": sorted(n for n, w in weights.items() if w.get("random")),
-            "plan": None if existing is None or rebuild else existing.get("plan"),
-        }
-        # The new fingerprint is written first: should a rebuild die half way, every old marker
-        # already names another fingerprint and is invisible, and the next open deletes it.
-        out._put(METADATA_FILE, _dump_json(metadata))
-        if rebuild and existing is not None:
-            out._wipe()
-        out.cleanup()
+        if read_metadata(fs, root) is None:
+            out._refuse_unexplained_state()  # before the lease: write nothing into a foreign directory
+        held = Lease.acquire(fs, root, owner=owner, ttl_s=lease_ttl_s, wait_s=wait_s, uri=uri)
+        out._held, out.lease = held, held.ref
+        try:
+            existing = read_metadata(fs, root)
+            if existing is None:
+                out._refuse_unexplained_state()
+            read_plan(fs, root)  # an unreadable plan stops the build here, before anything is written
+            intent = out._rebuild_intent()
+            metadata = {
+                "format": FORMAT,
+                "schema_version": SCHEMA_VERSION,
+                "fingerprint": fingerprint,
+                "created_at": now_iso(),
+                "opened_at": now_iso(),
+                "faceshard_version": faceshard_version(),
+                "row_affecting": row_config,
+                "config": resolved,
+                "weights": weights,
+                "random_weights": sorted(n for n, w in weights.items() if w.get("random")),
+                "plan": None,
+            }
+            if existing is None:
+                out._write_metadata(metadata)
+            elif existing["fingerprint"] == fingerprint and intent is None:
+                keep = {k: existing.get(k) for k in ("created_at", "plan")}
+                out._write_metadata(metadata | keep)
+            else:
+                resuming = intent is not None and fingerprint in (intent.get("from"), intent.get("to"))
+                if existing["fingerprint"] != fingerprint and not (rebuild or resuming):
+                    raise FingerprintMismatch(
+                        _mismatch_message(uri, existing, row_config, weights, fingerprint)
+                    )
+                out._rebuild(existing, metadata)
+            out.cleanup()
+        except BaseException:
+            out.close()
+            raise
         return out
 
     @classmethod
@@ -391,17 +525,34 @@ class Output:
         out = cls(uri, fingerprint, storage_options)
         existing = read_metadata(out.fs, out.root)
         if existing is None:
-            out._refuse_foreign_directory()
+            out._refuse_unexplained_state()
             return out, False
         if existing["fingerprint"] != fingerprint and not rebuild:
             raise FingerprintMismatch(_mismatch_message(uri, existing, row_config, weights, fingerprint))
         return out, not rebuild
 
+    def close(self) -> None:
+        """Release the lease (the next build takes it at once); idempotent, driver-side only."""
+        held, self._held = self._held, None
+        if held is not None:
+            held.release()
+
+    def __enter__(self) -> Output:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def __getstate__(self) -> dict[str, Any]:
-        return {"uri": self.uri, "fingerprint": self.fingerprint, "storage_options": self.storage_options}
+        return {
+            "uri": self.uri,
+            "fingerprint": self.fingerprint,
+            "storage_options": self.storage_options,
+            "lease": self.lease,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["uri"], state["fingerprint"], state["storage_options"])  # type: ignore[misc]
+        self.__init__(state["uri"], state["fingerprint"], state["storage_options"], state.get("lease"))  # type: ignore[misc]
 
     def __repr__(self) -> str:
         return f"Output({self.uri!r}, fingerprint={self.fingerprint!r})"
@@ -432,12 +583,11 @@ class Output:
         ids = [plan.shard_id for plan in plans]
         if len(set(ids)) != len(ids):
             raise ValueError("set_plan: shard ids must be unique")
-        shards = pl.DataFrame(
+        shards = pa.table(
             {
-                "shard": [plan.shard_id for plan in plans for _ in plan.videos],
-                "video_id": [video.video_id for plan in plans for video in plan.videos],
-            },
-            schema=PLAN_SCHEMA,
+                "shard": pa.array([plan.shard_id for plan in plans for _ in plan.videos], pa.int64()),
+                "video_id": pa.array([v.video_id for plan in plans for v in plan.videos], pa.string()),
+            }
         )
         self._write_plan(shards, {plan.shard_id: self.shard_fingerprint(plan) for plan in plans}, {})
 
@@ -447,6 +597,10 @@ class Output:
         An output written before plans recorded video ids (or one whose plan was lost) has its
         committed shards adopted: their ids are read from their committed `videos` files.
         """
+        import polars as pl
+
+        from faceshard.storage.plan import PLAN_SCHEMA, PriorPlan, empty_plan_frame
+
         state = self.state()
         doc = state.plan
         if doc is not None and doc.get("videos_file"):
@@ -456,7 +610,7 @@ class Output:
                     f"{self.uri}: {doc['videos_file']} (named by {PLAN_FILE}) is missing; the plan"
                     " cannot be read, so nothing can be skipped safely"
                 )
-            shards = read_plan_file(data)
+            shards = pl.from_arrow(pq.read_table(pa.BufferReader(data))).cast(PLAN_SCHEMA)
             fingerprints = {int(s): fp for s, fp, _ in doc["shards"]}
             shards = shards.filter(pl.col("shard").is_in(list(fingerprints)))
         else:
@@ -484,16 +638,16 @@ class Output:
         for shard in plan.prune_drop:
             marker = self.marker(shard)
             if marker is not None:
-                self._remove_marker(shard, marker)
+                self.retire_shard(shard, marker)
         notes = {"not_in_manifest": plan.not_in_manifest, "manifest_videos": plan.videos_total}
-        self._write_plan(plan.shards, plan.fingerprints(self.fingerprint), notes)
+        self._write_plan(plan.shards.to_arrow(), plan.fingerprints(self.fingerprint), notes)
         for shard, keep in plan.prune_keep.items():
             self._recommit_without_others(shard, keep)
         # Dropped shards never committed under the plan; a stale marker's files would linger in listings.
         for shard in plan.dropped:
             marker = self.marker(shard)
             if marker is not None:
-                self._remove_marker(shard, marker)
+                self.retire_shard(shard, marker)
         failures = [*plan.dropped, *plan.prune_drop]
         fsio.remove_files(self.fs, [self._path(FAILURES_DIR, marker_name(s)) for s in failures])
 
@@ -519,18 +673,26 @@ class Output:
         stats = {**(marker.get("stats") or {}), "pruned_videos": marker["rows"]["videos"] - len(keep)}
         self.commit_shard(plan, tables, stats)
 
-    def _write_plan(self, shards: pl.DataFrame, fingerprints: dict[int, str], notes: dict[str, Any]) -> None:
-        """The plan's video ids (content-named Parquet) first, then `plan.json` naming it: one switch."""
-        data = plan_file_bytes(shards)
+    def _write_plan(self, shards: pa.Table, fingerprints: dict[int, str], notes: dict[str, Any]) -> None:
+        """The plan's video ids (content-named Parquet) first, then `plan.json` naming it: one switch.
+
+        Arrow only (no polars): workers and forked writers call `set_plan` too.
+        """
+        shards = shards.select(["shard", "video_id"]).cast(
+            pa.schema([("shard", pa.int64()), ("video_id", pa.string())])
+        )
+        sink = pa.BufferOutputStream()
+        pq.write_table(shards, sink, compression="zstd")
+        data = sink.getvalue().to_pybytes()
         videos_file = f"{STATE_DIR}/plan-{hashlib.sha256(data).hexdigest()[:16]}.parquet"
         if not fsio.retrying(self.fs.exists, self._path(videos_file)):  # named by its content
             self._put(videos_file, data)
-        counts = dict(shards.group_by("shard").len().iter_rows())
+        counts = {row["values"]: row["counts"] for row in pc.value_counts(shards["shard"]).to_pylist()}
         plan_doc = {
             "format": PLAN_FORMAT,
             "dataset_fingerprint": self.fingerprint,
             "shards_total": len(fingerprints),
-            "videos_total": shards.height,
+            "videos_total": shards.num_rows,
             "shards": [[shard, fp, counts.get(shard, 0)] for shard, fp in fingerprints.items()],
             "videos_file": videos_file,
             **notes,
@@ -538,7 +700,7 @@ class Output:
         self._put(PLAN_FILE, _dump_json(plan_doc))
         metadata = self.metadata()
         metadata["plan"] = {k: plan_doc[k] for k in ("shards_total", "videos_total")}
-        self._put(METADATA_FILE, _dump_json(metadata))
+        self._write_metadata(metadata)
         try:
             listed = fsio.retrying(self.fs.ls, self._path(STATE_DIR), detail=False)
         except FileNotFoundError:
@@ -564,10 +726,12 @@ class Output:
 
     def marker(self, shard_id: int) -> dict[str, Any] | None:
         """The shard's commit marker if it belongs to this dataset fingerprint."""
-        marker = _load_json(fsio.read_optional(self.fs, self._path(COMMITS_DIR, marker_name(shard_id))))
-        if marker is None or marker.get("dataset_fingerprint") != self.fingerprint:
+        path = self._path(COMMITS_DIR, marker_name(shard_id))
+        data = fsio.read_optional(self.fs, path)
+        if data is None:
             return None
-        return marker
+        marker = parse_record(data, path, "shard record", _repair_hint(self.root))
+        return marker if marker.get("dataset_fingerprint") == self.fingerprint else None
 
     def is_committed(self, plan: ShardPlan) -> bool:
         """The shard's marker exists and was written for exactly these videos and this fingerprint."""
@@ -630,9 +794,9 @@ class Output:
         of this shard are deleted after the new marker is in place.
         """
         shard_fp = self.shard_fingerprint(plan)
-        self._check_fingerprint_unchanged()
+        self._check_writable()
         prepared = _prepare_tables(plan, tables)
-        attempt = new_attempt_id()
+        attempt = new_attempt_id(self.lease.epoch if self.lease else None)
         staging = f"{STAGING_DIR}/{attempt}"
         files: dict[str, list[dict[str, Any]]] = {name: [] for name in TABLES}
         total_bytes = 0
@@ -660,6 +824,7 @@ class Output:
             "fingerprint": shard_fp,
             "dataset_fingerprint": self.fingerprint,
             "attempt": attempt,
+            "epoch": self.lease.epoch if self.lease else None,
             "committed_at": now_iso(),
             "published": False,
             "staging": staging,
@@ -670,6 +835,7 @@ class Output:
             "stats": dict(stats or {}),
             "history": history[-10:],
         }
+        self._check_writable()  # fencing: right before the commit point
         self._write_marker(plan.shard_id, marker)
         fsio.remove_files(self.fs, [self._path(FAILURES_DIR, marker_name(plan.shard_id))])
         return self._publish(marker, previous)
@@ -698,6 +864,7 @@ class Output:
 
     def record_failure(self, plan: ShardPlan, error: str) -> None:
         """Record that the shard's whole task failed; status counts it failed until it commits."""
+        self._check_writable()
         text = error if len(error) <= MAX_ERROR_CHARS else error[:MAX_ERROR_CHARS] + " …(truncated)"
         record = {
             "shard": plan.shard_id,
@@ -712,53 +879,115 @@ class Output:
     # -- maintenance
 
     def cleanup(self) -> dict[str, int]:
-        """Delete what no commit marker vouches for and finish interrupted publishing.
+        """Finish interrupted publishing and delete what provably dead writers left behind.
 
-        Markers of another fingerprint or whose files are gone are dropped; committed but
-        unpublished shards are rolled forward; staging leftovers and unreferenced data files are
-        deleted. Driver-side only: a writer running concurrently on the same output would lose
-        its staged files.
+        Under the lease (no other writer is live; older epochs are fenced): markers of another
+        fingerprint are retired, committed-but-unpublished shards are rolled forward, and a data
+        or staging file is deleted only if it follows our naming, no marker names it, and its
+        writer is dead (an older epoch in its name; without one, older than ORPHAN_GRACE_S). A
+        file absent from a listing is never a reason to delete anything: committed files are not
+        checked here at all (`status --verify` and `faceshard repair` do that).
         """
-        fs = self.fs
+        self._check_writable()
+        # Listed before the markers are read: a file published after the listing is not in it,
+        # and one published before it has its marker written already (the marker goes first).
+        listed = {
+            path: age
+            for name in TABLES
+            for path, age in fsio.list_files_with_age(self.fs, self._path(name)).items()
+        }
         markers: dict[int, dict[str, Any]] = {}
         dropped = rolled_forward = 0
         for shard, marker in sorted(self._all_records(COMMITS_DIR).items()):
             if marker.get("dataset_fingerprint") == self.fingerprint:
                 markers[shard] = marker
             else:
-                self._remove_marker(shard, None)
+                self.retire_shard(shard, marker)
                 dropped += 1
+        referenced = {self._path(p) for marker in markers.values() for p in _marker_paths(marker)}
+        candidates = [
+            path
+            for path, age in sorted(listed.items())
+            if path not in referenced
+            and is_our_data_file(self._relative(path))
+            and self._writer_is_dead(path.rsplit("/", 1)[-1], age)
+        ]
+        staged = self._dead_staging()
+        # The marker listing may lag too: before anything goes, the marker of every shard it
+        # concerns is read directly, and what that marker names (or stages) stays.
+        shards = {shard for path in [*candidates, *staged.values()] for shard in _shards_in(path)}
+        for shard in sorted(shards - set(markers)):
+            marker = self._read_any_marker(shard)
+            if marker is not None and marker.get("dataset_fingerprint") == self.fingerprint:
+                markers[shard] = marker
+        keep = {self._path(p) for marker in markers.values() for p in _marker_paths(marker)}
+        keep |= {
+            self._path(m["staging"])
+            for m in markers.values()
+            if not m.get("published", True) and m.get("staging")
+        }
+        orphans = [path for path in candidates if path not in keep]
         # Unreferenced files go before any roll-forward moves files in: an interrupted replacement's
         # old files must vanish before its new ones appear, or a listing would see videos twice.
-        referenced = {self._path(p) for marker in markers.values() for p in _marker_paths(marker)}
-        existing = {path for name in TABLES for path in fsio.list_files(fs, self._path(name))}
-        orphans = sorted(p for p in existing - referenced if _DATA_FILE.search(p))
-        fsio.remove_files(fs, orphans)
-        for shard, marker in markers.items():
-            if marker.get("published", True):
-                if any(self._path(p) not in existing for p in _marker_paths(marker)):
-                    self._remove_marker(shard, marker)  # a committed file was deleted behind our back
-                    dropped += 1
-                continue
-            try:
-                self._publish(marker, None)
+        fsio.remove_files(self.fs, orphans)
+        for shard, marker in sorted(markers.items()):
+            if not marker.get("published", True):
+                try:
+                    self._publish(marker, None)
+                except FileNotFoundError as exc:
+                    raise StorageError(
+                        f"{self.uri}: shard {shard} is committed but its file is missing ({exc}; checked"
+                        f" directly, not by listing). Nothing was deleted. {_repair_hint(self.root)}"
+                    ) from None
                 rolled_forward += 1
-            except FileNotFoundError:
-                self._remove_marker(shard, marker)
-                dropped += 1
-        fsio.remove_tree(fs, self._path(STAGING_DIR))
+        dead = [entry for entry in staged if entry not in keep]
+        for entry in dead:
+            fsio.remove_tree(self.fs, entry)
         for shard, record in self._all_records(FAILURES_DIR).items():
             if record.get("dataset_fingerprint") != self.fingerprint:
-                fsio.remove_files(fs, [self._path(FAILURES_DIR, marker_name(shard))])
-        return {"orphan_files": len(orphans), "dropped_markers": dropped, "rolled_forward": rolled_forward}
+                fsio.remove_files(self.fs, [self._path(FAILURES_DIR, marker_name(shard))])
+        return {
+            "orphan_files": len(orphans),
+            "dropped_markers": dropped,
+            "rolled_forward": rolled_forward,
+            "staging_removed": len(dead),
+        }
+
+    def retire_shard(self, shard_id: int, marker: Mapping[str, Any] | None) -> None:
+        """Un-commit one shard: its marker goes first (status and reader drop it at once), then
+        exactly the files that marker names, `videos` first (plain hive readers drop it next).
+
+        Deletes nothing the marker does not name: the one way to discard committed rows
+        (--rebuild, --prune) without touching files faceshard never wrote.
+        """
+        fsio.remove_files(self.fs, [self._path(COMMITS_DIR, marker_name(shard_id))])
+        if marker is not None:
+            fsio.remove_files(
+                self.fs, [self._path(p) for p in _marker_paths(marker, reversed(PUBLISH_ORDER))]
+            )
+            if not marker.get("published", True) and marker.get("staging"):
+                fsio.remove_tree(self.fs, self._path(marker["staging"]))
+
+    def _remove_marker(self, shard_id: int, marker: Mapping[str, Any] | None) -> None:
+        self.retire_shard(shard_id, marker)
 
     # -- internals
 
     def _path(self, *parts: str) -> str:
         return fsio.join(self.root, *parts)
 
+    def _relative(self, path: str) -> str:
+        return path[len(self.root) + 1 :] if path.startswith(self.root + "/") else path
+
     def _put(self, relative: str, data: bytes) -> None:
-        fsio.put_bytes(self.fs, self._path(relative), data, self._path(STAGING_DIR))
+        tmp_dir = f"{STAGING_DIR}/tmp-e{self.lease.epoch:06d}" if self.lease else f"{STAGING_DIR}/tmp"
+        fsio.put_bytes(self.fs, self._path(relative), data, self._path(tmp_dir))
+
+    def _write_metadata(self, metadata: dict[str, Any]) -> None:
+        """`_faceshard.json`, then its backup copy (what `faceshard repair` restores from)."""
+        data = _dump_json(metadata)
+        self._put(METADATA_FILE, data)
+        self._put(METADATA_BACKUP, data)
 
     def _write_marker(self, shard_id: int, marker: dict[str, Any]) -> None:
         """The commit point: once this PUT/rename lands the shard is visible, not a moment before."""
@@ -767,17 +996,23 @@ class Output:
     def _publish(self, marker: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:
         """Step 3 of a commit (idempotent, so `cleanup` can roll it forward after a crash).
 
-        The superseded commit's files go first, so a directory listing never sees a video twice.
+        Table by table in PUBLISH_ORDER, `videos` last: a plain listing of `videos` shows the shard
+        only once its faces and identities are in place. A replacement (retry-failed) first takes
+        the superseded `videos` files away, then swaps each table's files (old out, then new in),
+        so a reader starting from `videos` sees the old shard, no shard, or the new shard, never a
+        mix, and no table ever holds a video twice.
         """
         shard = marker["shard"]
         paths = _marker_paths(marker)
-        if previous is not None:
-            keep = set(paths)
-            fsio.remove_files(self.fs, [self._path(p) for p in _marker_paths(previous) if p not in keep])
-            if not previous.get("published", True):
-                fsio.remove_tree(self.fs, self._path(previous["staging"]))
-        for path in paths:
-            self._move_into_place(f"{marker['staging']}/{path}", path)
+        keep = set(paths)
+        old = {} if previous is None else {name: _marker_paths(previous, (name,)) for name in TABLES}
+        fsio.remove_files(self.fs, [self._path(p) for p in old.get("videos", []) if p not in keep])
+        for name in PUBLISH_ORDER:
+            fsio.remove_files(self.fs, [self._path(p) for p in old.get(name, []) if p not in keep])
+            for entry in marker["files"][name]:
+                self._move_into_place(f"{marker['staging']}/{entry['path']}", entry["path"])
+        if previous is not None and not previous.get("published", True) and previous.get("staging"):
+            fsio.remove_tree(self.fs, self._path(previous["staging"]))
         current = self.marker(shard)
         if current is None or current.get("attempt") != marker["attempt"]:
             # A concurrent commit of the same shard (a zombie retry) won: ours are now orphans.
@@ -805,18 +1040,14 @@ class Output:
                 raise FileNotFoundError(f"committed file lost before publishing: {src}") from None
         fsio.remove_files(fs, [src])
 
-    def _remove_marker(self, shard_id: int, marker: dict[str, Any] | None) -> None:
-        """Marker first (the shard disappears atomically), then the files it referenced."""
-        fsio.remove_files(self.fs, [self._path(COMMITS_DIR, marker_name(shard_id))])
-        if marker is not None:
-            fsio.remove_files(self.fs, [self._path(p) for p in _marker_paths(marker)])
-            if not marker.get("published", True):
-                fsio.remove_tree(self.fs, self._path(marker["staging"]))
-
     def _all_records(self, directory: str) -> dict[int, dict[str, Any]]:
         return _read_records(self.fs, self._path(directory))
 
-    def _check_fingerprint_unchanged(self) -> None:
+    def _check_writable(self) -> None:
+        """Fencing: this writer's lease is still the output's, and the fingerprint unchanged."""
+        if self._held is not None and self._held.lost:
+            raise StorageError(f"{self.uri}: this build lost its lease: {self._held.lost}")
+        check_lease(self.fs, self.root, self.lease)
         meta = read_metadata(self.fs, self.root)
         if meta is None or meta["fingerprint"] != self.fingerprint:
             found = None if meta is None else meta["fingerprint"]
@@ -825,30 +1056,91 @@ class Output:
                 f" refusing to commit rows of fingerprint {self.fingerprint}"
             )
 
-    def _refuse_foreign_directory(self) -> None:
-        """Never adopt (or later wipe) a directory that holds something other than faceshard state."""
-        fs, root = self.fs, self.root
-        fs.invalidate_cache(root)
-        try:
-            entries = fsio.retrying(fs.ls, root, detail=False)
-        except FileNotFoundError:
-            return
-        ours = {*TABLES, STATE_DIR, METADATA_FILE}
-        foreign = sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in entries)
-        foreign = [name for name in foreign if name not in ours]
+    def _writer_is_dead(self, name: str, age: float | None) -> bool:
+        """Provably dead: an older lease epoch in the name; without one, older than the grace period."""
+        epoch = epoch_of(name)
+        if epoch is not None:
+            return self.lease is not None and epoch < self.lease.epoch
+        stamped = _NAME_TIME.search(name)
+        if age is None and stamped:
+            written = dt.datetime.strptime(stamped.group(1), "%Y%m%dT%H%M%S").replace(tzinfo=dt.UTC)
+            age = (dt.datetime.now(dt.UTC) - written).total_seconds()
+        return age is not None and age > ORPHAN_GRACE_S
+
+    def _dead_staging(self) -> dict[str, str]:
+        """Top-level staging entries (attempt dirs, temp dirs, stray files) of dead writers, each
+        with its files' paths joined (they say which shards the entry stages)."""
+        staging = self._path(STAGING_DIR)
+        youngest: dict[str, float | None] = {}
+        files: dict[str, list[str]] = {}
+        for path, age in fsio.list_files_with_age(self.fs, staging).items():
+            entry = fsio.join(staging, path[len(staging) + 1 :].split("/", 1)[0])
+            files.setdefault(entry, []).append(path)
+            ages = [a for a in (youngest.get(entry), age) if a is not None]
+            youngest[entry] = min(ages) if ages else None
+        return {
+            entry: "\n".join(files[entry])
+            for entry, age in sorted(youngest.items())
+            if self._writer_is_dead(entry.rsplit("/", 1)[-1], age)
+        }
+
+    def _read_any_marker(self, shard_id: int) -> dict[str, Any] | None:
+        """The shard's marker read directly (a GET, consistent where listings are not), any fingerprint."""
+        path = self._path(COMMITS_DIR, marker_name(shard_id))
+        data = fsio.read_optional(self.fs, path)
+        return None if data is None else parse_record(data, path, "shard record", _repair_hint(self.root))
+
+    def _rebuild_intent(self) -> dict[str, Any] | None:
+        data = fsio.read_optional(self.fs, self._path(REBUILD_FILE))
+        if data is None:
+            return None
+        return parse_record(
+            data, self._path(REBUILD_FILE), "record of a --rebuild in progress", _repair_hint(self.root)
+        )
+
+    def _rebuild(self, existing: dict[str, Any], metadata: dict[str, Any]) -> None:
+        """Discard every shard of another fingerprint, resumably, then switch the metadata.
+
+        The intent (`rebuild.json`: from, to) is written first and removed last. Until the metadata
+        is switched the output stays a valid output of the old fingerprint with fewer shards, so a
+        kill anywhere leaves: status and readers consistent, an open with the new configuration
+        that finishes the rebuild (no flag needed), and one with the original configuration that
+        cancels it (the shards not yet discarded are kept).
+        """
+        intent = {"from": existing["fingerprint"], "to": self.fingerprint, "started_at": now_iso()}
+        self._put(REBUILD_FILE, _dump_json(intent))
+        for shard, marker in sorted(self._all_records(COMMITS_DIR).items()):
+            if marker.get("dataset_fingerprint") != self.fingerprint:
+                self.retire_shard(shard, marker)
+        for shard, record in self._all_records(FAILURES_DIR).items():
+            if record.get("dataset_fingerprint") != self.fingerprint:
+                fsio.remove_files(self.fs, [self._path(FAILURES_DIR, marker_name(shard))])
+        plan = _load_json(fsio.read_optional(self.fs, self._path(PLAN_FILE)))
+        if plan is None or plan.get("dataset_fingerprint") != self.fingerprint:
+            fsio.remove_files(self.fs, [self._path(PLAN_FILE)])
+        elif existing["fingerprint"] == self.fingerprint:
+            metadata = metadata | {k: existing.get(k) for k in ("created_at", "plan")}
+        self._write_metadata(metadata)
+        fsio.remove_files(self.fs, [self._path(REBUILD_FILE)])
+
+    def _refuse_unexplained_state(self) -> None:
+        """No metadata: refuse faceshard state that lost it, and any file faceshard did not write.
+
+        The whole tree is checked (not only top-level names): a user's `videos/*.mp4` must never
+        be adopted, and so never deleted by a later --rebuild.
+        """
+        if fsio.list_files(self.fs, self._path(COMMITS_DIR)):
+            require_metadata(self.fs, self.root)  # raises: markers without metadata
+        foreign = [
+            rel
+            for rel in (self._relative(p) for p in fsio.list_files(self.fs, self.root))
+            if not (rel == METADATA_FILE or rel.startswith(f"{STATE_DIR}/") or is_our_data_file(rel))
+        ]
         if foreign:
             raise StorageError(
                 f"{self.uri} is not empty and not a faceshard output (found {', '.join(foreign[:5])});"
                 " choose an empty or new output path"
             )
-
-    def _wipe(self) -> None:
-        """Rebuild: markers first (the old rows vanish at once), then everything else of ours."""
-        for directory in (COMMITS_DIR, FAILURES_DIR):
-            fsio.remove_tree(self.fs, self._path(directory))
-        fsio.remove_files(self.fs, [self._path(PLAN_FILE)])
-        for name in (*TABLES, STAGING_DIR):
-            fsio.remove_tree(self.fs, self._path(name))
 
 
 def _config_views(config: Mapping[str, Any] | Any) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -879,8 +1171,13 @@ def _mismatch_message(
     )
 
 
-def _marker_paths(marker: Mapping[str, Any]) -> list[str]:
-    return [entry["path"] for entries in marker.get("files", {}).values() for entry in entries]
+def _shards_in(paths: str) -> set[int]:
+    return {int(m) for m in re.findall(r"/shard=(\d+)/", paths)}
+
+
+def _marker_paths(marker: Mapping[str, Any], tables: Iterable[str] = TABLES) -> list[str]:
+    files = marker.get("files", {})
+    return [entry["path"] for name in tables for entry in files.get(name, [])]
 
 
 def _prepare_tables(plan: ShardPlan, tables: Mapping[str, pa.Table]) -> dict[str, Any]:

@@ -130,6 +130,49 @@ def _put_local(path: str, data: bytes, staging_dir: str) -> None:
             os.remove(tmp)
 
 
+def create_if_absent(fs: AbstractFileSystem, path: str, data: bytes) -> bool:
+    """Write `data` to `path` only if nothing is there: True if this call created it.
+
+    The guarantee depends on the store (docs/DESIGN.md, "Which store gives which guarantee"):
+    local disk: the bytes are fsynced in a temporary file that is `link()`ed to `path`, which
+    fails atomically if `path` exists (POSIX; also NFSv3+). S3 (AWS since 2024, MinIO, moto):
+    a PUT with `If-None-Match: *`. memory://: an exclusive open within the process. Any other
+    fsspec store: fsspec's `mode="create"` (check-then-write on most), then a read-back that at
+    least catches a lost race on stores whose last writer wins.
+    """
+    if is_local(fs):
+        return retrying(_create_local, path, data)
+    # Refused or not, what is there decides: a refusal may answer our own retried PUT whose first
+    # attempt landed, and a store that ignored the condition shows the last writer.
+    with contextlib.suppress(FileExistsError):
+        retrying(_create_remote, fs, path, data)
+    return read_optional(fs, path) == data
+
+
+def _create_remote(fs: AbstractFileSystem, path: str, data: bytes) -> None:
+    maybe_fault("put", path.rsplit("/", 1)[-1])
+    fs.pipe_file(path, data, mode="create")
+
+
+def _create_local(path: str, data: bytes) -> bool:
+    maybe_fault("put", path.rsplit("/", 1)[-1])
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        os.remove(tmp)
+
+
 def read_bytes(fs: AbstractFileSystem, path: str) -> bytes:
     """The whole object at `path`; FileNotFoundError when absent."""
     return retrying(fs.cat_file, path)
@@ -158,13 +201,42 @@ def read_many(fs: AbstractFileSystem, paths: list[str]) -> dict[str, bytes]:
 
 
 def list_files(fs: AbstractFileSystem, path: str) -> list[str]:
-    """Every file below `path` (recursively), freshly listed; [] when `path` does not exist."""
+    """Every file below `path` (recursively), freshly listed; [] when `path` does not exist.
+
+    A listing proves that a file exists, never that one does not (object store listings may lag):
+    nothing is ever deleted because a listing lacks it.
+    """
+    return sorted(list_files_with_age(fs, path))
+
+
+def list_files_with_age(fs: AbstractFileSystem, path: str) -> dict[str, float | None]:
+    """Like `list_files`, with each file's age in seconds (None where the store does not say)."""
     fs.invalidate_cache(path)
     try:
-        found = retrying(fs.find, path)
+        found = retrying(fs.find, path, detail=True)
     except FileNotFoundError:
-        return []
-    return sorted(_strip(fs, p) for p in found)
+        return {}
+    now = time.time()
+    out: dict[str, float | None] = {}
+    below = _strip(fs, path) + "/"
+    for name, info in found.items():
+        stripped = _strip(fs, name)
+        # Only files strictly below `path` (an object store may answer with the prefix itself).
+        if info.get("type") == "directory" or not stripped.startswith(below):
+            continue
+        modified = _modified(info)
+        out[stripped] = None if modified is None else now - modified
+    return out
+
+
+def _modified(info: dict[str, Any]) -> float | None:
+    for key in ("mtime", "LastModified", "last_modified", "created"):
+        value = info.get(key)
+        if isinstance(value, int | float):
+            return float(value)
+        if hasattr(value, "timestamp"):
+            return float(value.timestamp())
+    return None
 
 
 def remove_files(fs: AbstractFileSystem, paths: Iterable[str]) -> None:

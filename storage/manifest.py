@@ -13,11 +13,12 @@ import posixpath
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import polars as pl
+from typing import TYPE_CHECKING, Any
 
 from faceshard.errors import ManifestError
+
+if TYPE_CHECKING:
+    import polars as pl
 from faceshard.records import VideoTask
 from faceshard.storage.fsio import is_local, open_fs, read_bytes
 
@@ -84,6 +85,8 @@ class Manifest:
 
     def shard_plans(self, shards: pl.DataFrame) -> list[ShardPlan]:
         """ShardPlans for a (shard, video_id) frame, in its order; every id must be in the manifest."""
+        import polars as pl
+
         joined = shards.select("shard", "video_id").join(
             self.frame.select(TASK_COLUMNS), on="video_id", how="left", maintain_order="left"
         )
@@ -121,6 +124,8 @@ def load_manifest(
     paths are), `source`, `dataset` (SPEC §9). Relative paths resolve against the manifest's
     directory. Raises ManifestError on missing columns, empty paths, bad labels, duplicate ids.
     """
+    import polars as pl
+
     fs, path = open_fs(uri, storage_options)
     frame = _read_frame(read_bytes(fs, path), uri)
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
@@ -198,11 +203,15 @@ _NEEDS_NORMALISING = r"://|^/|^file:|(?:^|/)\.\.?(?:/|$)|//|/$"
 
 
 def _blank_to_null(column: pl.Expr) -> pl.Expr:
+    import polars as pl
+
     text = column.str.strip_chars()
     return pl.when(text != "").then(text)
 
 
 def _label_expr(column: pl.Expr) -> pl.Expr:
+    import polars as pl
+
     text = column.str.strip_chars().str.to_lowercase().str.replace(r"\.0$", "")
     return text.replace_strict(LABELS, default=None, return_dtype=pl.Int8)
 
@@ -214,6 +223,8 @@ def _locate_all(paths: pl.Series, base: _Location, protocol: str | None) -> pl.D
     through `_locate` one by one. Local targets are resolved through symlinks with a per-directory
     cache, so a million files cost about one lstat each, not one per path component.
     """
+    import polars as pl
+
     plain = ~paths.str.contains(_NEEDS_NORMALISING)
     target = (base.path.rstrip("/") + "/" + paths).alias("target")
     relative = paths.clone().alias("relative")
@@ -242,6 +253,8 @@ def _locate_all(paths: pl.Series, base: _Location, protocol: str | None) -> pl.D
 
 
 def _read_frame(data: bytes, uri: str) -> pl.DataFrame:
+    import polars as pl  # only manifest intake needs it: the per-video pipeline (GPU check) runs without
+
     try:
         if _is_csv(uri):
             return pl.read_csv(io.BytesIO(data), infer_schema=False)
@@ -328,6 +341,8 @@ class _RealPaths:
 
 def _inside_any(roots: Sequence[_Location]) -> pl.Expr:
     """Row lies under one of `roots` (same protocol, resolved path equal or below)."""
+    import polars as pl
+
     inside = pl.lit(False)
     for root in roots:
         resolved = root.resolved()

@@ -20,24 +20,14 @@ Everything here is columnar (polars) and pure: the storage layer reads and write
 
 from __future__ import annotations
 
-import hashlib
-import io
 from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
 
+from faceshard.storage.commit import shard_fingerprint_of
+
 PLAN_SCHEMA = {"shard": pl.Int64, "video_id": pl.String}
-
-
-def shard_fingerprint_of(dataset_fp: str, shard_id: int, video_ids: list[str]) -> str:
-    """Hash of the dataset fingerprint, the shard id and the SET of its video ids.
-
-    Paths, labels and manifest order are left out on purpose: they do not identify a video, so a
-    relocated corpus or a reordered manifest keeps every committed shard.
-    """
-    text = "\n".join([dataset_fp, str(shard_id), *sorted(video_ids)])
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def empty_plan_frame() -> pl.DataFrame:
@@ -157,17 +147,6 @@ def plan_build(manifest_ids: pl.Series, prior: PriorPlan, shard_size: int, prune
         prune_keep=prune_keep,
         pruned_videos=gone.height if prune else 0,
     )
-
-
-def plan_file_bytes(shards: pl.DataFrame) -> bytes:
-    """The plan's (shard, video_id) rows as one zstd Parquet file."""
-    sink = io.BytesIO()
-    shards.select(list(PLAN_SCHEMA)).write_parquet(sink, compression="zstd")
-    return sink.getvalue()
-
-
-def read_plan_file(data: bytes) -> pl.DataFrame:
-    return pl.read_parquet(io.BytesIO(data)).select(list(PLAN_SCHEMA)).cast(PLAN_SCHEMA)
 
 
 def _ids(frame: pl.DataFrame) -> list[int]:

@@ -7,13 +7,15 @@ Everything but the failed videos comes from the markers' stats; only shards whos
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import Counter
 from typing import Any
 
 import pyarrow.compute as pc
 
-from faceshard.storage import fsio
-from faceshard.storage.commit import OutputState, file_entry, locate, read_files, read_state
+from faceshard.errors import StorageError
+from faceshard.storage import fsio, lease
+from faceshard.storage.commit import REBUILD_FILE, OutputState, file_entry, locate, read_files, read_state
 
 
 def dataset_status(
@@ -61,11 +63,41 @@ def dataset_status(
         "failed_by_reason": dict(Counter(v["error"] for v in failed_videos).most_common()),
         "random_weights": list(meta.get("random_weights") or []),
         "stage_seconds": _stage_seconds(state),
+        "lease": lease_holder(fs, root),
+        "rebuilding": _rebuilding(fs, root),
     }
     if verify:
         info["corrupt_files"] = _verify(fs, root, state)
     info["ok"] = not (failures or failed_videos or info.get("corrupt_files"))
     return info
+
+
+def lease_holder(fs: Any, root: str) -> dict[str, Any] | None:
+    """Who holds (or last held) the output's lease: owner, host, pid, epoch, heartbeat, state."""
+    try:
+        found = lease.current(fs, root)
+    except StorageError as exc:
+        return {"state": "unreadable", "error": str(exc)}
+    if found is None:
+        return None
+    _, record = found
+    keys = ("owner", "host", "pid", "epoch", "acquired_at", "heartbeat_at", "expires_at", "ttl_s")
+    return {k: record.get(k) for k in keys} | {
+        "state": lease.lease_state(record),
+        "holder": lease.describe(record),
+    }
+
+
+def _rebuilding(fs: Any, root: str) -> dict[str, Any] | None:
+    """A --rebuild that was interrupted: {"from", "to", "started_at"} (finished by the next open)."""
+    data = fsio.read_optional(fs, fsio.join(root, REBUILD_FILE))
+    if data is None:
+        return None
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return {"error": "unreadable rebuild record"}
+    return value if isinstance(value, dict) else {"error": "unreadable rebuild record"}
 
 
 def _failed_videos(fs: Any, root: str, state: OutputState) -> list[dict[str, Any]]:

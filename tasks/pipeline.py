@@ -21,20 +21,25 @@ from typing import Any
 
 from faceshard.config import BuildConfig
 from faceshard.errors import VideoError
-from faceshard.models.depth import DepthEstimator
-from faceshard.models.detectors import build_detector, resolve_device
-from faceshard.models.embedders import Embedder
-from faceshard.models.identity import build_identity_embedder
+from faceshard.models.depth import DepthEstimator, depth_weights
+from faceshard.models.detectors import build_detector, detector_weights, resolve_device
+from faceshard.models.embedders import Embedder, embed_weights
+from faceshard.models.identity import IDENTITY_CLASSES, build_identity_embedder, identity_weights
 from faceshard.records import Face, Frame, VideoTask
 from faceshard.tasks.crops import CropEncoder, Cropper, encode_image
 from faceshard.tasks.decode import iter_frames, probe
 from faceshard.tasks.identity import assign_identities, clustering_rule
+from faceshard.tasks.repeats import RepeatAwareDetector, StillPictureSkipper
 from faceshard.tasks.sampling import make_selector
 from faceshard.tasks.size import SizeStage
 
 log = logging.getLogger(__name__)
 
 Stage = Callable[[list[Face]], list[Face]]
+
+# Frames held back (decoded, waiting for an earlier frame's verdict) before the batch is detected early:
+# bounds memory to a few detection batches of RGB frames whatever the video's length.
+MAX_HELD_PER_BATCH = 3
 
 
 @dataclass
@@ -62,6 +67,34 @@ class StageClock:
             self.seconds[name] += time.perf_counter() - start
 
 
+def check_config(cfg: BuildConfig) -> None:
+    """Refuse combinations no video can be processed with (before any model loads or video runs)."""
+    if cfg.identity.enabled:
+        embedder = IDENTITY_CLASSES[cfg.identity.embedder]
+        clustering_rule(cfg.identity, embedder.metric, embedder.default_threshold)
+    if cfg.embed.enabled and cfg.embed.depth and not cfg.depth.enabled:
+        raise ValueError("embed.depth=true needs depth.enabled=true")
+
+
+def weights_manifest(cfg: BuildConfig) -> dict[str, dict[str, Any]]:
+    """Per role (detector, identity, depth, embed): name, source, fingerprint and whether random.
+
+    Decided from the weights' files (content hashes, cached hub revisions, or `random`) without
+    loading any model, so the driver stays light; the same functions give each loaded model its
+    `weights`. Missing weights and bad settings raise here, before anything is written.
+    """
+    check_config(cfg)
+    allow_random = cfg.runtime.allow_random_weights
+    roles = {"detector": detector_weights(cfg.detect)}
+    if cfg.identity.enabled:
+        roles["identity"] = identity_weights(cfg.identity)
+    if cfg.depth.enabled:
+        roles["depth"] = depth_weights(cfg.depth.model, allow_random)
+    if cfg.embed.enabled:
+        roles["embed"] = embed_weights(cfg.embed.model, cfg.embed.checkpoint, allow_random)
+    return {role: asdict(info) for role, info in roles.items()}
+
+
 class VideoProcessor:
     """All models of a build, loaded once; `processor(video, shard_id) -> VideoResult`."""
 
@@ -70,11 +103,14 @@ class VideoProcessor:
         self.device = resolve_device(device or cfg.runtime.device)
         allow_random = cfg.runtime.allow_random_weights
         self.detector = build_detector(cfg.detect, self.device)
+        self.detect = RepeatAwareDetector(self.detector)  # exact: a bit-identical frame's detections
+        self.detect_still = StillPictureSkipper(self.detect)  # bounded per_second: still, face-less pictures
         self.cropper = Cropper(cfg.crop)
         self.size = SizeStage()
         self.encoder = CropEncoder(cfg.crop)
+        check_config(cfg)
         self.identity = build_identity_embedder(cfg.identity, self.device) if cfg.identity.enabled else None
-        if self.identity is not None:  # resolved now so that a bad metric/threshold fails before any video
+        if self.identity is not None:
             self.metric, self.threshold = clustering_rule(
                 cfg.identity, self.identity.metric, self.identity.default_threshold
             )
@@ -106,8 +142,6 @@ class VideoProcessor:
         )
         # Faces wait for a full batch of the batched models; crops held are bounded by this number.
         self.face_batch = max(cfg.depth.batch_size, cfg.embed.batch_size)
-        if cfg.embed.enabled and cfg.embed.depth and not cfg.depth.enabled:
-            raise ValueError("embed.depth=true needs depth.enabled=true")
 
     @property
     def weights(self) -> dict[str, dict[str, Any]]:
@@ -192,20 +226,23 @@ class VideoProcessor:
     def _faces(self, video: VideoTask, clock: StageClock) -> tuple[list[Face], Any]:
         with clock("decode"):
             info = probe(video.path)
-        selector = make_selector(self.cfg.sampling.strategy, self.cfg.sampling.max_frames)
+        sampling = self.cfg.sampling
+        selector = make_selector(sampling.strategy, sampling.max_frames, sampling.fallback())
         selector.start(info, video.path)
+        self.detect.reset()
+        self.detect_still.reset()
         detected: list[Face] = []  # detected and cropped, not yet enriched (acceptance may be pending)
         accepted: list[Face] = []  # accepted, waiting for a full batch of the per-face stages
         enriched: list[Face] = []
-        batch: list[Frame] = []
+        batch: list[Frame] = []  # frames to detect in the next call
+        held: list[Frame] = []  # decoded frames waiting for the verdict on an earlier frame
         stages = self.face_stages()
         last_faceless = -1  # faces at or before a face-less frame can only be kept if already accepted
 
         def flush() -> None:
-            if not batch:
-                return
+            detect = self.detect_still if skip_still else self.detect
             with clock("detect"):
-                detections = self.detector([frame.rgb for frame in batch])
+                detections = detect([frame.rgb for frame in batch]) if batch else []
             nonlocal last_faceless
             for frame, dets in zip(batch, detections, strict=True):
                 selector.found(frame.index, len(dets))
@@ -214,12 +251,21 @@ class VideoProcessor:
                 with clock("crop"):
                     detected.extend(self.cropper(frame, dets))
             batch.clear()
+            release_held()
             if not selector.needs_feedback:
                 enrich(drain_accepted(final=True))
             elif selector.final_when_accepted:
                 enrich(drain_accepted(final=False))
             else:  # acceptance may still move to a later run: hold faces, drop the hopeless ones
                 detected[:] = [f for f in detected if selector.accepted(f.frame) or f.frame > last_faceless]
+
+        def release_held() -> None:
+            """After a batch's verdicts: drop held frames no longer wanted, queue those now ready."""
+            waiting = []
+            for frame in held:
+                if selector.want(frame.index):
+                    (batch if selector.ready(frame.index) else waiting).append(frame)
+            held[:] = waiting
 
         def drain_accepted(final: bool) -> list[Face]:
             """Faces whose frame is accepted; rejected ones are dropped once acceptance is final."""
@@ -232,7 +278,7 @@ class VideoProcessor:
             return ready
 
         def enrich(faces: list[Face], force: bool = False) -> None:
-            """Run the per-face stages on full batches (per_second detects one frame at a time)."""
+            """Run the per-face stages on full batches (faces arrive a few frames at a time)."""
             accepted.extend(faces)
             if not accepted or (len(accepted) < self.face_batch and not force):
                 return
@@ -242,18 +288,24 @@ class VideoProcessor:
             enriched.extend(accepted)
             accepted.clear()
 
+        skip_still = sampling.strategy == "per_second" and sampling.fallback() is not None
         frames = iter_frames(
             video.path, info, selector.want, lambda: selector.done, feedback=selector.needs_feedback
         )
+        batch_size = 1 if selector.sequential else self.cfg.detect.batch_size
         while True:
             with clock("decode"):
                 frame = next(frames, None)
             if frame is None:
                 break
-            batch.append(frame)
-            if selector.needs_feedback or len(batch) >= self.cfg.detect.batch_size:
+            (batch if selector.ready(frame.index) else held).append(frame)
+            if len(batch) >= batch_size or len(held) >= MAX_HELD_PER_BATCH * batch_size:
                 flush()
-        flush()
+        while batch or held:  # the tail: each flush resolves the earliest held frame of every second
+            if not batch:
+                batch.extend(held)  # never reached for a consistent selector; guards an endless loop
+                held.clear()
+            flush()
         enrich(drain_accepted(final=True), force=True)
         enriched.sort(key=lambda face: (face.frame, face.face))
         return enriched, info

@@ -4,24 +4,29 @@ Strategies live in a registry (`STRATEGIES`), parsed from `"name"` or `"name:N"`
 
 Selector protocol — one selector per worker, `start` per video::
 
-    selector = make_selector("per_second", max_frames=None)
+    selector = make_selector("per_second", max_frames=None, fallback=2)
     selector.start(info, path)
     frames = iter_frames(path, info, selector.want, lambda: selector.done, feedback=selector.needs_feedback)
-    for frame in frames:
-        if selector.needs_feedback:             # detect this frame now, before the next is pulled
-            dets = detector([frame.rgb])[0]
-            selector.found(frame.index, len(dets))
-        else:                                    # free to batch frames for the detector
-            ...
+    for frame in frames:                         # simplest driver: detect each frame as it comes
+        dets = detector([frame.rgb])[0]
+        selector.found(frame.index, len(dets))
     kept = [f for f in faces if selector.accepted(f.frame)]   # final once iteration has ended
+
+The pipeline batches instead: frames that are `ready` go to a detection batch, the others are held
+until the batch's verdicts are in (see `tasks/pipeline.py`).
 
 * `want(i)` — should frame `i` be converted to RGB and detected? The decode thread asks ahead of the
   detector, so a feedback selector answers from what it knows so far and only ever narrows later
   (`iter_frames` asks again just before yielding). Indices are asked in increasing order.
 * `needs_feedback` — True when `want` depends on earlier detections (`per_second`, `consecutive:N`):
-  the pipeline must call `found(i, n_faces)` for each yielded frame before pulling the next one, and
-  passes `feedback=True` to `iter_frames` so speculative frames are not converted to RGB.
-  Otherwise `found` is optional and frames may be batched.
+  the pipeline must call `found(i, n_faces)` for every frame it detects, and passes `feedback=True` to
+  `iter_frames` so speculative frames are not converted to RGB. Otherwise `found` is optional.
+* `ready(i)` — may frame `i` be detected now? False while the verdict on an earlier frame it depends on
+  is pending (a `per_second` fallback frame waits for its second's earlier tries); the pipeline holds
+  such frames and asks again after the next detection batch. Frames that are ready may be batched.
+* `sequential` — True when each frame must be detected before the next is pulled (`consecutive:N`,
+  whose every frame depends on the previous one); `per_second` batches the first frames of many
+  seconds and falls back only where they were empty.
 * `done` — no further frame will be wanted; decoding stops. Breaking out of the loop on `done` is safe.
 * `accepted(i)` — are the faces of frame `i` part of the sample? Selectors without feedback accept every
   frame they want; `per_second` accepts the frame whose box was used for its second; `consecutive:N`
@@ -34,6 +39,7 @@ Selector protocol — one selector per worker, `start` per video::
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -48,6 +54,7 @@ class FrameSelector(ABC):
     """Base of all strategies; see the module docstring for the protocol."""
 
     needs_feedback: bool = False
+    sequential: bool = False
     # With feedback: once `accepted(i)` is True it stays True, so faces can be processed right away.
     final_when_accepted: bool = True
 
@@ -62,6 +69,10 @@ class FrameSelector(ABC):
 
     @abstractmethod
     def want(self, index: int) -> bool: ...
+
+    def ready(self, index: int) -> bool:
+        """Whether frame `index` can be detected now (nothing it depends on is pending)."""
+        return self.want(index)
 
     def found(self, index: int, n_faces: int) -> None:  # noqa: B027 - optional for index selectors
         """Detector feedback for a yielded frame; required when `needs_feedback`."""
@@ -152,11 +163,27 @@ class Uniform(_IndexSelector):
         return index in self._members
 
 
+DEFAULT_FALLBACK_FRAMES = 2
+
+
+def fallback_offsets(fps: int, fallback: int | None) -> tuple[int, ...]:
+    """Offsets in a second of the frames tried, in order: 0, then `fallback` more evenly spaced.
+
+    `None` (or as many as the second holds) is MINTIME's exhaustive search: every frame of the second.
+    """
+    if fallback is None or fallback >= fps - 1:
+        return tuple(range(fps))
+    spaced = (int(j * fps / (fallback + 1) + 0.5) for j in range(1, fallback + 1))
+    return (0, *sorted(set(spaced)))
+
+
 class PerSecond(FrameSelector):
     """MINTIME: one frame per second, at 0, fps, 2·fps… with fps = int(reported fps).
 
-    If the second's first frame has no face, the following frames of that second are tried in order
-    and the first one with a face is the sample: its boxes and its pixels (MINTIME mixed the two).
+    If the second's first frame has no face, up to `fallback` further frames of that second, evenly
+    spaced, are tried in order and the first one with a face is the sample: its boxes and its pixels
+    (MINTIME mixed the two). `fallback=None` tries every frame of the second (MINTIME's exhaustive
+    search): one face-less long video then costs a detection per frame.
 
     A video without a usable frame rate (int(fps) < 1; MINTIME skipped those) takes its seconds from the
     frames' timestamps, demuxed up front; with neither, the video is refused (VideoError) rather than
@@ -165,10 +192,34 @@ class PerSecond(FrameSelector):
 
     needs_feedback = True
 
+    def __init__(self, max_frames: int | None = None, fallback: int | None = DEFAULT_FALLBACK_FRAMES) -> None:
+        super().__init__(max_frames)
+        if fallback is not None and fallback < 0:
+            raise ValueError("fallback must be >= 0 (or None for every frame of the second)")
+        self.fallback = fallback
+
     def start(self, info: VideoInfo, path: str | Path | None = None) -> None:
         self.fps = int(info.fps)
         self._seconds = [] if self.fps >= 1 else self._seconds_from_timestamps(path)
+        self._first: dict[int, int] = {}  # timestamps only: second -> its first frame, and its length
+        self._length: Counter[int] = Counter(self._seconds)
+        for index, second in enumerate(self._seconds):
+            self._first.setdefault(second, index)
+        self._tries: dict[int, dict[int, int]] = {}  # frames in a second -> {offset: try position}
         self.chosen: dict[int, int] = {}  # second -> frame whose faces are kept
+        self.empty: dict[int, int] = {}  # second -> how many of its first tries were found face-less
+
+    def _position(self, index: int) -> int | None:
+        """Which try of its second frame `index` is (0 = the second's first frame), None if none."""
+        if self.fps >= 1:
+            offset, length = index % self.fps, self.fps
+        else:
+            second = self._second(index)
+            offset, length = index - self._first[second], self._length[second]
+        if length not in self._tries:
+            offsets = fallback_offsets(length, self.fallback)
+            self._tries[length] = {offset: position for position, offset in enumerate(offsets)}
+        return self._tries[length].get(offset)
 
     @staticmethod
     def _seconds_from_timestamps(path: str | Path | None) -> list[int]:
@@ -186,12 +237,23 @@ class PerSecond(FrameSelector):
         return self._seconds[min(index, len(self._seconds) - 1)]
 
     def want(self, index: int) -> bool:
-        return not self.done and self._second(index) not in self.chosen
+        return not self.done and self._second(index) not in self.chosen and self._position(index) is not None
+
+    def ready(self, index: int) -> bool:
+        position = self._position(index)
+        return (
+            self.want(index) and position is not None and self.empty.get(self._second(index), 0) >= position
+        )
 
     def found(self, index: int, n_faces: int) -> None:
         second = self._second(index)
-        if n_faces > 0 and second not in self.chosen and not self.done:
+        if self.done or second in self.chosen:
+            return
+        if n_faces > 0:
             self.chosen[second] = index
+        else:
+            position = self._position(index)
+            self.empty[second] = max(self.empty.get(second, 0), (position or 0) + 1)
 
     @property
     def done(self) -> bool:
@@ -208,6 +270,7 @@ class Consecutive(FrameSelector):
     """
 
     needs_feedback = True
+    sequential = True  # whether a frame is wanted depends on the verdict on the one before it
     final_when_accepted = False  # a later, longer run replaces the best one so far
 
     def __init__(self, n: int, max_frames: int | None = None) -> None:
@@ -251,21 +314,26 @@ def _integer(arg: str | None, name: str) -> int:
     return int(arg)
 
 
-STRATEGIES: dict[str, Callable[[str | None, int | None], FrameSelector]] = {
-    "all": lambda arg, cap: AllFrames(cap),
-    "per_second": lambda arg, cap: PerSecond(cap),
-    "stride": lambda arg, cap: Stride(_integer(arg, "stride"), cap),
-    "uniform": lambda arg, cap: Uniform(_integer(arg, "uniform"), cap),
-    "consecutive": lambda arg, cap: Consecutive(_integer(arg, "consecutive"), cap),
+STRATEGIES: dict[str, Callable[[str | None, int | None, int | None], FrameSelector]] = {
+    "all": lambda arg, cap, fallback: AllFrames(cap),
+    "per_second": lambda arg, cap, fallback: PerSecond(cap, fallback),
+    "stride": lambda arg, cap, fallback: Stride(_integer(arg, "stride"), cap),
+    "uniform": lambda arg, cap, fallback: Uniform(_integer(arg, "uniform"), cap),
+    "consecutive": lambda arg, cap, fallback: Consecutive(_integer(arg, "consecutive"), cap),
 }
 _TAKES_ARGUMENT = {"stride", "uniform", "consecutive"}
 
 
-def make_selector(strategy: str, max_frames: int | None = None) -> FrameSelector:
-    """A fresh selector for `"per_second" | "all" | "uniform:N" | "stride:K" | "consecutive:N"`."""
+def make_selector(
+    strategy: str, max_frames: int | None = None, fallback: int | None = DEFAULT_FALLBACK_FRAMES
+) -> FrameSelector:
+    """A fresh selector for `"per_second" | "all" | "uniform:N" | "stride:K" | "consecutive:N"`.
+
+    `fallback` (per_second only): further frames tried in a face-less second; None tries them all.
+    """
     name, sep, arg = strategy.partition(":")
     if name not in STRATEGIES:
         raise ValueError(f"unknown sampling strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     if sep and name not in _TAKES_ARGUMENT:
         raise ValueError(f"sampling strategy {name!r} takes no argument")
-    return STRATEGIES[name](arg if sep else None, max_frames)
+    return STRATEGIES[name](arg if sep else None, max_frames, fallback)

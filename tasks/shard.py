@@ -14,6 +14,7 @@ from typing import Any
 
 from faceshard.config import BuildConfig
 from faceshard.faults import maybe_fault
+from faceshard.models.threads import limit_threads
 from faceshard.storage.commit import Output
 from faceshard.storage.manifest import ShardPlan
 from faceshard.storage.schema import rows_to_tables, table_schemas
@@ -28,7 +29,7 @@ def get_processor(cfg: BuildConfig) -> VideoProcessor:
     """The processor for `cfg` in this worker process: models load once, not per shard or video."""
     key = json.dumps(
         {
-            "rows": cfg.row_affecting(),
+            "rows": cfg.model_dump(mode="json", exclude={"runtime", "preset"}),  # weights paths too
             "device": cfg.runtime.device,
             "random": cfg.runtime.allow_random_weights,
         },
@@ -36,20 +37,9 @@ def get_processor(cfg: BuildConfig) -> VideoProcessor:
     )
     if key not in _PROCESSORS:
         _PROCESSORS.clear()  # one build per worker at a time: free the previous build's models
+        limit_threads(cfg.runtime.cpus_per_shard)
         _PROCESSORS[key] = VideoProcessor(cfg)
     return _PROCESSORS[key]
-
-
-def weights_manifest(cfg: BuildConfig) -> dict[str, dict[str, Any]]:
-    """Per role (detector, identity, depth, embed): name, source, fingerprint and whether random.
-
-    The fingerprint must name the exact weights (file hashes, hub revisions, or `random`), resolved
-    once in the driver before anything is skipped or written; the driver builds the processor once
-    on the CPU for it. Workers load their own copy once per process.
-    """
-    return get_processor(
-        cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"device": "cpu"})})
-    ).weights
 
 
 def process_shard(
@@ -62,6 +52,7 @@ def process_shard(
     """
     started = time.perf_counter()
     processor = get_processor(cfg)
+    load_seconds = time.perf_counter() - started  # non-zero only for a worker's first shard of a build
     videos = plan.videos
     replacing = retry_failed and output.is_committed(plan)
     if replacing:
@@ -77,7 +68,7 @@ def process_shard(
         [row for r in results for row in r.identities],
         table_schemas(**processor.dims),
     )
-    stats = _stats(plan, results, time.perf_counter() - started, replacing)
+    stats = _stats(plan, results, time.perf_counter() - started, replacing, load_seconds)
     maybe_fault("commit", str(plan.shard_id))
     marker = (
         output.replace_videos(plan, tables, stats) if replacing else output.commit_shard(plan, tables, stats)
@@ -86,8 +77,10 @@ def process_shard(
     return stats
 
 
-def _stats(plan: ShardPlan, results: list[VideoResult], seconds: float, replacing: bool) -> dict[str, Any]:
-    stage_seconds: Counter[str] = Counter()
+def _stats(
+    plan: ShardPlan, results: list[VideoResult], seconds: float, replacing: bool, load_seconds: float
+) -> dict[str, Any]:
+    stage_seconds: Counter[str] = Counter({"load_models": load_seconds})
     for result in results:
         stage_seconds.update(result.seconds)
     return {

@@ -36,7 +36,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "faceshard.export",
             "faceshard.probe",
             "faceshard.synth",
+            "faceshard.training",
             "faceshard.progress_bar",
+            "faceshard.bench",
         ),
     ),
 ]

@@ -145,7 +145,7 @@ def build_processes(session: int, token: str) -> dict[int, str]:
     return found
 
 
-def kill_build(proc: subprocess.Popen, token: str, grace_s: float = 30) -> dict[int, str]:
+def kill_build(proc: subprocess.Popen, token: str, grace_s: float = 90) -> dict[int, str]:
     """SIGKILL the build's process group (driver, Prefect server, raylet, GCS) and wait for the rest
     of its session to go by itself: Ray workers sit in process groups of their own and must exit
     once their raylet is gone. Returns what was still running after `grace_s` (then killed by pid)."""
@@ -259,7 +259,7 @@ def s3_build(
     corpus: Path, build_env: dict[str, str], moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory
 ) -> S3Build:
     """`faceshard build` to S3 (endpoint and keys from the environment, as a user passes them) with
-    two transient write errors injected: the build's first write (`_faceshard.json`, in the driver)
+    two transient write errors injected: the build's first write (its lease record, in the driver)
     and shard 1's commit marker (in a Ray worker). Retried writes change no rows, so this build is
     also the uninterrupted reference the interrupted builds must end up equal to."""
     import s3fs

@@ -19,7 +19,13 @@ from faceshard.errors import VideoError
 from faceshard.models.detectors import build_detector
 from faceshard.records import VideoInfo
 from faceshard.tasks.decode import iter_frames, probe
-from faceshard.tasks.sampling import STRATEGIES, FrameSelector, make_selector
+from faceshard.tasks.sampling import (
+    DEFAULT_FALLBACK_FRAMES,
+    STRATEGIES,
+    FrameSelector,
+    fallback_offsets,
+    make_selector,
+)
 
 
 @pytest.fixture(scope="module")
@@ -49,14 +55,41 @@ def accepted(selector: FrameSelector, n: int) -> list[int]:
     return [i for i in range(n) if selector.accepted(i)]
 
 
-def test_per_second_falls_back_within_the_second(clip: Path) -> None:
+def test_per_second_exhaustive_fallback_is_mintimes_search(clip: Path) -> None:
     faces = {0, 12, 13, 30, 31, 40}  # second 1 finds a face at 12; second 2 has none
     info = probe(clip)
-    selector = make_selector("per_second")
-    assert selector.needs_feedback
+    selector = make_selector("per_second", fallback=None)
+    assert selector.needs_feedback and not selector.sequential
     yielded = drive(selector, clip, info, faces.__contains__)
     assert yielded == [0, 10, 11, 12, *range(20, 30), 30, 40]
     assert accepted(selector, 50) == [0, 12, 30, 40]
+
+
+def test_per_second_fallback_is_bounded_and_evenly_spaced(clip: Path) -> None:
+    """Default: 2 further tries at 1/3 and 2/3 of the second (offsets 3 and 7 at 10 fps)."""
+    faces = {0, 12, 13, 17, 30, 31, 40}
+    info = probe(clip)
+    selector = make_selector("per_second")
+    yielded = drive(selector, clip, info, faces.__contains__)
+    assert yielded == [0, 10, 13, 20, 23, 27, 30, 40]  # a face-less second costs 3 detections, not 10
+    assert accepted(selector, 50) == [0, 13, 30, 40]
+    assert fallback_offsets(25, DEFAULT_FALLBACK_FRAMES) == (0, 8, 17)
+    assert fallback_offsets(25, 0) == (0,) and fallback_offsets(3, 5) == (0, 1, 2)
+
+
+def test_per_second_fallback_frames_wait_for_their_seconds_first_frame() -> None:
+    """`ready` lets the pipeline batch first frames of many seconds and fall back only where empty."""
+    selector = make_selector("per_second", fallback=2)
+    selector.start(VideoInfo(fps=10, width=1, height=1, n_frames_container=None))
+    assert selector.ready(0) and selector.ready(10) and selector.ready(20)
+    assert selector.want(3) and not selector.ready(3) and not selector.ready(7)
+    selector.found(0, 0)
+    selector.found(10, 1)
+    selector.found(20, 0)
+    assert selector.ready(3) and not selector.ready(7)  # the second try waits for the first
+    assert not selector.want(13)  # second 1 found its face on its first frame
+    selector.found(23, 0)
+    assert selector.ready(27) and not selector.want(5)
 
 
 def test_per_second_uses_int_of_reported_fps() -> None:
@@ -70,9 +103,9 @@ def test_per_second_uses_int_of_reported_fps() -> None:
 def test_per_second_max_frames_stops_decoding(clip: Path) -> None:
     info = probe(clip)
     selector = make_selector("per_second", max_frames=2)
-    yielded = drive(selector, clip, info, lambda i: i in {0, 11})
-    assert yielded == [0, 10, 11]
-    assert accepted(selector, 50) == [0, 11]
+    yielded = drive(selector, clip, info, lambda i: i in {0, 13})
+    assert yielded == [0, 10, 13]
+    assert accepted(selector, 50) == [0, 13]
     assert selector.done and info.n_frames_decoded < 50
 
 
@@ -80,9 +113,9 @@ def test_per_second_want_only_narrows_with_feedback() -> None:
     """What the decode thread asks ahead of feedback is a superset of the final answer."""
     selector = make_selector("per_second")
     selector.start(VideoInfo(fps=10, width=1, height=1, n_frames_container=None))
-    assert selector.want(0) and selector.want(1) and selector.want(5)
+    assert selector.want(0) and selector.want(3) and selector.want(7) and not selector.want(5)
     selector.found(0, 2)
-    assert not selector.want(1) and not selector.want(5) and selector.want(10)
+    assert not selector.want(3) and not selector.want(7) and selector.want(10)
 
 
 def test_uniform_uses_decoded_count_not_the_header(clip: Path) -> None:
@@ -163,7 +196,7 @@ def test_start_resets_between_videos() -> None:
     selector.start(info)
     selector.found(0, 1)
     selector.start(info)
-    assert not selector.accepted(0) and selector.want(1)
+    assert not selector.accepted(0) and selector.want(3)
 
 
 @pytest.mark.parametrize("bad", ["bogus", "uniform", "uniform:0", "stride:x", "all:3", "consecutive:-1"])
@@ -176,7 +209,11 @@ def test_registry_covers_the_config_strategies() -> None:
     assert set(STRATEGIES) == {"all", "per_second", "uniform", "stride", "consecutive"}
 
 
-def test_per_second_with_a_real_detector(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("fallback", "tried"),
+    [(None, {0: False, 1: False, 2: False, 3: True, 10: True}), (2, {0: False, 3: True, 10: True})],
+)
+def test_per_second_with_a_real_detector(tmp_path: Path, fallback: int | None, tried: dict) -> None:
     """Faceless opening frames: the second's sample is the first frame dlib finds a face on."""
     face = cv2.resize(skimage.data.astronaut(), (256, 256), interpolation=cv2.INTER_AREA)
     no_face = cv2.resize(skimage.data.coffee(), (256, 256), interpolation=cv2.INTER_AREA)
@@ -184,13 +221,13 @@ def test_per_second_with_a_real_detector(tmp_path: Path) -> None:
     path = write_video(tmp_path / "mixed.mp4", frames)
     detector = build_detector(DetectConfig(backend="dlib", upsample=1), "cpu")
     info = probe(path)
-    selector = make_selector("per_second")
+    selector = make_selector("per_second", fallback=fallback)
     selector.start(info, path)
     found = {}
     for frame in iter_frames(path, info, selector.want, lambda: selector.done, feedback=True):
         found[frame.index] = len(detector([frame.rgb])[0])
         selector.found(frame.index, found[frame.index])
-    assert {i: n > 0 for i, n in found.items()} == {0: False, 1: False, 2: False, 3: True, 10: True}
+    assert {i: n > 0 for i, n in found.items()} == tried
     assert accepted(selector, 15) == [3, 10]
 
 

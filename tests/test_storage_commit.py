@@ -30,6 +30,10 @@ def _open(uri: str, config: dict | None = None, **kwargs) -> Output:
     return Output.open(uri, config=config or CONFIG, weights=kwargs.pop("weights", WEIGHTS), **kwargs)
 
 
+def _files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.rglob("*") if p.is_file())
+
+
 def _data_files(root: Path) -> list[Path]:
     return sorted(p for table in ("videos", "faces", "identities") for p in (root / table).rglob("*.parquet"))
 
@@ -148,21 +152,31 @@ def test_rebuild_removes_every_old_row(uri) -> None:
     assert len(fsio.list_files(fs, fsio.join(root, "faces"))) == 1
 
 
-def test_staging_leftovers_and_orphans_are_cleaned_on_open(tmp_path) -> None:
+def test_leftovers_of_dead_writers_are_cleaned_on_open_and_nothing_else(tmp_path) -> None:
     root = tmp_path / "out"
-    _build(str(root))
+    _build(str(root))  # lease epoch 1
     committed = {p: p.stat().st_mtime_ns for p in _data_files(root)}
     staging = root / "_faceshard" / "staging"
-    staging.mkdir(parents=True, exist_ok=True)
-    (staging / "deadbeef.tmp").write_bytes(b"half a parquet file")
-    orphan = root / "faces" / "split=train" / "shard=000007" / "part-20260101T000000-abc.parquet"
-    orphan.parent.mkdir(parents=True)
+    dead_tmp = staging / "tmp-e000001" / "deadbeef.tmp"
+    dead_tmp.parent.mkdir(parents=True, exist_ok=True)
+    dead_tmp.write_bytes(b"half a parquet file")
+    shard7 = root / "faces" / "split=train" / "shard=000007"
+    shard7.mkdir(parents=True)
+    orphan = shard7 / "part-20260101T000000-e000001-abc.parquet"  # an older epoch: provably dead
     orphan.write_bytes(b"published but never committed")
+    unknown_young = shard7 / "part-20260101T000000-fff.parquet"  # no epoch, just written: grace period
+    unknown_young.write_bytes(b"an older faceshard may still be publishing this")
+    unknown_old = shard7 / "part-20250101T000000-eee.parquet"
+    unknown_old.write_bytes(b"left a day ago")
+    os.utime(unknown_old, (1.0, 1.0))
+    foreign = root / "faces" / "README.txt"
+    foreign.write_text("not ours")
     assert len(load_faces(str(root))) == 36  # orphans are invisible to the reader even before cleanup
 
-    _open(str(root))
-    assert not orphan.exists() and not any(staging.glob("*"))
-    assert {p: p.stat().st_mtime_ns for p in _data_files(root)} == committed
+    _open(str(root))  # epoch 2
+    assert not orphan.exists() and not unknown_old.exists() and not _files(staging)
+    assert unknown_young.exists() and foreign.exists()
+    assert {p: p.stat().st_mtime_ns for p in _data_files(root) if p.parent != shard7} == committed
 
 
 class Crash(RuntimeError):
@@ -230,8 +244,11 @@ def test_crash_after_the_marker_is_rolled_forward(uri, monkeypatch) -> None:
     assert sorted(read_table(uri, "videos")["video_id"].to_pylist()) == [f"v{i:05d}" for i in range(8)]
     assert dataset_status(uri, verify=True)["corrupt_files"] == []
     assert out.is_committed(plans[1]) and out.marker(1)["published"] is False
-    # A listing sees only committed rows (the two moved files of shard 1 are videos files).
+    # The two moved files of shard 1 are its identities files: `videos` (moved last) and faces do
+    # not show the shard yet, so no videos row is visible without its faces.
     assert {r["shard"] for r in _hive_rows(uri, "faces")} == {0}
+    assert {r["shard"] for r in _hive_rows(uri, "videos")} == {0}
+    assert {r["shard"] for r in _hive_rows(uri, "identities")} == {0, 1}
 
     _open(uri)
     assert out.marker(1)["published"] is True
@@ -264,7 +281,7 @@ def test_crash_in_the_middle_of_publishing(tmp_path, monkeypatch) -> None:
     assert len(load_faces(uri)) == 0 and dataset_status(uri)["committed"] == 0
     _open(uri)
     assert _data_files(tmp_path / "out") == []
-    assert not any((tmp_path / "out" / "_faceshard" / "staging").glob("*"))
+    assert not _files(tmp_path / "out" / "_faceshard" / "staging")
 
 
 def test_retry_failed_replaces_rows_atomically_and_leaves_other_shards_alone(tmp_path) -> None:
@@ -314,7 +331,8 @@ def test_crash_during_a_replacement_never_shows_a_video_twice(uri, monkeypatch) 
         out.replace_videos(plans[0], fake_shard_tables(retry), {})
     monkeypatch.undo()
     assert read_table(uri, "videos")["status"].to_pylist() == ["ok"] * 4  # the new rows, from staging
-    assert _hive_rows(uri, "videos") == []  # old files gone, new ones not in place: never both
+    # The old videos files go first, the new ones come last: the shard is briefly absent, never mixed.
+    assert _hive_rows(uri, "videos") == []
     _open(uri)
     rows = _hive_rows(uri, "videos")
     assert sorted(r["video_id"] for r in rows) == [f"v{i:05d}" for i in range(4)]
@@ -350,7 +368,7 @@ def test_commit_refuses_after_a_rebuild_elsewhere(uri) -> None:
     plans = plan_shards(fake_videos(4), 4)
     worker_copy = pickle.loads(pickle.dumps(_open(uri)))
     _open(uri, {"other": True}, rebuild=True)
-    with pytest.raises(StorageError, match="rebuilt"):
+    with pytest.raises(StorageError, match="taken over"):
         worker_copy.commit_shard(plans[0], fake_shard_tables(plans[0]), {})
 
 
@@ -379,6 +397,12 @@ def test_refuses_a_foreign_non_empty_directory(tmp_path) -> None:
     with pytest.raises(StorageError, match="not empty and not a faceshard output"):
         _open(str(tmp_path), rebuild=True)
     assert (tmp_path / "thesis.tex").exists()
+    clips = tmp_path / "corpus"
+    (clips / "videos").mkdir(parents=True)
+    (clips / "videos" / "clip_000.mp4").write_bytes(b"a user's video")
+    with pytest.raises(StorageError, match=r"videos/clip_000\.mp4"):  # deep check, not top-level names
+        _open(str(clips), rebuild=True)
+    assert (clips / "videos" / "clip_000.mp4").exists()
 
 
 def test_shard_with_only_failed_videos_commits_empty_faces(uri) -> None:

@@ -1,0 +1,233 @@
+"""`faceshard bench build`: the whole build against decoding alone, measured in one run on the same files.
+
+What it prints (and writes as JSON with `--json-out`):
+
+* end-to-end: `faceshard build` run as a new user runs it (a fresh process: imports, Prefect server,
+  Ray, weights fingerprints, workers loading models, every video, commits) over 21 real clips made
+  from the fixtures, against PyAV decoding the same files (every frame, no conversion), measured just
+  before and just after the build; the ratio is wall ÷ mean decode-only. Start-up (everything before
+  the flow's first shard) is reported apart from the steady state (videos/s of the workers).
+* a face-less 2-minute 1080p clip and a 5-second 1080p clip, each in a fresh worker process: the
+  video's pipeline seconds against its own decode-only time, and peak worker memory (must be flat).
+* model stages against a bare batched call of the same model on the same inputs (MTCNN, dlib).
+
+The default work is the MINTIME preset's (per-second MTCNN, crops, identities) with the offline dlib
+identity embedder and no embeddings (FaceNet and EfficientNet weights are not reachable offline).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import av
+
+from faceshard.bench.clips import faceless_clip, fixture_frames, real_clips, short_clip
+
+MINTIME_WORK = ("identity.embedder=dlib", "embed.enabled=false", "runtime.device=cpu")
+
+
+def decode_only(paths: list[Path]) -> float:
+    """Seconds for PyAV to decode every frame of `paths` (FFmpeg threads as our decoder uses them)."""
+    started = time.perf_counter()
+    for path in paths:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            for _ in container.decode(stream):
+                pass
+    return time.perf_counter() - started
+
+
+def _faceshard_command() -> list[str]:
+    script = Path(sys.executable).with_name("faceshard")
+    return (
+        [str(script)] if script.exists() else [sys.executable, "-c", "from faceshard.cli import app; app()"]
+    )
+
+
+def _clean_env(work: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env["PREFECT_HOME"] = str(work / "prefect-home")
+    return env
+
+
+def write_manifest(clips: list[Path], path: Path) -> Path:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label"])
+        for clip in clips:
+            writer.writerow([str(clip), int("fake" in clip.name)])
+    return path
+
+
+def end_to_end(
+    clips: list[Path], work: Path, preset: str, sets: list[str], shard_size: int
+) -> dict[str, Any]:
+    """One `faceshard build` in a fresh process, between two decode-only passes over the same files."""
+    import pyarrow.dataset as ds
+
+    from faceshard.storage.status import dataset_status
+
+    manifest = write_manifest(clips, work / "manifest.csv")
+    out = work / "dataset"
+    shutil.rmtree(out, ignore_errors=True)
+    command = [*_faceshard_command(), "build", str(manifest), "--out", str(out), "--preset", preset, "--json"]
+    command += ["--shard-size", str(shard_size), *(arg for s in sets for arg in ("--set", s))]
+    decode_before = decode_only(clips)
+    started = time.perf_counter()
+    done = subprocess.run(command, env=_clean_env(work), capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - started
+    decode_after = decode_only(clips)
+    if done.returncode != 0:
+        raise RuntimeError(f"faceshard build failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    summary = json.loads(done.stdout[done.stdout.index("{") :])
+    status = dataset_status(str(out))
+    videos = ds.dataset(str(out / "videos"), format="parquet", partitioning="hive").to_table().to_pylist()
+    decode = (decode_before + decode_after) / 2
+    workers = os.cpu_count() or 1
+    video_seconds = sum(v["seconds"] for v in videos)
+    flow_seconds = float(summary["seconds"])
+    return {
+        "videos": len(videos),
+        "frames": sum(v["n_frames"] or 0 for v in videos),
+        "faces": sum(v["n_faces"] for v in videos),
+        "identities": sum(v["n_identities"] for v in videos),
+        "status_counts": summary["status_counts"],
+        "build_wall_s": round(wall, 2),
+        "decode_only_s": round(decode, 2),
+        "decode_only_before_after_s": [round(decode_before, 2), round(decode_after, 2)],
+        "ratio": round(wall / decode, 2),
+        "startup_s": round(wall - flow_seconds, 2),
+        "flow_s": round(flow_seconds, 2),
+        "workers": workers,
+        "video_seconds_sum": round(video_seconds, 2),
+        "steady_videos_per_s": round(len(videos) / (video_seconds / workers), 3) if video_seconds else None,
+        "stage_seconds": status.get("stage_seconds"),
+    }
+
+
+def one_video(video: Path, preset: str, sets: list[str], work: Path) -> dict[str, Any]:
+    """The video in a fresh worker process (after a decode-only pass over it), with its peak memory."""
+    decode = decode_only([video])
+    command = [sys.executable, "-m", "faceshard.bench.worker", str(video), "--preset", preset]
+    command += [arg for s in sets for arg in ("--set", s)]
+    done = subprocess.run(command, env=_clean_env(work), capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"worker failed on {video}:\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["decode_only_s"] = round(decode, 3)
+    result["ratio"] = round(result["video_seconds"] / decode, 2)
+    return result
+
+
+def model_stages(clip: Path, n_frames: int = 8) -> dict[str, Any]:
+    """Our MTCNN and dlib identity stages against a bare batched call of the same model."""
+    import dlib
+    import numpy as np
+    from PIL import Image
+
+    from faceshard.config import CropConfig, DetectConfig
+    from faceshard.models.detectors import build_detector
+    from faceshard.models.identity import DlibEmbedder, dlib_rectangle
+    from faceshard.models.threads import limit_threads
+    from faceshard.records import Frame
+    from faceshard.tasks.crops import Cropper
+
+    limit_threads(1)  # as a worker runs them (one CPU each)
+    frames = fixture_frames(clip, limit=n_frames * 5)[::5]
+    detector = build_detector(DetectConfig(detect_scale=0.5, batch_size=n_frames), "cpu")
+    height, width = frames[0].shape[:2]
+    size = (width // 2, height // 2)
+
+    def bare_detect() -> object:
+        batch = np.stack([np.asarray(Image.fromarray(f).resize(size)) for f in frames])
+        return detector._mtcnn.detect(batch)
+
+    ours_detect, bare_detect_s = _best(lambda: detector(frames)), _best(bare_detect)
+    cropper = Cropper(CropConfig())
+    faces = [face for i, f in enumerate(frames) for face in cropper(Frame(i, f), detector([f])[0])]
+    embedder = DlibEmbedder()
+
+    def bare_identity() -> object:
+        images, shapes = [], []
+        for face in faces:
+            image = np.ascontiguousarray(face.crop)
+            shape = dlib.full_object_detections()
+            shape.append(embedder.predictor(image, dlib_rectangle(face.box_in_crop, image.shape)))
+            images.append(image)
+            shapes.append(shape)
+        return embedder.recogniser.compute_face_descriptor(images, shapes)
+
+    ours_identity, bare_identity_s = _best(lambda: embedder(faces)), _best(bare_identity)
+    return {
+        "mtcnn": {
+            "frames": len(frames),
+            "ours_s": ours_detect,
+            "bare_s": bare_detect_s,
+            "ratio": round(ours_detect / bare_detect_s, 2),
+        },
+        "dlib_identity": {
+            "faces": len(faces),
+            "ours_s": ours_identity,
+            "bare_s": bare_identity_s,
+            "ratio": round(ours_identity / bare_identity_s, 2) if faces else None,
+        },
+    }
+
+
+def _best(run: Any, repeat: int = 3) -> float:
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return round(min(times), 4)
+
+
+def machine() -> dict[str, Any]:
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "load_average_at_start": [round(x, 2) for x in load] if load else None,
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def run_bench_build(
+    fixtures: Path,
+    work: Path,
+    preset: str = "mintime",
+    sets: tuple[str, ...] = MINTIME_WORK,
+    shard_size: int = 4,
+    parts: tuple[str, ...] = ("e2e", "long", "stages"),
+) -> dict[str, Any]:
+    """Make the clips (once, under `work/clips`), then measure each part; returns the JSON report."""
+    clips_dir = work / "clips"
+    report: dict[str, Any] = {"machine": machine(), "preset": preset, "sets": list(sets)}
+    if "e2e" in parts:
+        report["end_to_end"] = end_to_end(
+            real_clips(fixtures, clips_dir), work, preset, list(sets), shard_size
+        )
+    if "long" in parts:
+        short = one_video(short_clip(fixtures, clips_dir), preset, list(sets), work)
+        long = one_video(faceless_clip(fixtures, clips_dir), preset, list(sets), work)
+        report["short_1080p_5s"] = short
+        report["faceless_1080p_2min"] = long
+        report["peak_rss_ratio_2min_vs_5s"] = round(long["peak_rss_mb"] / short["peak_rss_mb"], 3)
+    if "stages" in parts:
+        report["model_stages"] = model_stages(real_clips(fixtures, clips_dir)[3])
+    return report

@@ -1,0 +1,328 @@
+"""PyTorch iterable datasets that stream training samples straight from committed shards.
+
+Why iterable and shard by shard: a split of ForgeryNet does not fit in memory, and Parquet is read
+best a file at a time. Each epoch the committed shards of the requested splits are permuted with
+`(seed, epoch)` and dealt round-robin to the `world_size × num_workers` consumers (distributed rank
+× DataLoader worker), so every video is read by exactly one consumer: no duplicates, no gaps. A
+consumer reads one shard at a time (faces, videos, identities of that shard), converts its columns
+Arrow → numpy once (fixed_size_list buffers reshaped, no per-row work), builds one sample per video
+(faceshard.storage.sequences) and passes it through a bounded shuffle buffer seeded with
+`(seed, epoch, consumer)`; numpy becomes torch with `torch.from_numpy` (no copy). Memory is bounded by
+one shard plus the buffer, never by the split.
+
+The dataset is a snapshot: the committed shards are read from the commit markers when it is made
+(`storage/commit.read_state`), never by listing directories, so half-written shards are never seen.
+Call `set_epoch(epoch)` before iterating each epoch (a DataLoader with `persistent_workers=False`
+hands the new epoch to its workers).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from faceshard.errors import StorageError
+from faceshard.storage import fsio
+from faceshard.storage.commit import OutputState, locate, read_state
+from faceshard.storage.reader import fixed_list_to_numpy
+from faceshard.storage.sequences import clip_rows, megatron_sample, mintime_sample
+
+Kind = Literal["mintime", "megatron", "clips"]
+KINDS: tuple[str, ...] = ("mintime", "megatron", "clips")
+
+# What a model needs, and the build settings that add it (said in the error when it is missing).
+HOW_TO_ADD = {
+    "tokens": "--set embed.enabled=true --set embed.output=tokens",
+    "emb_rgb": "--set embed.enabled=true --set embed.output=pooled",
+    "emb_depth": "--set depth.enabled=true --set embed.depth=true --set embed.output=pooled",
+    "crop": "--set crop.save=true",
+}
+
+
+class MissingColumnsError(ValueError):
+    """The committed faces lack a column this sample kind needs; the message names the build setting."""
+
+
+@dataclass(frozen=True)
+class SampleOptions:
+    """Shape of the samples: MINTIME slots, Megatron sequence length, DeepfakeBench clips."""
+
+    num_frames: int = 16
+    max_identities: int = 2
+    megatron_length: int = 20
+    clip_frames: int = 32
+    clip: int = 8
+
+
+def consumer_slot(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """(this consumer's index, number of consumers) over distributed ranks × DataLoader workers.
+
+    rank/world_size default to torch.distributed's when it is initialised, else a single rank.
+    """
+    if rank is None or world_size is None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        else:
+            rank, world_size = 0, 1
+    worker = get_worker_info()
+    workers, worker_id = (1, 0) if worker is None else (worker.num_workers, worker.id)
+    return rank * workers + worker_id, world_size * workers
+
+
+class ShardDataset(IterableDataset):
+    """Training samples of one kind over the committed shards of some splits (see module doc).
+
+    Each item is a dict of tensors (plus `video_id` and `method` strings): for `mintime`
+    `features (F,P,C)`, `size_bucket`, `identity`, `positions (F,P)`, `mask`, `label`; for `megatron`
+    `rgb (N,D)`, `depth (N,D)`, `mask`, `label`; for `clips` `clips (n_clips, clip, …)`, `label`.
+    `feature` picks the MINTIME input column (default: `tokens` when stored, else `emb_rgb`).
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        split: str | Sequence[str] | None = None,
+        kind: Kind = "mintime",
+        *,
+        feature: str | None = None,
+        options: SampleOptions = SampleOptions(),
+        seed: int = 0,
+        shuffle: bool = True,
+        shuffle_buffer: int = 256,
+        rank: int | None = None,
+        world_size: int | None = None,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        self.uri, self.kind, self.options = uri, kind, options
+        self.splits = None if split is None else ([split] if isinstance(split, str) else list(split))
+        self.seed, self.shuffle, self.shuffle_buffer = seed, shuffle, max(1, shuffle_buffer)
+        self.rank, self.world_size = rank, world_size
+        self.storage_options = dict(storage_options or {})
+        self.epoch = 0
+        fs, root = fsio.open_fs(uri, self.storage_options)
+        self._state: OutputState = read_state(fs, root)
+        self._by_shard = self._files_by_shard()
+        self.stored_columns = self._stored_face_columns(fs, root)
+        self.feature = feature or self._default_feature()
+        self.columns = self._needed_columns()
+
+    # -- public
+
+    def set_epoch(self, epoch: int) -> None:
+        """Shard order and shuffle buffer depend on (seed, epoch): same pair, same order."""
+        self.epoch = int(epoch)
+
+    @property
+    def shards(self) -> list[int]:
+        """Committed shards holding rows of the requested splits, in shard order."""
+        return sorted(self._by_shard)
+
+    def shard_order(self, epoch: int | None = None) -> list[int]:
+        """This epoch's shard order, before dealing them to consumers."""
+        shards = self.shards
+        if not self.shuffle:
+            return shards
+        rng = np.random.default_rng([self.seed, self.epoch if epoch is None else epoch])
+        return [shards[i] for i in rng.permutation(len(shards))]
+
+    def my_shards(self) -> list[int]:
+        """The shards this consumer (rank × worker) reads this epoch."""
+        index, count = consumer_slot(self.rank, self.world_size)
+        return self.shard_order()[index::count]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        index, _ = consumer_slot(self.rank, self.world_size)
+        samples = (s for shard in self.my_shards() for s in self._shard_samples(shard))
+        if not self.shuffle:
+            yield from samples
+            return
+        rng = np.random.default_rng([self.seed, self.epoch, index, 1])
+        buffer: list[dict[str, Any]] = []
+        for sample in samples:
+            if len(buffer) < self.shuffle_buffer:
+                buffer.append(sample)
+                continue
+            slot = int(rng.integers(len(buffer)))
+            yield buffer[slot]
+            buffer[slot] = sample
+        for slot in rng.permutation(len(buffer)):
+            yield buffer[int(slot)]
+
+    # -- reading
+
+    def _files_by_shard(self) -> dict[int, dict[str, list[dict[str, Any]]]]:
+        by_shard: dict[int, dict[str, list[dict[str, Any]]]] = {}
+        for table in ("videos", "faces", "identities"):
+            for entry in self._state.files(table, self.splits):
+                by_shard.setdefault(entry["shard"], {}).setdefault(table, []).append(entry)
+        return {shard: files for shard, files in by_shard.items() if files.get("videos")}
+
+    def _stored_face_columns(self, fs: Any, root: str) -> list[str]:
+        for files in self._by_shard.values():
+            for entry in files.get("faces", []):
+                with fs.open(locate(fs, root, entry), "rb") as handle:
+                    return pq.read_schema(handle).names
+        return []
+
+    def _default_feature(self) -> str:
+        if self.kind == "mintime":  # tokens first (what MINTIME consumes), pooled vectors work too
+            return (
+                "emb_rgb"
+                if "emb_rgb" in self.stored_columns and "tokens" not in self.stored_columns
+                else "tokens"
+            )
+        if self.kind == "clips":
+            return "crop" if "crop" in self.stored_columns else "emb_rgb"
+        return "emb_rgb"
+
+    def _needed_columns(self) -> list[str]:
+        needed = {"mintime": [self.feature], "megatron": ["emb_rgb", "emb_depth"], "clips": [self.feature]}
+        wanted = needed[self.kind]
+        missing = [c for c in wanted if c not in self.stored_columns]
+        if missing and self.stored_columns:
+            how = " ".join(dict.fromkeys(HOW_TO_ADD.get(c, "") for c in missing))
+            raise MissingColumnsError(
+                f"{self.uri}: the {self.kind} samples need faces column(s) {', '.join(missing)}, which"
+                f" this build did not store; rebuild with {how}"
+            )
+        return ["video_id", "frame", "face", "identity", "size_bucket", *wanted]
+
+    def _read(self, shard: int, table: str, columns: list[str]) -> pa.Table | None:
+        """One table's committed files of one shard (usually one file), only `columns`."""
+        fs, root = fsio.open_fs(self.uri, self.storage_options)
+        entries = self._by_shard[shard].get(table, [])
+        for attempt in range(3):
+            try:
+                parts = [_read_file(fs, root, entry, columns) for entry in entries]
+                return pa.concat_tables(parts) if parts else None
+            except FileNotFoundError:
+                # Published (staged → final) or replaced since the snapshot: look again.
+                if attempt == 2:
+                    raise
+                fresh = read_state(fs, root)
+                entries = [e for e in fresh.files(table, self.splits) if e["shard"] == shard]
+        return None
+
+    def _shard_samples(self, shard: int) -> Iterator[dict[str, Any]]:
+        videos = self._read(shard, "videos", ["video_id", "label", "method"])
+        faces = self._read(shard, "faces", self.columns)
+        if videos is None or faces is None or faces.num_rows == 0:
+            return
+        ranks = self._identity_ranks(shard)
+        video_ids = videos["video_id"].to_pylist()
+        labels = videos["label"].to_numpy(zero_copy_only=False)
+        methods = videos["method"].to_pylist()
+        face_video = faces["video_id"].combine_chunks().dictionary_encode()
+        codes = face_video.indices.to_numpy(zero_copy_only=False)
+        names = face_video.dictionary.to_pylist()
+        order = np.argsort(codes, kind="stable")
+        bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
+        rows_of = {names[k]: order[bounds[k] : bounds[k + 1]] for k in range(len(names))}
+        arrays = {c: _column_numpy(faces[c]) for c in self.columns if c not in ("video_id",)}
+        for video_id, label, method in zip(video_ids, labels, methods, strict=True):
+            rows = rows_of.get(video_id)
+            if rows is None or len(rows) == 0:
+                continue  # no face to learn from (no_faces / error rows)
+            view = {
+                c: a[rows] if not isinstance(a, list) else [a[r] for r in rows] for c, a in arrays.items()
+            }
+            sample = self._build(view, int(label), ranks.get(video_id))
+            if sample is None:
+                continue
+            sample["video_id"] = video_id
+            sample["method"] = method or ""
+            yield sample
+
+    def _identity_ranks(self, shard: int) -> dict[str, dict[int, int]]:
+        table = self._read(shard, "identities", ["video_id", "identity", "rank"])
+        ranks: dict[str, dict[int, int]] = {}
+        if table is None:
+            return ranks
+        for video_id, identity, rank in zip(
+            table["video_id"].to_pylist(),
+            table["identity"].to_pylist(),
+            table["rank"].to_pylist(),
+            strict=True,
+        ):
+            ranks.setdefault(video_id, {})[identity] = identity if rank is None else rank
+        return ranks
+
+    def _build(self, view: dict[str, Any], label: int, ranks: dict[int, int] | None) -> dict[str, Any] | None:
+        opts = self.options
+        if self.kind == "mintime":
+            if not (view["identity"] >= 0).any():
+                return None
+            s = mintime_sample(
+                view["frame"], view["identity"], view["size_bucket"], view[self.feature], label,
+                ranks, opts.num_frames, opts.max_identities,
+            )  # fmt: skip
+            return {
+                "features": _torch(s.features),
+                "size_bucket": _torch(s.size_bucket),
+                "identity": _torch(s.identity),
+                "positions": _torch(s.positions),
+                "mask": _torch(s.mask),
+                "label": torch.tensor(s.label),
+            }
+        if self.kind == "megatron":
+            m = megatron_sample(
+                view["frame"], view["identity"], view["emb_rgb"], view["emb_depth"], label,
+                ranks, opts.megatron_length,
+            )  # fmt: skip
+            return {
+                "rgb": _torch(m.rgb),
+                "depth": _torch(m.depth),
+                "mask": _torch(m.mask),
+                "label": torch.tensor(m.label),
+            }
+        rows = clip_rows(view["frame"], view["face"], opts.clip_frames, opts.clip)
+        if len(rows) == 0:
+            return None
+        values = view[self.feature]
+        if isinstance(values, list):
+            clips = np.stack([_decode(values[r]) for r in rows.reshape(-1)])
+        else:
+            clips = values[rows.reshape(-1)]
+        return {"clips": _torch(clips.reshape(*rows.shape, *clips.shape[1:])), "label": torch.tensor(label)}
+
+
+def _read_file(fs: Any, root: str, entry: dict[str, Any], columns: list[str]) -> pa.Table:
+    path = locate(fs, root, entry)
+    if fsio.is_local(fs):  # pyarrow's own reader of a local path is faster than a Python file object
+        return pq.read_table(path, columns=columns)
+    with fs.open(path, "rb") as handle:
+        return pq.read_table(handle, columns=columns)
+
+
+def _column_numpy(column: pa.ChunkedArray) -> Any:
+    """One Arrow → numpy conversion per column and shard (binary columns stay a list of bytes)."""
+    if pa.types.is_fixed_size_list(column.type):
+        return fixed_list_to_numpy(column)
+    if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
+        return column.to_pylist()
+    return column.to_numpy()
+
+
+def _decode(data: bytes | None) -> np.ndarray:
+    import cv2
+
+    if data is None:
+        raise StorageError("a face row has no stored crop")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _torch(array: np.ndarray) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # read-only views of Arrow buffers
+        return torch.from_numpy(np.ascontiguousarray(array))
