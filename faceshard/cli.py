@@ -156,31 +156,43 @@ def build(
         list[str] | None,
         typer.Option(help="allowed root for video paths (repeatable; default: manifest dir)"),
     ] = None,
+    prune: Annotated[
+        bool, typer.Option(help="delete committed rows of videos that are no longer in the manifest")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="print the plan (videos, shards, pending, …); process nothing")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
     wait: Annotated[
         float,
         typer.Option(min=0, help="seconds to wait while another build holds the output (default: exit)"),
     ] = 0.0,
 ) -> None:
-    """Build (or resume) a dataset: decode, detect, crop, cluster, embed, commit Parquet shards."""
+    """Build (or resume) a dataset: decode, detect, crop, cluster, embed, commit Parquet shards.
+
+    Videos already committed in the output (by video_id) are skipped wherever they sit in the
+    manifest; new ones go to new shards; rows of videos missing from the manifest stay (reported as
+    not_in_manifest) unless --prune.
+    """
     cfg = resolve_build_config(preset, config, set_, shard_size)
     from faceshard.errors import StorageError
-    from faceshard.flows.build import run_build
+    from faceshard.flows.plan import dry_run as plan_only
     from faceshard.models.registry import WeightsUnavailableError
     from faceshard.progress_bar import BuildProgressBar
 
+    options = {"rebuild": rebuild, "retry_failed": retry_failed, "roots": root, "prune": prune}
     try:
+        if dry_run:
+            plan = plan_only(manifest, out, cfg, **options)
+            if as_json:
+                print(json.dumps(plan, indent=2))
+            else:
+                _print_plan(plan)
+            return
+        from faceshard.flows.build import run_build
+
         with BuildProgressBar(console) as bar:
-            summary = run_build(
-                manifest,
-                out,
-                cfg,
-                rebuild=rebuild,
-                retry_failed=retry_failed,
-                roots=root,
-                wait_s=wait,
-                on_progress=bar,
-            )
+            summary = run_build(manifest, out, cfg, **options, wait_s=wait, on_progress=bar)
     except (StorageError, WeightsUnavailableError, FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     if as_json:
@@ -191,9 +203,18 @@ def build(
         raise typer.Exit(1)
 
 
+def _print_plan(plan: dict[str, Any]) -> None:
+    table = Table(title="faceshard build --dry-run (nothing processed or written)", show_header=False)
+    for key, value in plan.items():
+        if key != "dry_run":
+            table.add_row(key, escape(str(value)))
+    stdout.print(table)
+
+
 def _print_summary(summary: dict[str, Any]) -> None:
     table = Table(title="faceshard build", show_header=False)
-    for key in ("shards_total", "processed", "skipped", "videos", "faces", "identities", "seconds"):
+    keys = ("shards_total", "processed", "skipped", "videos_total", "videos_processed", "videos_skipped")
+    for key in (*keys, "not_in_manifest", "faces", "identities", "seconds"):
         table.add_row(key, str(summary[key]))
     table.add_row("video status", ", ".join(f"{k}={v}" for k, v in sorted(summary["status_counts"].items())))
     table.add_row("failed shards", str(len(summary["failed_shards"])))
@@ -226,7 +247,7 @@ def status(
 
 def _print_status(info: dict[str, Any]) -> None:
     table = Table(title=f"faceshard status {info.get('uri', '')}", show_header=False)
-    for key in ("shards_total", "committed", "failed", "pending", "fingerprint"):
+    for key in ("shards_total", "committed", "failed", "pending", "not_in_manifest", "fingerprint"):
         table.add_row(key, str(info.get(key)))
     for key, value in (info.get("totals") or {}).items():
         table.add_row(key, str(value))

@@ -173,6 +173,7 @@ class RuntimeConfig(_Section):
 ROW_NEUTRAL: dict[str, Any] = {
     "runtime": True,
     "preset": True,
+    "shard_size": True,
     "identity": {"weights"},
     "embed": {"checkpoint"},
     "depth": {"model"},
@@ -196,7 +197,8 @@ class BuildConfig(_Section):
         """The part of the config that changes output rows (hashed into the fingerprint).
 
         Where weights files live is left out: their content is fingerprinted with the weights, so the
-        same file at another path (a moved cache, another machine) needs no --rebuild.
+        same file at another path (a moved cache, another machine) needs no --rebuild. `shard_size`
+        is left out too: it only sizes the shards of videos not yet committed.
         """
         return self.model_dump(mode="json", exclude=ROW_NEUTRAL)
 

@@ -18,6 +18,7 @@ from prefect_ray.context import remote_options
 
 from faceshard.config import BuildConfig, RuntimeConfig, config_from_tree
 from faceshard.flows.fanout import bounded_as_completed, in_flight_limit
+from faceshard.flows.plan import dataset_weights, plan_output, shards_to_run
 from faceshard.flows.progress import (
     BuildProgress,
     ProgressArtifact,
@@ -29,9 +30,8 @@ from faceshard.flows.progress import (
 )
 from faceshard.flows.runtime import apply_local_defaults, local_runtime, ray_init_kwargs
 from faceshard.storage.commit import Output
-from faceshard.storage.manifest import ShardPlan, plan_shards, read_manifest
-from faceshard.tasks.pipeline import weights_manifest
-from faceshard.tasks.shard import process_shard, shards_to_retry
+from faceshard.storage.manifest import Manifest, ShardPlan, load_manifest
+from faceshard.tasks.shard import process_shard
 
 
 @task(name="process-shard", retries=2, retry_delay_seconds=2, persist_result=False)
@@ -59,17 +59,20 @@ def build_dataset(
     roots: list[str] | None = None,
     storage_options: dict[str, Any] | None = None,
     wait_s: float = 0.0,
+    prune: bool = False,
 ) -> dict[str, Any]:
     """Plan → fan out → collect. Failed shards are recorded, never fatal to the build.
 
     `config` is a config tree over the preset it names (`{"preset": "mintime"}` is enough). The
     output's lease is held (and heartbeated) for the whole flow; another build on the same output
-    waits up to `wait_s` for it, then fails naming this one.
+    waits up to `wait_s` for it, then fails naming this one. Only videos the output has not
+    committed are processed, in new shards (see `storage.plan`); rows of videos missing from the
+    manifest stay unless `prune`.
     """
     started = time.perf_counter()
     cfg = config_from_tree(config)
-    plans = plan_shards(read_manifest(manifest, roots=roots), cfg.shard_size)
-    weights = weights_manifest(cfg)
+    videos = load_manifest(manifest, roots=roots)
+    weights = dataset_weights(cfg)
     output = Output.open(
         out,
         config=cfg,
@@ -79,30 +82,37 @@ def build_dataset(
         wait_s=wait_s,
     )
     with output:
-        return _build_under_lease(output, plans, cfg, config, weights, retry_failed, started)
+        return _build_under_lease(output, videos, cfg, config, weights, retry_failed, prune, started)
 
 
 def _build_under_lease(
     output: Output,
-    plans: list[ShardPlan],
+    videos: Manifest,
     cfg: BuildConfig,
     config: dict[str, Any],
     weights: dict[str, Any],
     retry_failed: bool,
+    prune: bool,
     started: float,
 ) -> dict[str, Any]:
     logger = get_run_logger()
-    output.set_plan(plans)
-    todo = shards_to_retry(output, plans) if retry_failed else output.pending(plans)
-    logger.info("%d shards planned, %d to process", len(plans), len(todo))
+    build_plan = plan_output(output, videos, cfg, prune=prune)
+    output.apply_plan(build_plan)
+    todo = shards_to_run(output, videos, build_plan, retry_failed)
+    logger.info("%d shards planned, %d to process", build_plan.shards_total, len(todo))
 
     shard_stats, failed = run_shards(todo, config, output, retry_failed, cfg.runtime)
 
     return {
-        "shards_total": len(plans),
+        "shards_total": build_plan.shards_total,
         "processed": len(shard_stats),
-        "skipped": len(plans) - len(todo),
+        "skipped": build_plan.shards_total - len(todo),
         "failed_shards": failed,
+        "videos_total": build_plan.videos_total,
+        "videos_processed": sum(s["videos"] for s in shard_stats),
+        "videos_skipped": build_plan.videos_skipped,
+        "not_in_manifest": build_plan.not_in_manifest,
+        "pruned_videos": build_plan.pruned_videos,
         "videos": sum(s["videos"] for s in shard_stats),
         "faces": sum(s["faces"] for s in shard_stats),
         "identities": sum(s["identities"] for s in shard_stats),
@@ -190,17 +200,20 @@ def run_build(
     roots: list[str] | None = None,
     storage_options: dict[str, Any] | None = None,
     wait_s: float = 0.0,
+    prune: bool = False,
     on_progress: ProgressListener | None = None,
 ) -> dict[str, Any]:
     """Run `build_dataset` on the embedded default: one local Prefect server and a local Ray cluster,
     started concurrently.
 
-    The weights are fingerprinted here first from their files (no model is loaded in the driver), so
-    missing weights or a bad identity metric fail fast, before a server starts or anything is written.
-    `on_progress` is called with a `BuildProgress` as the build starts and after every shard.
+    The manifest is read and checked and the weights are fingerprinted from their files here first
+    (no model is loaded in the driver), so a bad manifest, missing weights or a bad identity metric
+    fail fast, before a server starts or anything is written. `on_progress` is called with a
+    `BuildProgress` as the build starts and after every shard.
     """
     apply_local_defaults()
-    weights_manifest(cfg)
+    load_manifest(manifest, roots=roots)
+    dataset_weights(cfg)
     with local_runtime(cfg.runtime), reporting_to(on_progress):
         runner = RayTaskRunner(address=cfg.runtime.ray_address, init_kwargs=ray_init_kwargs(cfg.runtime))
         flow_with_ray = build_dataset.with_options(task_runner=runner)
@@ -213,4 +226,5 @@ def run_build(
             roots=roots,
             storage_options=storage_options,
             wait_s=wait_s,
+            prune=prune,
         )

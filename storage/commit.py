@@ -46,7 +46,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import pyarrow as pa
@@ -55,6 +55,7 @@ import pyarrow.parquet as pq
 from fsspec import AbstractFileSystem
 
 from faceshard.errors import FingerprintMismatch, StorageError
+from faceshard.records import VideoTask
 from faceshard.storage import fsio
 from faceshard.storage.lease import DEFAULT_TTL_S, Lease, LeaseRef
 from faceshard.storage.lease import check as check_lease
@@ -68,9 +69,13 @@ from faceshard.storage.schema import (
     schema_version_of,
 )
 
+if TYPE_CHECKING:  # planning needs polars; workers importing this module must not
+    from faceshard.storage.plan import BuildPlan, PriorPlan
+
 METADATA_FILE = "_faceshard.json"
 STATE_DIR = "_faceshard"
 PLAN_FILE = f"{STATE_DIR}/plan.json"
+PLAN_FORMAT = 2
 COMMITS_DIR = f"{STATE_DIR}/commits"
 FAILURES_DIR = f"{STATE_DIR}/failures"
 STAGING_DIR = f"{STATE_DIR}/staging"
@@ -90,6 +95,7 @@ _OUR_DATA_PATH = re.compile(r"^(videos|faces|identities)/split=[^/]+/shard=\d+/p
 _EPOCH_TAG = re.compile(r"(?:^|-)e(\d{6,})(?:-|$)")
 _NAME_TIME = re.compile(r"(\d{8}T\d{6})")
 _MARKER_FILE = re.compile(r"shard-(\d+)\.json$")
+_PLAN_VIDEOS_FILE = re.compile(r"plan-[0-9a-f]+\.parquet$")
 _DICTIONARY_COLUMNS = ("video_id", "path", "method", "status", "error")
 
 
@@ -128,10 +134,19 @@ def dataset_fingerprint(
     )
 
 
+def shard_fingerprint_of(dataset_fp: str, shard_id: int, video_ids: list[str]) -> str:
+    """Hash of the dataset fingerprint, the shard id and the SET of its video ids.
+
+    Paths, labels and manifest order are left out on purpose: they do not identify a video, so a
+    relocated corpus or a reordered manifest keeps every committed shard.
+    """
+    text = "\n".join([dataset_fp, str(shard_id), *sorted(video_ids)])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def shard_fingerprint(dataset_fp: str, plan: ShardPlan) -> str:
-    """Hash of the dataset fingerprint and the shard's ordered videos (every VideoTask field changes rows)."""
-    videos = [[v.video_id, v.path, v.label, v.method, v.split, v.error] for v in plan.videos]
-    return _digest({"dataset": dataset_fp, "shard": plan.shard_id, "videos": videos})
+    """Hash of the dataset fingerprint, the shard id and its video ids (not their paths or order)."""
+    return shard_fingerprint_of(dataset_fp, plan.shard_id, [video.video_id for video in plan.videos])
 
 
 def describe_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -490,6 +505,32 @@ class Output:
             raise
         return out
 
+    @classmethod
+    def preview(
+        cls,
+        uri: str,
+        *,
+        config: Mapping[str, Any] | Any,
+        weights: Mapping[str, Mapping[str, Any]],
+        rebuild: bool = False,
+        storage_options: dict[str, Any] | None = None,
+    ) -> tuple[Output, bool]:
+        """What `open` would find, writing nothing: (output, whether its committed state is kept).
+
+        Raises FingerprintMismatch exactly where `open` would; a foreign directory is refused too.
+        """
+        row_config, _ = _config_views(config)
+        weights = {name: dict(info) for name, info in weights.items()}
+        fingerprint = dataset_fingerprint(row_config, weights)
+        out = cls(uri, fingerprint, storage_options)
+        existing = read_metadata(out.fs, out.root)
+        if existing is None:
+            out._refuse_unexplained_state()
+            return out, False
+        if existing["fingerprint"] != fingerprint and not rebuild:
+            raise FingerprintMismatch(_mismatch_message(uri, existing, row_config, weights, fingerprint))
+        return out, not rebuild
+
     def close(self) -> None:
         """Release the lease (the next build takes it at once); idempotent, driver-side only."""
         held, self._held = self._held, None
@@ -533,35 +574,144 @@ class Output:
     def shard_fingerprint(self, plan: ShardPlan) -> str:
         return shard_fingerprint(self.fingerprint, plan)
 
-    def set_plan(self, plans: list[ShardPlan]) -> list[int]:
-        """Record shards_total and every shard's fingerprint; retire shards the plan no longer has.
+    def set_plan(self, plans: list[ShardPlan]) -> None:
+        """Record exactly these shards as the output's plan (tests and tools; builds use `apply_plan`).
 
-        A committed shard whose videos changed (another manifest, another shard size) or that the
-        plan no longer contains would mix stale rows with fresh ones: its marker is removed first
-        (invisible at once), then its files. Returns the retired shard ids.
+        Nothing is deleted: a committed shard the plan no longer names (or names with other videos)
+        just stops being visible through status and the reader.
         """
-        wanted = {plan.shard_id: self.shard_fingerprint(plan) for plan in plans}
-        if len(wanted) != len(plans):
+        ids = [plan.shard_id for plan in plans]
+        if len(set(ids)) != len(ids):
             raise ValueError("set_plan: shard ids must be unique")
-        retired: list[int] = []
-        for shard, marker in sorted(self._all_records(COMMITS_DIR).items()):
-            if wanted.get(shard) != marker.get("fingerprint"):
-                self._remove_marker(shard, marker)
-                retired.append(shard)
-        for shard, record in self._all_records(FAILURES_DIR).items():
-            if wanted.get(shard) != record.get("fingerprint"):
-                fsio.remove_files(self.fs, [self._path(FAILURES_DIR, marker_name(shard))])
+        shards = pa.table(
+            {
+                "shard": pa.array([plan.shard_id for plan in plans for _ in plan.videos], pa.int64()),
+                "video_id": pa.array([v.video_id for plan in plans for v in plan.videos], pa.string()),
+            }
+        )
+        self._write_plan(shards, {plan.shard_id: self.shard_fingerprint(plan) for plan in plans}, {})
+
+    def prior_plan(self) -> PriorPlan:
+        """The recorded plan, which of its shards are committed, and the next unused shard id.
+
+        An output written before plans recorded video ids (or one whose plan was lost) has its
+        committed shards adopted: their ids are read from their committed `videos` files.
+        """
+        import polars as pl
+
+        from faceshard.storage.plan import PLAN_SCHEMA, PriorPlan, empty_plan_frame
+
+        state = self.state()
+        doc = state.plan
+        if doc is not None and doc.get("videos_file"):
+            data = fsio.read_optional(self.fs, self._path(doc["videos_file"]))
+            if data is None:
+                raise StorageError(
+                    f"{self.uri}: {doc['videos_file']} (named by {PLAN_FILE}) is missing; the plan"
+                    " cannot be read, so nothing can be skipped safely"
+                )
+            shards = pl.from_arrow(pq.read_table(pa.BufferReader(data))).cast(PLAN_SCHEMA)
+            fingerprints = {int(s): fp for s, fp, _ in doc["shards"]}
+            shards = shards.filter(pl.col("shard").is_in(list(fingerprints)))
+        else:
+            parts = [
+                self.committed_rows(shard, "videos", ["video_id"]).select(["shard", "video_id"])
+                for shard in sorted(state.markers)
+            ]
+            shards = pl.from_arrow(pa.concat_tables(parts)).cast(PLAN_SCHEMA) if parts else empty_plan_frame()
+            fingerprints = {shard: marker["fingerprint"] for shard, marker in state.markers.items()}
+        used = [*fingerprints, *self._record_ids(COMMITS_DIR), *self._record_ids(FAILURES_DIR)]
+        return PriorPlan(
+            shards=shards,
+            fingerprints=fingerprints,
+            committed=set(state.markers) & set(fingerprints),
+            next_shard=max(used, default=-1) + 1,
+        )
+
+    def apply_plan(self, plan: BuildPlan) -> None:
+        """Record a build's plan and carry out its pruning (the only deletion a plan can cause).
+
+        Order keeps every step safe to crash in: shards pruned whole lose their marker (and then the
+        files it names) first; then the plan is written; then shards pruned in part are recommitted
+        with their remaining videos' rows (until then the plan shows them pending, never twice).
+        """
+        for shard in plan.prune_drop:
+            marker = self.marker(shard)
+            if marker is not None:
+                self.retire_shard(shard, marker)
+        notes = {"not_in_manifest": plan.not_in_manifest, "manifest_videos": plan.videos_total}
+        self._write_plan(plan.shards.to_arrow(), plan.fingerprints(self.fingerprint), notes)
+        for shard, keep in plan.prune_keep.items():
+            self._recommit_without_others(shard, keep)
+        # Dropped shards never committed under the plan; a stale marker's files would linger in listings.
+        for shard in plan.dropped:
+            marker = self.marker(shard)
+            if marker is not None:
+                self.retire_shard(shard, marker)
+        failures = [*plan.dropped, *plan.prune_drop]
+        fsio.remove_files(self.fs, [self._path(FAILURES_DIR, marker_name(s)) for s in failures])
+
+    def _recommit_without_others(self, shard_id: int, keep: list[str]) -> None:
+        """Commit the shard again holding only the rows of `keep` (prune): a new attempt, atomically."""
+        marker = self.marker(shard_id)
+        if marker is None:
+            return
+        wanted = pa.array(keep, pa.string())
+        tables = {}
+        for name in TABLES:
+            rows = _without_partitions(self.committed_rows(shard_id, name))
+            tables[name] = rows.filter(pc.is_in(rows["video_id"], value_set=wanted))
+        videos = self.committed_rows(shard_id, "videos", ["video_id", "path", "label", "method", "error"])
+        videos = videos.filter(pc.is_in(videos["video_id"], value_set=wanted))
+        plan = ShardPlan(
+            shard_id,
+            [
+                VideoTask(r["video_id"], r["path"], r["label"], r["method"], r["split"], r["error"])
+                for r in videos.to_pylist()
+            ],
+        )
+        stats = {**(marker.get("stats") or {}), "pruned_videos": marker["rows"]["videos"] - len(keep)}
+        self.commit_shard(plan, tables, stats)
+
+    def _write_plan(self, shards: pa.Table, fingerprints: dict[int, str], notes: dict[str, Any]) -> None:
+        """The plan's video ids (content-named Parquet) first, then `plan.json` naming it: one switch.
+
+        Arrow only (no polars): workers and forked writers call `set_plan` too.
+        """
+        shards = shards.select(["shard", "video_id"]).cast(
+            pa.schema([("shard", pa.int64()), ("video_id", pa.string())])
+        )
+        sink = pa.BufferOutputStream()
+        pq.write_table(shards, sink, compression="zstd")
+        data = sink.getvalue().to_pybytes()
+        videos_file = f"{STATE_DIR}/plan-{hashlib.sha256(data).hexdigest()[:16]}.parquet"
+        if not fsio.retrying(self.fs.exists, self._path(videos_file)):  # named by its content
+            self._put(videos_file, data)
+        counts = {row["values"]: row["counts"] for row in pc.value_counts(shards["shard"]).to_pylist()}
         plan_doc = {
+            "format": PLAN_FORMAT,
             "dataset_fingerprint": self.fingerprint,
-            "shards_total": len(plans),
-            "videos_total": sum(len(p.videos) for p in plans),
-            "shards": [[p.shard_id, wanted[p.shard_id], len(p.videos)] for p in plans],
+            "shards_total": len(fingerprints),
+            "videos_total": shards.num_rows,
+            "shards": [[shard, fp, counts.get(shard, 0)] for shard, fp in fingerprints.items()],
+            "videos_file": videos_file,
+            **notes,
         }
         self._put(PLAN_FILE, _dump_json(plan_doc))
         metadata = self.metadata()
         metadata["plan"] = {k: plan_doc[k] for k in ("shards_total", "videos_total")}
-        self._put(METADATA_FILE, _dump_json(metadata))
-        return retired
+        self._write_metadata(metadata)
+        try:
+            listed = fsio.retrying(self.fs.ls, self._path(STATE_DIR), detail=False)
+        except FileNotFoundError:
+            listed = []
+        stale = [p for p in listed if _PLAN_VIDEOS_FILE.search(p) and not p.endswith(videos_file)]
+        fsio.remove_files(self.fs, stale)
+
+    def _record_ids(self, directory: str) -> list[int]:
+        """Shard ids of the marker/failure files present (listing only, no reads)."""
+        found = fsio.list_files(self.fs, self._path(directory))
+        return [int(m.group(1)) for p in found if (m := _MARKER_FILE.search(p))]
 
     def metadata(self) -> dict[str, Any]:
         """The current `_faceshard.json`."""

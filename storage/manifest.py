@@ -7,11 +7,10 @@ reason in `error` and becomes an `error` row, so the refusal is visible in the o
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import posixpath
-from collections import Counter
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -61,15 +60,72 @@ class _Location:
         return target == root or target.startswith(root.rstrip("/") + "/")
 
 
+@dataclass(frozen=True)
+class Manifest:
+    """A checked manifest held as one columnar frame, one row per video, ids unique.
+
+    Columns: `video_id`, `path` (resolved URL), `label` (0/1), `method`, `split` and `error` (a
+    planning-time refusal, or null). At 10⁶ rows this stays small; `VideoTask`s are made only for
+    the shards a build actually runs (`shard_plans`).
+    """
+
+    uri: str
+    frame: pl.DataFrame
+
+    def __len__(self) -> int:
+        return self.frame.height
+
+    @property
+    def video_ids(self) -> pl.Series:
+        return self.frame["video_id"]
+
+    def tasks(self) -> list[VideoTask]:
+        """Every row as a VideoTask, in manifest order."""
+        return [_task(row) for row in self.frame.select(TASK_COLUMNS).iter_rows(named=True)]
+
+    def shard_plans(self, shards: pl.DataFrame) -> list[ShardPlan]:
+        """ShardPlans for a (shard, video_id) frame, in its order; every id must be in the manifest."""
+        import polars as pl
+
+        joined = shards.select("shard", "video_id").join(
+            self.frame.select(TASK_COLUMNS), on="video_id", how="left", maintain_order="left"
+        )
+        missing = joined.filter(pl.col("path").is_null())["video_id"]
+        if missing.len():
+            raise ManifestError(f"manifest {self.uri}: planned videos not in it: {missing.head(5).to_list()}")
+        plans: dict[int, list[VideoTask]] = {}
+        for row in joined.iter_rows(named=True):
+            plans.setdefault(row.pop("shard"), []).append(_task(row))
+        return [ShardPlan(shard_id=shard, videos=videos) for shard, videos in plans.items()]
+
+
+TASK_COLUMNS = ("video_id", "path", "label", "method", "split", "error", "source", "dataset")
+OPTIONAL_COLUMNS = ("method", "split", "video_id", "source", "dataset")
+
+
+def _task(row: dict[str, Any]) -> VideoTask:
+    return VideoTask(**{name: row[name] for name in TASK_COLUMNS})
+
+
 def read_manifest(
     uri: str, roots: Sequence[str] | None = None, storage_options: dict[str, Any] | None = None
 ) -> list[VideoTask]:
-    """Read a CSV or Parquet manifest with at least `path,label` into VideoTasks, in manifest order.
+    """`load_manifest` as VideoTasks in manifest order (small manifests and tests)."""
+    return load_manifest(uri, roots, storage_options).tasks()
 
-    Optional columns: `method`, `split` (missing → 'all'), `video_id` (missing → stem + hash of the
-    path relative to the manifest, stable across machines), `source`, `dataset` (SPEC §9). Relative paths resolve against the
-    manifest's directory. Raises ManifestError on missing columns, bad labels, duplicate ids.
+
+def load_manifest(
+    uri: str, roots: Sequence[str] | None = None, storage_options: dict[str, Any] | None = None
+) -> Manifest:
+    """Read and check a CSV or Parquet manifest with at least `path,label`, column by column.
+
+    Optional columns: `method`, `split` (missing → 'all'), `video_id` (missing → the path relative to
+    the manifest, `/`-separated: readable, the same on every machine and mount, and unique because
+    paths are), `source`, `dataset` (SPEC §9). Relative paths resolve against the manifest's
+    directory. Raises ManifestError on missing columns, empty paths, bad labels, duplicate ids.
     """
+    import polars as pl
+
     fs, path = open_fs(uri, storage_options)
     frame = _read_frame(read_bytes(fs, path), uri)
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
@@ -80,49 +136,51 @@ def read_manifest(
     protocol = None if is_local(fs) else _protocol(fs)
     base = _Location(protocol, posixpath.dirname(path) if protocol else os.path.dirname(path))
     allowed = [_root_location(r) for r in roots] if roots else [base]
+    first_row = 2 if _is_csv(uri) else 1
 
-    records = frame.to_dicts()
-    tasks: list[VideoTask] = []
-    bad_labels: list[str] = []
-    for number, row in enumerate(records, start=2 if _is_csv(uri) else 1):
-        raw_path = _text(row.get("path"))
-        if raw_path is None:
-            raise ManifestError(f"manifest {uri}: row {number} has an empty path")
-        label = _label(row.get("label"))
-        if label is None:
-            bad_labels.append(f"row {number}: {row.get('label')!r}")
-            continue
-        target, relative = _locate(raw_path, base, protocol)
-        error = None
-        if not any(root.contains(target) for root in allowed):
-            shown = ", ".join(r.url() for r in allowed)
-            error = f"path outside allowed roots: {target.url()} (roots: {shown})"
-        tasks.append(
-            VideoTask(
-                video_id=_text(row.get("video_id")) or derive_video_id(relative),
-                path=target.url(),
-                label=label,
-                method=_text(row.get("method")),
-                split=_text(row.get("split")) or "all",
-                error=error,
-                source=_text(row.get("source")),
-                dataset=_text(row.get("dataset")),
-            )
-        )
-    if bad_labels:
-        shown = "; ".join(bad_labels[:5]) + (f"; … {len(bad_labels) - 5} more" if len(bad_labels) > 5 else "")
-        raise ManifestError(f"manifest {uri}: labels must be 0/1 or real/fake: {shown}")
-    duplicates = [vid for vid, n in Counter(t.video_id for t in tasks).items() if n > 1]
-    if duplicates:
+    frame = frame.select(
+        pl.col("label"),
+        *(
+            _blank_to_null(pl.col(c)).alias(c) if c in frame.columns else pl.lit(None, pl.String).alias(c)
+            for c in ("path", *OPTIONAL_COLUMNS)
+        ),
+    ).with_row_index("row", first_row)
+    empty = frame.filter(pl.col("path").is_null())["row"]
+    if empty.len():
+        raise ManifestError(f"manifest {uri}: row {empty[0]} has an empty path")
+    frame = frame.with_columns(_label_expr(pl.col("label")).alias("label_value"))
+    bad = frame.filter(pl.col("label_value").is_null())
+    if bad.height:
+        shown = "; ".join(f"row {r}: {v!r}" for r, v in bad.head(5).select("row", "label").iter_rows())
+        more = f"; … {bad.height - 5} more" if bad.height > 5 else ""
+        raise ManifestError(f"manifest {uri}: labels must be 0/1 or real/fake: {shown}{more}")
+
+    located = _locate_all(frame["path"], base, protocol)
+    shown_roots = ", ".join(r.url() for r in allowed)
+    frame = pl.concat([frame, located], how="horizontal").select(
+        pl.col("video_id").fill_null(pl.col("relative")),
+        pl.col("url").alias("path"),
+        pl.col("label_value").alias("label"),
+        pl.col("method"),
+        pl.col("split").fill_null("all"),
+        pl.when(_inside_any(allowed))
+        .then(pl.lit(None, pl.String))
+        .otherwise(pl.format("path outside allowed roots: {} (roots: {})", "url", pl.lit(shown_roots)))
+        .alias("error"),
+        pl.col("source"),
+        pl.col("dataset"),
+    )
+    duplicates = frame.filter(pl.col("video_id").is_duplicated())["video_id"].unique(maintain_order=True)
+    if duplicates.len():
         raise ManifestError(
-            f"manifest {uri}: duplicate video ids ({len(duplicates)}): {', '.join(duplicates[:10])}"
+            f"manifest {uri}: duplicate video ids ({duplicates.len()}): {', '.join(duplicates.head(10))}"
             " — give each row a unique video_id (or a unique path)"
         )
-    return tasks
+    return Manifest(uri, frame)
 
 
 def plan_shards(videos: Sequence[VideoTask], shard_size: int) -> list[ShardPlan]:
-    """Consecutive chunks of `shard_size` videos in manifest order: the same manifest, the same shards."""
+    """Consecutive chunks of `shard_size` videos in the given order: the same videos, the same shards."""
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     return [
@@ -132,10 +190,66 @@ def plan_shards(videos: Sequence[VideoTask], shard_size: int) -> list[ShardPlan]
 
 
 def derive_video_id(relative_path: str) -> str:
-    """A readable, stable id: file stem + 8 hex of the path relative to the manifest."""
-    normalised = relative_path.replace(os.sep, "/")
-    stem = posixpath.splitext(posixpath.basename(normalised))[0] or "video"
-    return f"{stem}-{hashlib.sha256(normalised.encode()).hexdigest()[:8]}"
+    """The id of a row without one: its path relative to the manifest, `/`-separated.
+
+    Readable and collision-free by construction (two rows with one path are one video), unlike a
+    short hash: ForgeryNet names every file `video.mp4`, and 32 hash bits collided 5× in 221,247 rows.
+    """
+    return relative_path.replace(os.sep, "/")
+
+
+# Paths that are not plain relative ones ("a/b.mp4"): these rows take the per-row `_locate`.
+_NEEDS_NORMALISING = r"://|^/|^file:|(?:^|/)\.\.?(?:/|$)|//|/$"
+
+
+def _blank_to_null(column: pl.Expr) -> pl.Expr:
+    import polars as pl
+
+    text = column.str.strip_chars()
+    return pl.when(text != "").then(text)
+
+
+def _label_expr(column: pl.Expr) -> pl.Expr:
+    import polars as pl
+
+    text = column.str.strip_chars().str.to_lowercase().str.replace(r"\.0$", "")
+    return text.replace_strict(LABELS, default=None, return_dtype=pl.Int8)
+
+
+def _locate_all(paths: pl.Series, base: _Location, protocol: str | None) -> pl.DataFrame:
+    """Per row: `url` to open, `relative` (for ids), `protocol` ('' = local), `resolved` (containment).
+
+    Plain relative paths are joined to the base as strings; the rest (absolute, URLs, '..') go
+    through `_locate` one by one. Local targets are resolved through symlinks with a per-directory
+    cache, so a million files cost about one lstat each, not one per path component.
+    """
+    import polars as pl
+
+    plain = ~paths.str.contains(_NEEDS_NORMALISING)
+    target = (base.path.rstrip("/") + "/" + paths).alias("target")
+    relative = paths.clone().alias("relative")
+    protocols = (
+        pl.select(pl.repeat(protocol or "", len(paths), dtype=pl.String)).to_series().alias("protocol")
+    )
+    odd = plain.not_().arg_true()
+    if odd.len():
+        found = [_locate(raw, base, protocol) for raw in paths.gather(odd)]
+        target.scatter(odd, [loc.path for loc, _ in found])
+        relative.scatter(odd, [derive_video_id(rel) for _, rel in found])
+        protocols.scatter(odd, [loc.protocol or "" for loc, _ in found])
+    out = pl.DataFrame([target, relative, protocols])
+    realpaths = _RealPaths()
+    resolved = [
+        realpaths(t) if p == "" else posixpath.normpath(t)
+        for t, p in zip(out["target"], out["protocol"], strict=True)
+    ]
+    return out.with_columns(
+        pl.when(pl.col("protocol") == "")
+        .then(pl.col("target"))
+        .otherwise(pl.format("{}://{}", "protocol", pl.col("target").str.strip_chars_start("/")))
+        .alias("url"),
+        pl.Series("resolved", resolved, dtype=pl.String),
+    ).drop("target")
 
 
 def _read_frame(data: bytes, uri: str) -> pl.DataFrame:
@@ -194,18 +308,46 @@ def _locate(raw: str, base: _Location, protocol: str | None) -> tuple[_Location,
     return target, relative
 
 
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    text = str(value).strip()
-    return text or None
+class _RealPaths:
+    """`os.path.realpath` for many paths: each directory is resolved once and remembered.
+
+    One lstat per path component not seen before (about one per file in a corpus), none below
+    a component that does not exist.
+    """
+
+    def __init__(self) -> None:
+        self._dirs: dict[str, tuple[str, bool]] = {}  # path → (resolved, exists)
+
+    def __call__(self, path: str) -> str:
+        return self._resolve(path)[0]
+
+    def _resolve(self, path: str) -> tuple[str, bool]:
+        parent, _, name = path.rpartition("/")  # absolute and normalised: plain string ops suffice
+        if not name:
+            return path, True
+        found = self._dirs.get(parent)
+        if found is None:
+            found = self._dirs[parent] = self._resolve(parent) if parent else ("", True)
+        real_parent, parent_exists = found
+        candidate = f"{real_parent.rstrip('/')}/{name}"
+        if not parent_exists:
+            return candidate, False
+        try:
+            mode = os.lstat(candidate).st_mode
+        except OSError:
+            return candidate, False
+        return (os.path.realpath(candidate), True) if stat.S_ISLNK(mode) else (candidate, True)
 
 
-def _label(value: Any) -> int | None:
-    text = _text(value)
-    if text is None:
-        return None
-    text = text.lower()
-    if text.endswith(".0"):
-        text = text[:-2]
-    return LABELS.get(text)
+def _inside_any(roots: Sequence[_Location]) -> pl.Expr:
+    """Row lies under one of `roots` (same protocol, resolved path equal or below)."""
+    import polars as pl
+
+    inside = pl.lit(False)
+    for root in roots:
+        resolved = root.resolved()
+        below = pl.col("resolved").str.starts_with(resolved.rstrip("/") + "/")
+        inside = inside | (
+            (pl.col("protocol") == (root.protocol or "")) & ((pl.col("resolved") == resolved) | below)
+        )
+    return inside

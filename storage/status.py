@@ -48,6 +48,8 @@ def dataset_status(
         "failed": len(failures),
         "pending": max(0, shards_total - len(markers) - len(failures)),
         "videos_total": state.plan["videos_total"] if state.plan else None,
+        # Committed videos the last build's manifest did not list (kept until `build --prune`).
+        "not_in_manifest": (state.plan or {}).get("not_in_manifest", 0),
         "totals": {
             name: sum(m["rows"][name] for m in markers.values()) for name in ("videos", "faces", "identities")
         }

