@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 import re
-import socket
 
-import boto3
 import pytest
+from conftest import moto_s3
 
 from faceshard.storage import fsio
 from faceshard.storage.commit import Output
@@ -19,35 +17,10 @@ from faceshard.storage.testing import fake_shard_tables, fake_videos
 BUCKET = "faceshard-test"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3_options():
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    options = {
-        "key": "testing",
-        "secret": "testing",
-        "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}", "region_name": "us-east-1"},
-        "skip_instance_cache": True,
-    }
-    boto3.client(
-        "s3",
-        endpoint_url=options["client_kwargs"]["endpoint_url"],
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-    ).create_bucket(Bucket=BUCKET)
-    yield options
-    server.stop()
+    with moto_s3(BUCKET) as options:
+        yield options
 
 
 def _transient_error():

@@ -7,14 +7,12 @@ Everything drives the storage layer directly with fake tables (no Prefect, no Ra
 from __future__ import annotations
 
 import json
-import logging
 import multiprocessing
 import os
 import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -27,6 +25,7 @@ from typing import Any
 import pyarrow.dataset as pds
 import pytest
 import storage_writers as writers
+from conftest import moto_s3
 from fsspec.implementations.local import LocalFileSystem
 
 from faceshard.errors import FingerprintMismatch, OutputBusy, StorageError
@@ -156,34 +155,10 @@ def test_two_builds_at_once_on_local_disk_commit_each_shard_once(
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str, Any], Any]]:
     """moto's S3 server on a free port: (storage options, an s3fs filesystem on it)."""
-    import boto3
     import s3fs
-    from moto.server import ThreadedMotoServer
 
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    options = {
-        "key": "testing",
-        "secret": "testing",
-        "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}", "region_name": "us-east-1"},
-        "skip_instance_cache": True,
-    }
-    boto3.client(
-        "s3",
-        endpoint_url=options["client_kwargs"]["endpoint_url"],
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-    ).create_bucket(Bucket="safety")
-    fs = s3fs.S3FileSystem(**options)
-    try:
-        yield options, fs
-    finally:
-        server.stop()
+    with moto_s3("safety") as options:
+        yield options, s3fs.S3FileSystem(**options)
 
 
 def test_s3_create_if_absent_is_a_conditional_put_exactly_one_racer_wins(s3) -> None:
