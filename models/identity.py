@@ -226,10 +226,11 @@ class DlibEmbedder:
     default_threshold = 0.6
     dim = DLIB.dim or 128
 
-    def __init__(self, device: str = "cpu", batch_size: int = 32) -> None:
+    def __init__(self, device: str = "cpu", batch_size: int | None = None) -> None:
         recogniser, predictor = dlib_model_files()
         self.device = resolve_device(device)
-        self.batch_size = batch_size
+        # On one CPU thread 16 chips a batch ran fastest (4.6 ms a face; 5.5 at 32 and 64, 13 at 1).
+        self.batch_size = batch_size or (16 if self.device == "cpu" else 128)
         self.weights = dlib_identity_weights()
         self.model, self.predictor = cached_model(
             ("dlib-identity", self.weights.source, self.weights.fingerprint, self.device),
