@@ -32,12 +32,16 @@ from faceshard.flows.progress import (
 from faceshard.flows.runtime import apply_local_defaults, local_runtime, ray_init_kwargs
 from faceshard.storage.commit import Output
 from faceshard.storage.manifest import Manifest, ShardPlan, load_manifest
-from faceshard.tasks.shard import process_shard
 
 
 @task(name="process-shard", retries=2, retry_delay_seconds=2, persist_result=False)
 def process_shard_task(plan: ShardPlan, config: dict[str, Any], output: Output, retry_failed: bool) -> dict:
-    """One shard on one Ray worker: per-video errors stay inside; only shard-level faults retry."""
+    """One shard on one Ray worker: per-video errors stay inside; only shard-level faults retry.
+
+    The pipeline is imported here, on the worker: the driver plans and fans out without its libraries.
+    """
+    from faceshard.tasks.shard import process_shard
+
     return process_shard(plan, config_from_tree(config), output, retry_failed=retry_failed)
 
 
