@@ -21,14 +21,12 @@ import importlib.util
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import torch
 from PIL import Image
 
 from faceshard.config import IdentityConfig
-from faceshard.models.dlib_resnet import CHIP_PADDING, CHIP_SIZE, DlibFaceResNet, load_dlib_resnet
 from faceshard.models.registry import (
     WeightsInfo,
     WeightsUnavailableError,
@@ -39,6 +37,11 @@ from faceshard.models.registry import (
     resolve_device,
 )
 from faceshard.records import Face
+
+if TYPE_CHECKING:  # torch is imported where models load: the driver fingerprints files without it
+    import torch
+
+    from faceshard.models.dlib_resnet import DlibFaceResNet
 
 FACENET = model_card("facenet")
 DLIB = model_card("dlib")
@@ -81,6 +84,7 @@ def facenet_weight_candidates(weights: str | None) -> list[Path]:
     """
     if weights:
         return [Path(weights).expanduser()]
+    import torch
     from facenet_pytorch.models.inception_resnet_v1 import get_torch_home
 
     candidates = [
@@ -113,6 +117,8 @@ def facenet_weights(weights: str | None) -> WeightsInfo:
 
 def facenet_preprocess(crops: list[np.ndarray]) -> torch.Tensor:
     """SPEC §5: 128×128 non-isotropic PIL bilinear resize, RGB, (x − 127.5) / 128, NCHW float32."""
+    import torch
+
     size = FACENET.input_size or 128
     resized = np.stack(
         [np.asarray(Image.fromarray(crop).resize((size, size), Image.Resampling.BILINEAR)) for crop in crops]
@@ -122,6 +128,7 @@ def facenet_preprocess(crops: list[np.ndarray]) -> torch.Tensor:
 
 
 def _load_facenet(path: Path, device: str) -> torch.nn.Module:
+    import torch
     from facenet_pytorch import InceptionResnetV1
 
     model = InceptionResnetV1(pretrained=None, classify=False)
@@ -159,13 +166,15 @@ class FaceNetEmbedder:
     def fingerprint(self) -> str:
         return self.weights.fingerprint
 
-    @torch.inference_mode()
     def embed_crops(self, crops: list[np.ndarray]) -> np.ndarray:
         """(n, 512) float32, unit length."""
+        import torch
+
         out = np.zeros((len(crops), self.dim), np.float32)
-        for start in range(0, len(crops), self.batch_size):
-            batch = facenet_preprocess(crops[start : start + self.batch_size]).to(self.device)
-            out[start : start + len(batch)] = self.model(batch).float().cpu().numpy()
+        with torch.inference_mode():
+            for start in range(0, len(crops), self.batch_size):
+                batch = facenet_preprocess(crops[start : start + self.batch_size]).to(self.device)
+                out[start : start + len(batch)] = self.model(batch).float().cpu().numpy()
         return out
 
     def embed(self, faces: list[Face]) -> np.ndarray:
@@ -211,6 +220,8 @@ def dlib_identity_weights() -> WeightsInfo:
 def _load_dlib(recogniser: Path, predictor: Path, device: str) -> tuple[DlibFaceResNet, object]:
     import dlib
 
+    from faceshard.models.dlib_resnet import load_dlib_resnet
+
     return load_dlib_resnet(recogniser).to(device), dlib.shape_predictor(str(predictor))
 
 
@@ -245,6 +256,8 @@ class DlibEmbedder:
         """(n, 150, 150, 3) uint8 aligned chips: dlib's landmarks, then `dlib.get_face_chip`."""
         import dlib
 
+        from faceshard.models.dlib_resnet import CHIP_PADDING, CHIP_SIZE
+
         out = np.zeros((len(crops), CHIP_SIZE, CHIP_SIZE, 3), np.uint8)
         for i, (crop, box) in enumerate(zip(crops, boxes, strict=True)):
             image = np.ascontiguousarray(crop, dtype=np.uint8)
@@ -252,11 +265,12 @@ class DlibEmbedder:
             out[i] = dlib.get_face_chip(image, shape, size=CHIP_SIZE, padding=CHIP_PADDING)
         return out
 
-    @torch.inference_mode()
     def embed_crops(self, crops: list[np.ndarray], boxes: list[np.ndarray | None]) -> np.ndarray:
         """(n, 128) float32; a missing box means the face fills the crop."""
+        import torch
+
         out = np.zeros((len(crops), self.dim), np.float32)
-        with ieee_convolutions():
+        with torch.inference_mode(), ieee_convolutions():
             for start in range(0, len(crops), self.batch_size):
                 stop = start + self.batch_size
                 chips = torch.from_numpy(self.chips(crops[start:stop], boxes[start:stop])).to(self.device)
@@ -274,6 +288,8 @@ class DlibEmbedder:
 def ieee_convolutions() -> Iterator[None]:
     """Full float32 cuDNN convolutions while inside: torch's default TF32 would move dlib's
     descriptors by ~1e-3 on CUDA; they should match the CPU's to float rounding."""
+    import torch
+
     previous = torch.backends.cudnn.allow_tf32
     torch.backends.cudnn.allow_tf32 = False
     try:
