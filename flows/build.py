@@ -213,10 +213,15 @@ def warm_workers(config: dict[str, Any], runtime: RuntimeConfig) -> None:
         warm.remote(config)
 
 
-def _warm_worker(config: dict[str, Any]) -> None:
-    from faceshard.tasks.shard import get_processor
+def _warm_worker(config: dict[str, Any]) -> str | None:
+    """Load the models here; an error is returned (not raised) because the shards report it."""
+    try:
+        from faceshard.tasks.shard import get_processor
 
-    get_processor(config_from_tree(config))
+        get_processor(config_from_tree(config))
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def run_build(
