@@ -85,7 +85,8 @@ class ShardDataset(IterableDataset):
 
     Each item is a dict of tensors (plus `video_id` and `method` strings): for `mintime`
     `features (F,P,C)`, `size_bucket`, `identity`, `positions (F,P)`, `mask`, `label`; for `megatron`
-    `rgb (N,D)`, `depth (N,D)`, `mask`, `label`; for `clips` `clips (n_clips, clip, …)`, `label`.
+    `rgb (N,D)`, `depth (N,D)`, `mask`, `label`; for `clips` `clips (n_clips, clip, …)`, `label`
+    (stored crops resized to `options.clip_size`, as DeepfakeBench does).
     `feature` picks the MINTIME input column (default: `tokens` when stored, else `emb_rgb`).
     """
 
