@@ -8,6 +8,7 @@ submitted at once (`flows.fanout`), and progress is reported as each one finishe
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from typing import Any
@@ -17,7 +18,7 @@ from prefect_ray import RayTaskRunner
 from prefect_ray.context import remote_options
 
 from faceshard.config import BuildConfig, RuntimeConfig, config_from_tree
-from faceshard.flows.fanout import bounded_as_completed, in_flight_limit
+from faceshard.flows.fanout import bounded_as_completed, cluster_slots, in_flight_limit
 from faceshard.flows.plan import dataset_weights, plan_output, shards_to_run
 from faceshard.flows.progress import (
     BuildProgress,
@@ -31,12 +32,16 @@ from faceshard.flows.progress import (
 from faceshard.flows.runtime import apply_local_defaults, local_runtime, ray_init_kwargs
 from faceshard.storage.commit import Output
 from faceshard.storage.manifest import Manifest, ShardPlan, load_manifest
-from faceshard.tasks.shard import process_shard
 
 
 @task(name="process-shard", retries=2, retry_delay_seconds=2, persist_result=False)
 def process_shard_task(plan: ShardPlan, config: dict[str, Any], output: Output, retry_failed: bool) -> dict:
-    """One shard on one Ray worker: per-video errors stay inside; only shard-level faults retry."""
+    """One shard on one Ray worker: per-video errors stay inside; only shard-level faults retry.
+
+    The pipeline is imported here, on the worker: the driver plans and fans out without its libraries.
+    """
+    from faceshard.tasks.shard import process_shard
+
     return process_shard(plan, config_from_tree(config), output, retry_failed=retry_failed)
 
 
@@ -145,7 +150,9 @@ def run_shards(
     logger.info("%d shards to process, at most %d in flight", len(plans), limit)
 
     def submit(plan: ShardPlan) -> Any:
-        with remote_options(num_cpus=runtime.cpus_per_shard, num_gpus=runtime.gpus_per_shard):
+        # max_calls=0: Ray would otherwise end a GPU task's worker after every task, and with it the
+        # models it loaded once (a reload per shard).
+        with remote_options(num_cpus=runtime.cpus_per_shard, num_gpus=runtime.gpus_per_shard, max_calls=0):
             return shard_task.submit(plan, config, output, retry_failed)
 
     def report() -> None:
@@ -190,6 +197,28 @@ def _sum_counts(counts: Any) -> dict[str, int]:
     return total
 
 
+def warm_workers(config: dict[str, Any], runtime: RuntimeConfig) -> None:
+    """Load the build's models in every worker slot of a just-started cluster, without waiting.
+
+    Run while the Prefect server is still starting: each worker imports the pipeline and loads its
+    models once (`get_processor` keeps them for the process), so the first shards start warm. A
+    failure here is left to the shard that meets it again, where it is reported as a shard error.
+    """
+    import ray
+
+    warm = ray.remote(num_cpus=runtime.cpus_per_shard, num_gpus=runtime.gpus_per_shard, max_calls=0)(
+        _warm_worker
+    )
+    for _ in range(cluster_slots(runtime)):
+        warm.remote(config)
+
+
+def _warm_worker(config: dict[str, Any]) -> None:
+    from faceshard.tasks.shard import get_processor
+
+    get_processor(config_from_tree(config))
+
+
 def run_build(
     manifest: str,
     out: str,
@@ -214,13 +243,15 @@ def run_build(
     apply_local_defaults()
     load_manifest(manifest, roots=roots)
     dataset_weights(cfg)
-    with local_runtime(cfg.runtime), reporting_to(on_progress):
+    config = cfg.model_dump(mode="json")
+    warm = functools.partial(warm_workers, config, cfg.runtime)
+    with local_runtime(cfg.runtime, on_ray_ready=warm), reporting_to(on_progress):
         runner = RayTaskRunner(address=cfg.runtime.ray_address, init_kwargs=ray_init_kwargs(cfg.runtime))
         flow_with_ray = build_dataset.with_options(task_runner=runner)
         return flow_with_ray(
             manifest=manifest,
             out=out,
-            config=cfg.model_dump(mode="json"),
+            config=config,
             rebuild=rebuild,
             retry_failed=retry_failed,
             roots=roots,

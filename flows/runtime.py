@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -109,28 +109,32 @@ def free_port() -> int:
 
 
 @contextmanager
-def local_runtime(runtime: RuntimeConfig) -> Iterator[None]:
+def local_runtime(runtime: RuntimeConfig, on_ray_ready: Callable[[], None] | None = None) -> Iterator[None]:
     """A Prefect API and a Ray cluster for one build, started concurrently.
 
     The user's server (PREFECT_API_URL) and an already initialised Ray are used as they are and left
-    running; what is started here is stopped on exit. The server starts on a thread (it is a
-    subprocess plus a health poll) while `ray.init` runs here, on the main thread, as Ray expects.
+    running; what is started here is stopped on exit. The server starts on a thread (its import, a
+    subprocess and a health poll) while `ray.init` runs here, on the main thread, as Ray expects.
+    `on_ray_ready` runs as soon as Ray is up, while the server may still be starting (the build
+    warms its workers there).
     """
     import ray
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    server, failures, starter = None, [], None
+    servers: list[object] = []
+    failures: list[BaseException] = []
+    starter = None
     if not os.environ.get("PREFECT_API_URL"):
-        from prefect.server.api.server import SubprocessASGIServer
-
-        server = SubprocessASGIServer(port=free_port())
-        os.environ["PREFECT_API_URL"] = server.api_url  # known now: Ray's workers inherit it
-        starter = threading.Thread(target=_start_server, args=(server, failures), daemon=True)
+        port = free_port()
+        os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"  # known now: Ray's workers inherit it
+        starter = threading.Thread(target=_start_server, args=(port, servers, failures), daemon=True)
         starter.start()
     owns_ray = not ray.is_initialized()
     try:
         if owns_ray:
             ray.init(address=runtime.ray_address, **ray_init_kwargs(runtime))
+        if on_ray_ready is not None:
+            on_ray_ready()
         if starter is not None:
             starter.join()
             if failures:
@@ -140,15 +144,23 @@ def local_runtime(runtime: RuntimeConfig) -> Iterator[None]:
     finally:
         if owns_ray and ray.is_initialized():
             ray.shutdown()
-        if server is not None:
-            if starter is not None:
-                starter.join()
+        if starter is not None:
+            starter.join()
             os.environ.pop("PREFECT_API_URL", None)
-            server.stop()
+            for server in servers:
+                server.stop()  # type: ignore[attr-defined]
 
 
-def _start_server(server: object, failures: list[BaseException]) -> None:
+def _start_server(port: int, servers: list[object], failures: list[BaseException]) -> None:
+    """Import Prefect's server module and start it, off the main thread: the import alone takes
+    seconds, and Ray starts meanwhile."""
     try:
-        server.start(timeout=120)  # type: ignore[attr-defined]
+        from prefect.server.api.server import SubprocessASGIServer
+
+        server = SubprocessASGIServer(port=port)
+        servers.append(server)
+        server.start(timeout=120)
+        if server.api_url != os.environ["PREFECT_API_URL"]:  # Prefect moved to another port
+            raise RuntimeError(f"the Prefect server came up on {server.api_url}, not on port {port}")
     except BaseException as exc:  # re-raised on the main thread
         failures.append(exc)

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-import torch
 from PIL import Image
 
 from faceshard.config import DetectConfig
@@ -38,6 +37,8 @@ class Detector(Protocol):
 
 def resolve_device(device: str) -> str:
     """'cuda' when asked for ('auto' or 'cuda…') and available, else 'cpu' (with a warning if asked)."""
+    import torch
+
     device = registry.resolve_device(device)
     if device.startswith("cuda") and not torch.cuda.is_available():
         log.warning("device %r requested but CUDA is not available: detecting on CPU", device)
@@ -108,6 +109,7 @@ class MTCNNDetector:
     """
 
     def __init__(self, cfg: DetectConfig, device: str = "auto") -> None:
+        import torch
         from facenet_pytorch import MTCNN
 
         self.cfg = cfg

@@ -8,7 +8,8 @@
   `torch.load(weights_only=True)` and a missing file is an error naming every path looked at.
 * `dlib` (offline default): dlib's ResNet face recogniser with its 5-point landmark predictor, both
   shipped in `face_recognition_models`. 128-d descriptors compared by Euclidean distance; 0.6 is
-  dlib's usual operating point.
+  dlib's usual operating point. dlib aligns the chip; the network runs in torch from dlib's own file
+  (models/dlib_resnet.py), batched and on CPU or CUDA, matching dlib's descriptors to float rounding.
 
 Every embedder is a stage `embedder(faces) -> faces` filling `Face.id_embedding` (float32), with
 `.metric`, `.default_threshold`, `.dim` and `.weights` (a `WeightsInfo`).
@@ -17,12 +18,12 @@ Every embedder is a stage `embedder(faces) -> faces` filling `Face.id_embedding`
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import torch
 from PIL import Image
 
 from faceshard.config import IdentityConfig
@@ -36,6 +37,11 @@ from faceshard.models.registry import (
     resolve_device,
 )
 from faceshard.records import Face
+
+if TYPE_CHECKING:  # torch is imported where models load: the driver fingerprints files without it
+    import torch
+
+    from faceshard.models.dlib_resnet import DlibFaceResNet
 
 FACENET = model_card("facenet")
 DLIB = model_card("dlib")
@@ -78,6 +84,7 @@ def facenet_weight_candidates(weights: str | None) -> list[Path]:
     """
     if weights:
         return [Path(weights).expanduser()]
+    import torch
     from facenet_pytorch.models.inception_resnet_v1 import get_torch_home
 
     candidates = [
@@ -110,6 +117,8 @@ def facenet_weights(weights: str | None) -> WeightsInfo:
 
 def facenet_preprocess(crops: list[np.ndarray]) -> torch.Tensor:
     """SPEC §5: 128×128 non-isotropic PIL bilinear resize, RGB, (x − 127.5) / 128, NCHW float32."""
+    import torch
+
     size = FACENET.input_size or 128
     resized = np.stack(
         [np.asarray(Image.fromarray(crop).resize((size, size), Image.Resampling.BILINEAR)) for crop in crops]
@@ -119,6 +128,7 @@ def facenet_preprocess(crops: list[np.ndarray]) -> torch.Tensor:
 
 
 def _load_facenet(path: Path, device: str) -> torch.nn.Module:
+    import torch
     from facenet_pytorch import InceptionResnetV1
 
     model = InceptionResnetV1(pretrained=None, classify=False)
@@ -156,13 +166,15 @@ class FaceNetEmbedder:
     def fingerprint(self) -> str:
         return self.weights.fingerprint
 
-    @torch.inference_mode()
     def embed_crops(self, crops: list[np.ndarray]) -> np.ndarray:
         """(n, 512) float32, unit length."""
+        import torch
+
         out = np.zeros((len(crops), self.dim), np.float32)
-        for start in range(0, len(crops), self.batch_size):
-            batch = facenet_preprocess(crops[start : start + self.batch_size]).to(self.device)
-            out[start : start + len(batch)] = self.model(batch).float().cpu().numpy()
+        with torch.inference_mode():
+            for start in range(0, len(crops), self.batch_size):
+                batch = facenet_preprocess(crops[start : start + self.batch_size]).to(self.device)
+                out[start : start + len(batch)] = self.model(batch).float().cpu().numpy()
         return out
 
     def embed(self, faces: list[Face]) -> np.ndarray:
@@ -205,49 +217,64 @@ def dlib_identity_weights() -> WeightsInfo:
     return WeightsInfo("dlib", str(recogniser.parent), fingerprint)
 
 
-def _load_dlib(recogniser: Path, predictor: Path) -> tuple[object, object]:
+def _load_dlib(recogniser: Path, predictor: Path, device: str) -> tuple[DlibFaceResNet, object]:
     import dlib
 
-    return dlib.face_recognition_model_v1(str(recogniser)), dlib.shape_predictor(str(predictor))
+    from faceshard.models.dlib_resnet import load_dlib_resnet
+
+    return load_dlib_resnet(recogniser).to(device), dlib.shape_predictor(str(predictor))
 
 
 class DlibEmbedder:
-    """dlib's 128-d face descriptor, computed on the crop with the detection box in crop coordinates."""
+    """dlib's 128-d face descriptor, computed on the crop with the detection box in crop coordinates.
+
+    As dlib's `compute_face_descriptor`: the 5-point landmarks and the aligned 150×150 chip (padding
+    0.25) come from dlib; the ResNet runs in torch with dlib's weights (models/dlib_resnet.py), batched
+    and on `device`, ~20× faster on one CPU thread than dlib-bin's unbatched, BLAS-less C++.
+    """
 
     metric = "euclidean"
     default_threshold = 0.6
     dim = DLIB.dim or 128
 
-    def __init__(self, device: str = "cpu", batch_size: int = 64) -> None:
-        del device  # dlib-bin runs on the CPU
+    def __init__(self, device: str = "cpu", batch_size: int | None = None) -> None:
         recogniser, predictor = dlib_model_files()
-        self.batch_size = batch_size
+        self.device = resolve_device(device)
+        # On one CPU thread 16 chips a batch ran fastest (4.6 ms a face; 5.5 at 32 and 64, 13 at 1).
+        self.batch_size = batch_size or (16 if self.device == "cpu" else 128)
         self.weights = dlib_identity_weights()
-        self.recogniser, self.predictor = cached_model(
-            ("dlib-identity", self.weights.source, self.weights.fingerprint),
-            lambda: _load_dlib(recogniser, predictor),
+        self.model, self.predictor = cached_model(
+            ("dlib-identity", self.weights.source, self.weights.fingerprint, self.device),
+            lambda: _load_dlib(recogniser, predictor, self.device),
         )
 
     @property
     def fingerprint(self) -> str:
         return self.weights.fingerprint
 
-    def embed_crops(self, crops: list[np.ndarray], boxes: list[np.ndarray | None]) -> np.ndarray:
-        """(n, 128) float32; a missing box means the face fills the crop."""
+    def chips(self, crops: list[np.ndarray], boxes: list[np.ndarray | None]) -> np.ndarray:
+        """(n, 150, 150, 3) uint8 aligned chips: dlib's landmarks, then `dlib.get_face_chip`."""
         import dlib
 
+        from faceshard.models.dlib_resnet import CHIP_PADDING, CHIP_SIZE
+
+        out = np.zeros((len(crops), CHIP_SIZE, CHIP_SIZE, 3), np.uint8)
+        for i, (crop, box) in enumerate(zip(crops, boxes, strict=True)):
+            image = np.ascontiguousarray(crop, dtype=np.uint8)
+            shape = self.predictor(image, dlib_rectangle(box, image.shape))  # type: ignore[operator]
+            out[i] = dlib.get_face_chip(image, shape, size=CHIP_SIZE, padding=CHIP_PADDING)
+        return out
+
+    def embed_crops(self, crops: list[np.ndarray], boxes: list[np.ndarray | None]) -> np.ndarray:
+        """(n, 128) float32; a missing box means the face fills the crop."""
+        import torch
+
         out = np.zeros((len(crops), self.dim), np.float32)
-        for start in range(0, len(crops), self.batch_size):
-            stop = start + self.batch_size
-            images, shapes = [], []
-            for crop, box in zip(crops[start:stop], boxes[start:stop], strict=True):
-                image = np.ascontiguousarray(crop, dtype=np.uint8)
-                shape = dlib.full_object_detections()
-                shape.append(self.predictor(image, dlib_rectangle(box, image.shape)))  # type: ignore[operator]
-                images.append(image)
-                shapes.append(shape)
-            descriptors = self.recogniser.compute_face_descriptor(images, shapes)  # type: ignore[attr-defined]
-            out[start : start + len(images)] = np.array([np.asarray(d[0]) for d in descriptors], np.float32)
+        with torch.inference_mode(), ieee_convolutions():
+            for start in range(0, len(crops), self.batch_size):
+                stop = start + self.batch_size
+                chips = torch.from_numpy(self.chips(crops[start:stop], boxes[start:stop])).to(self.device)
+                out[start : start + len(chips)] = self.model(chips).float().cpu().numpy()
         return out
 
     def embed(self, faces: list[Face]) -> np.ndarray:
@@ -255,6 +282,20 @@ class DlibEmbedder:
 
     def __call__(self, faces: list[Face]) -> list[Face]:
         return _fill(faces, self.embed(faces))
+
+
+@contextmanager
+def ieee_convolutions() -> Iterator[None]:
+    """Full float32 cuDNN convolutions while inside: torch's default TF32 would move dlib's
+    descriptors by ~1e-3 on CUDA; they should match the CPU's to float rounding."""
+    import torch
+
+    previous = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = previous
 
 
 def dlib_rectangle(box: np.ndarray | None, shape: tuple[int, ...]) -> object:

@@ -26,8 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
 
-import torch
-
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -289,6 +287,8 @@ def build_random(
     )
     warnings.warn(message, RuntimeWarning, stacklevel=2)
     log.warning(message)
+    import torch
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_SEED)
         model = build()
@@ -328,5 +328,7 @@ def clear_model_cache() -> None:
 def resolve_device(device: str) -> str:
     """`auto` → cuda when available, else cpu."""
     if device == "auto":
+        import torch
+
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import os
 
-import cv2
-import torch
-
 # Read by OpenMP / BLAS runtimes that initialise after this point (dlib's, numpy's BLAS in subprocesses).
 _THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 def limit_threads(cpus: float) -> int:
     """Size torch's and OpenCV's thread pools to `cpus` (at least one); returns the count used."""
+    import cv2
+    import torch
+
     threads = max(1, int(cpus))
     for name in _THREAD_ENV:
         os.environ[name] = str(threads)

@@ -21,9 +21,7 @@ from typing import Any
 
 from faceshard.config import BuildConfig
 from faceshard.errors import VideoError
-from faceshard.models.depth import DepthEstimator, depth_weights
 from faceshard.models.detectors import build_detector, detector_weights, resolve_device
-from faceshard.models.embedders import Embedder, embed_weights
 from faceshard.models.identity import IDENTITY_CLASSES, build_identity_embedder, identity_weights
 from faceshard.records import Face, Frame, VideoTask
 from faceshard.tasks.crops import CropEncoder, Cropper, encode_image
@@ -89,8 +87,12 @@ def weights_manifest(cfg: BuildConfig) -> dict[str, dict[str, Any]]:
     if cfg.identity.enabled:
         roles["identity"] = identity_weights(cfg.identity)
     if cfg.depth.enabled:
+        from faceshard.models.depth import depth_weights
+
         roles["depth"] = depth_weights(cfg.depth.model, allow_random)
     if cfg.embed.enabled:
+        from faceshard.models.embedders import embed_weights
+
         roles["embed"] = embed_weights(cfg.embed.model, cfg.embed.checkpoint, allow_random)
     return {role: asdict(info) for role, info in roles.items()}
 
@@ -114,8 +116,12 @@ class VideoProcessor:
             self.metric, self.threshold = clustering_rule(
                 cfg.identity, self.identity.metric, self.identity.default_threshold
             )
-        self.depth = (
-            DepthEstimator(
+        # Depth and embedding libraries are imported only by builds that use them (seconds each).
+        self.depth = None
+        if cfg.depth.enabled:
+            from faceshard.models.depth import DepthEstimator
+
+            self.depth = DepthEstimator(
                 cfg.depth.model,
                 cfg.depth.input_size,
                 self.device,
@@ -123,11 +129,11 @@ class VideoProcessor:
                 batch_size=cfg.depth.batch_size,
                 input_spec=cfg.depth.input,
             )
-            if cfg.depth.enabled
-            else None
-        )
-        self.embedder = (
-            Embedder(
+        self.embedder = None
+        if cfg.embed.enabled:
+            from faceshard.models.embedders import Embedder
+
+            self.embedder = Embedder(
                 cfg.embed.model,
                 cfg.embed.checkpoint,
                 cfg.embed.output,
@@ -137,9 +143,6 @@ class VideoProcessor:
                 batch_size=cfg.embed.batch_size,
                 input_spec=cfg.embed.input,
             )
-            if cfg.embed.enabled
-            else None
-        )
         # Faces wait for a full batch of the batched models; crops held are bounded by this number.
         self.face_batch = max(cfg.depth.batch_size, cfg.embed.batch_size)
 

@@ -379,7 +379,9 @@ def test_a_bad_manifest_fails_before_models_or_a_server_start(tmp_path, monkeypa
 
     manifest = tmp_path / "m.csv"
     manifest.write_text("path,label,video_id\na/video.mp4,0,same\nb/video.mp4,1,same\n")
-    monkeypatch.setattr(build_flow, "local_runtime", lambda *a: pytest.fail("a Prefect server was started"))
+    monkeypatch.setattr(
+        build_flow, "local_runtime", lambda *a, **k: pytest.fail("a Prefect server was started")
+    )
     monkeypatch.setattr(build_flow, "dataset_weights", lambda cfg: pytest.fail("models were loaded first"))
     with pytest.raises(ManifestError, match="duplicate video ids"):
         build_flow.run_build(str(manifest), str(tmp_path / "out"), BuildConfig())

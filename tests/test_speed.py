@@ -48,6 +48,22 @@ def test_tasks_and_models_import_without_prefect_ray_polars() -> None:
     assert done.stdout.strip().endswith("blocked")  # the guard is live, so the imports above proved it
 
 
+def test_the_driver_plans_and_fingerprints_without_model_libraries() -> None:
+    """The build's driver imports its flow and fingerprints the weights of the MINTIME work (detection and
+    identities) from their files without torch: seconds of start-up on the critical path. Only the
+    workers load the models. (An embedding build's driver imports timm to resolve the model name.)"""
+    code = (
+        "import sys\nimport faceshard.flows.build\nfrom faceshard.config import load_config\n"
+        "from faceshard.flows.plan import dataset_weights\n"
+        "weights = dataset_weights(load_config('mintime', overrides=['identity.embedder=dlib', 'embed.enabled=false']))\n"
+        "assert set(weights) == {'detector', 'identity'}, weights\n"
+        "print(sorted(m for m in ('torch', 'timm', 'facenet_pytorch', 'dlib') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
 def _faces_clip(tmp_path: Path) -> Path:
     """10 fps, 6 s: seconds 1 and 3 start face-less and show the face from frame 4 of the second."""
     face = cv2.resize(skimage.data.astronaut(), (256, 256), interpolation=cv2.INTER_AREA)
