@@ -60,6 +60,9 @@ class SampleOptions:
     megatron_length: int = 20
     clip_frames: int = 32
     clip: int = 8
+    # DeepfakeBench resizes every face to its `resolution` (256) before a clip is stacked; None keeps
+    # stored crops as they are (then they must all share one size: `--set crop.store=pad:S`).
+    clip_size: int | None = 256
 
 
 def consumer_slot(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
@@ -82,7 +85,8 @@ class ShardDataset(IterableDataset):
 
     Each item is a dict of tensors (plus `video_id` and `method` strings): for `mintime`
     `features (F,P,C)`, `size_bucket`, `identity`, `positions (F,P)`, `mask`, `label`; for `megatron`
-    `rgb (N,D)`, `depth (N,D)`, `mask`, `label`; for `clips` `clips (n_clips, clip, …)`, `label`.
+    `rgb (N,D)`, `depth (N,D)`, `mask`, `label`; for `clips` `clips (n_clips, clip, …)`, `label`
+    (stored crops resized to `options.clip_size`, as DeepfakeBench does).
     `feature` picks the MINTIME input column (default: `tokens` when stored, else `emb_rgb`).
     """
 
@@ -290,7 +294,7 @@ class ShardDataset(IterableDataset):
             return None
         values = view[self.feature]
         if isinstance(values, list):
-            clips = np.stack([_decode(values[r]) for r in rows.reshape(-1)])
+            clips = _stack_crops([_decode(values[r]) for r in rows.reshape(-1)], opts.clip_size)
         else:
             clips = values[rows.reshape(-1)]
         return {"clips": _torch(clips.reshape(*rows.shape, *clips.shape[1:])), "label": torch.tensor(label)}
@@ -320,6 +324,26 @@ def _decode(data: bytes | None) -> np.ndarray:
         raise StorageError("a face row has no stored crop")
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _stack_crops(crops: list[np.ndarray], size: int | None) -> np.ndarray:
+    """One clip array from decoded crops: each resized to size×size first (cv2 bicubic, as
+    DeepfakeBench's loader does), or, with `size=None`, a clear error when their sizes differ."""
+    if size is not None:
+        import cv2
+
+        crops = [
+            c if c.shape[:2] == (size, size) else cv2.resize(c, (size, size), interpolation=cv2.INTER_CUBIC)
+            for c in crops
+        ]
+    shapes = sorted({c.shape for c in crops})
+    if len(shapes) > 1:
+        raise StorageError(
+            f"stored crops of {len(shapes)} sizes ({shapes[0]} … {shapes[-1]}) cannot form one clip: set"
+            " SampleOptions(clip_size=S) to resize them (DeepfakeBench uses 256), or build with"
+            " --set crop.store=pad:S so every stored crop has one size"
+        )
+    return np.stack(crops)
 
 
 def _torch(array: np.ndarray) -> torch.Tensor:

@@ -6,13 +6,16 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+import cv2
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from faceshard.errors import StorageError
 from faceshard.storage.commit import Output
-from faceshard.storage.datasets import MissingColumnsError, ShardDataset
+from faceshard.storage.datasets import MissingColumnsError, SampleOptions, ShardDataset
 from faceshard.storage.manifest import plan_shards
 from faceshard.storage.testing import fake_shard_tables, fake_videos
 
@@ -122,3 +125,38 @@ def test_clips_of_embeddings(uri: str) -> None:
     # five faces at frames 0,25,…,100 spread over 32 picks: every face used, in temporal order
     firsts = sample["clips"][:, :, 0].reshape(-1).float().numpy()
     assert len(np.unique(firsts)) == 5
+
+
+def committed_crops(root: Path, sides: list[int]) -> str:
+    """One video whose five faces store real PNG crops, face k square of side sides[k % len(sides)]."""
+    uri = str(root)
+    out = Output.open(uri, config=CONFIG, weights=WEIGHTS)
+    plans = plan_shards(fake_videos(1, splits=("train",)), 1)
+    out.set_plan(plans)
+    tables = fake_shard_tables(plans[0], faces_per_video=5, with_crop=True)
+    faces = tables["faces"]
+    crops = [
+        cv2.imencode(".png", np.full((side, side, 3), 40 * k, np.uint8))[1].tobytes()
+        for k, side in enumerate(sides[k % len(sides)] for k in range(faces.num_rows))
+    ]
+    index = faces.schema.get_field_index("crop")
+    tables["faces"] = faces.set_column(
+        index, faces.schema.field(index), pa.array(crops, faces.schema.field(index).type)
+    )
+    out.commit_shard(plans[0], tables, {})
+    return uri
+
+
+def test_clips_of_crops_of_different_sizes_are_resized_as_deepfakebench_does(tmp_path: Path) -> None:
+    uri = committed_crops(tmp_path / "out", sides=[64, 96, 80])
+    sample = next(iter(ShardDataset(uri, kind="clips", shuffle=False)))
+    assert sample["clips"].shape == (4, 8, 256, 256, 3) and sample["clips"].dtype == torch.uint8
+    assert sorted(np.unique(sample["clips"][..., 0].numpy()).tolist()) == [0, 40, 80, 120, 160]
+    small = ShardDataset(uri, kind="clips", shuffle=False, options=SampleOptions(clip_size=32))
+    assert next(iter(small))["clips"].shape == (4, 8, 32, 32, 3)
+    native = ShardDataset(uri, kind="clips", shuffle=False, options=SampleOptions(clip_size=None))
+    with pytest.raises(StorageError, match=r"3 sizes.*clip_size=S.*crop.store=pad:S"):
+        next(iter(native))
+    same = committed_crops(tmp_path / "same", sides=[48])
+    kept = ShardDataset(same, kind="clips", shuffle=False, options=SampleOptions(clip_size=None))
+    assert next(iter(kept))["clips"].shape == (4, 8, 48, 48, 3)  # one size: kept native

@@ -70,13 +70,14 @@ def test_mintime_model_trains_from_the_token_cache_of_a_real_build(token_cache: 
     oracle = np.array([structure_score(by_video.get(v["video_id"], [])) for v in videos], float)
     assert auc(labels, oracle) >= 0.75
 
-    settings = TrainSettings(model="mintime", epochs=6, batch_size=8, lr=1e-3, val_splits=list(HELD_OUT))
+    settings = TrainSettings(model="mintime", epochs=10, batch_size=8, lr=1e-3, val_splits=list(HELD_OUT))
     result = train(str(token_cache), settings, out=tmp_path / "ckpt")
     print(json.dumps({k: result[k] for k in ("val_auc", "val_accuracy", "val_videos", "train_loss")}))
     assert result["val_videos"] == len(videos)  # every held-out clip has faces and is scored
     losses = [h["train_loss"] for h in result["history"]]
     assert losses[-1] < losses[0]  # it learns from the cache
-    # Measured (issue #8 note): held-out AUC 0.57–0.67 over 6–20 epochs, i.e. NOT clearly above chance
-    # (σ ≈ 0.09 for 38 videos): from 58 training clips of random-init tokens the model does not pick up
-    # the identity structure the oracle above uses. No threshold is asserted on it here.
-    assert result["val_auc"] is not None
+    # Clearly above chance (0.50 ± 0.09 for 38 held-out clips). Measured on this corpus (issue #8b note,
+    # 2-core box): this run (seed 0) 0.90; training seeds 0–7 mean 0.88, min 0.79, max 0.94; the oracle
+    # above 0.85. Without the frame attention (each face slot blind to the other faces of its frame, as
+    # in MINTIME's own model) the same run gave 0.55–0.67 over seeds, at 6 or 10 epochs.
+    assert result["val_auc"] >= 0.75

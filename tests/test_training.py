@@ -17,7 +17,7 @@ from faceshard.storage.datasets import MissingColumnsError, ShardDataset
 from faceshard.storage.manifest import plan_shards
 from faceshard.storage.testing import fake_shard_tables, fake_videos
 from faceshard.training import loop
-from faceshard.training.models import MegatronNet, MintimeNet
+from faceshard.training.models import MegatronNet, MintimeNet, SlotAttention
 
 WEIGHTS = {"repvit": {"source": "hub:repvit", "fingerprint": "aaa", "random": True}}
 
@@ -85,6 +85,25 @@ def test_mintime_padding_never_reaches_attention() -> None:
         visible = {"mask": torch.ones_like(batch["mask"])}
         scrambled = scramble_padding(batch, keys)
         assert not torch.allclose(model(batch | visible), model(scrambled | visible), atol=1e-3)
+
+
+def test_temporal_attention_stays_in_an_identity_and_frame_attention_in_a_frame() -> None:
+    """MINTIME's identity mask, and the frame attention: a slot reads only the slots its mask allows."""
+    torch.manual_seed(0)
+    attention = SlotAttention(8, 2, dropout=0.0).eval()
+    identity = torch.tensor([[1, 1, 1, 2, 2, 2]])  # two persons on frames 1, 2, 3
+    frame = torch.tensor([[1, 2, 3, 1, 2, 3]])
+    other_identity = identity[:, :, None] != identity[:, None, :]
+    other_frame = frame[:, :, None] != frame[:, None, :]
+    x = torch.randn(1, 6, 3, 8)
+    moved = x.clone()
+    moved[:, 3] = torch.randn(3, 8)  # person 2 on frame 1 changes
+    with torch.no_grad():
+        by_identity = attention(moved, other_identity) - attention(x, other_identity)
+        by_frame = attention(moved, other_frame) - attention(x, other_frame)
+    changed = lambda d: (d.abs().amax(dim=(0, 2, 3)) > 1e-5).tolist()  # noqa: E731
+    assert changed(by_identity) == [False, False, False, True, True, True]  # person 2's slots only
+    assert changed(by_frame) == [True, False, False, True, False, False]  # frame 1's faces only
 
 
 def test_megatron_padding_never_reaches_attention() -> None:

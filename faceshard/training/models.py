@@ -28,33 +28,61 @@ def sinusoidal(n: int, dim: int) -> torch.Tensor:
     return table
 
 
-class DividedBlock(nn.Module):
-    """TimeSformer's divided space-time attention: over slots per token position, then within a face.
+def allowed(mask: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, F, F) "may not attend" → the (B·heads, F, F) attn_mask of nn.MultiheadAttention.
 
-    Temporal attention masks padding slots as keys; spatial attention stays inside one face, so a
-    padding slot's tokens only ever see each other and are never read by a real face.
+    Every slot may always see itself: a padding slot (all of whose keys are blocked) would otherwise
+    give NaN, and its output is never read by a real slot anyway.
+    """
+    blocked = mask & ~torch.eye(mask.shape[-1], dtype=torch.bool, device=mask.device)
+    return blocked.repeat_interleave(heads, 0)
+
+
+class SlotAttention(nn.Module):
+    """Pre-norm residual attention between the F face slots, at each of the P token positions."""
+
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+
+    def forward(self, x: torch.Tensor, blocked: torch.Tensor) -> torch.Tensor:
+        b, f, p, d = x.shape
+        t = x.transpose(1, 2).reshape(b * p, f, d)
+        mask = allowed(blocked[:, None].expand(b, p, f, f).reshape(b * p, f, f), self.attn.num_heads)
+        h = self.norm(t)
+        t = t + self.attn(h, h, h, attn_mask=mask, need_weights=False)[0]
+        return t.reshape(b, p, f, d).transpose(1, 2)
+
+
+class DividedBlock(nn.Module):
+    """MINTIME's divided attention, plus attention across the faces of one frame.
+
+    1. Temporal: each slot attends to the slots of ITS OWN identity (MINTIME's identity mask).
+    2. Frame: each slot attends to the other faces of the same video frame (TimeSformer's spatial
+       attention spans everything visible at one time; MINTIME's stays inside one face, so which
+       identities appear together, or one identity twice, reaches only its CLS token).
+    3. Spatial: the P tokens of one face attend to each other.
+    Padding slots are blocked as keys in 1 and 2; 3 stays inside one face, so a padding slot's tokens
+    only ever see each other and are never read by a real face.
     """
 
     def __init__(self, dim: int, heads: int, dropout: float) -> None:
         super().__init__()
-        self.time_norm, self.space_norm, self.mlp_norm = (
-            nn.LayerNorm(dim),
-            nn.LayerNorm(dim),
-            nn.LayerNorm(dim),
-        )
-        self.time_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.time = SlotAttention(dim, heads, dropout)
+        self.frame = SlotAttention(dim, heads, dropout)
+        self.space_norm, self.mlp_norm = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.space_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
         self.mlp = nn.Sequential(
             nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim)
         )
 
-    def forward(self, x: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, other_identity: torch.Tensor, other_frame: torch.Tensor
+    ) -> torch.Tensor:
         b, f, p, d = x.shape
-        t = x.transpose(1, 2).reshape(b * p, f, d)
-        key_padding = padding[:, None, :].expand(b, p, f).reshape(b * p, f)
-        h = self.time_norm(t)
-        t = t + self.time_attn(h, h, h, key_padding_mask=key_padding, need_weights=False)[0]
-        s = t.reshape(b, p, f, d).transpose(1, 2).reshape(b * f, p, d)
+        x = self.frame(self.time(x, other_identity), other_frame)
+        s = x.reshape(b * f, p, d)
         h = self.space_norm(s)
         s = s + self.space_attn(h, h, h, need_weights=False)[0]
         s = s + self.mlp(self.mlp_norm(s))
@@ -62,10 +90,11 @@ class DividedBlock(nn.Module):
 
 
 class MintimeNet(nn.Module):
-    """Face tokens + size, identity and temporal-position embeddings → divided space-time attention →
-    a CLS query attending over every real token → logit.
+    """Face tokens + size, identity and temporal-position embeddings → divided attention (temporal
+    within an identity, across the faces of a frame, spatial within a face) → a CLS query attending
+    over every real token → logit.
 
-    Padding slots are masked as keys in every attention that crosses faces (temporal and CLS), so
+    Padding slots are masked as keys in every attention that crosses faces (temporal, frame, CLS), so
     whatever a padding slot holds cannot change the output (MINTIME's own loader left padding unmasked).
     """
 
@@ -101,11 +130,18 @@ class MintimeNet(nn.Module):
         feats = batch["features"].float()  # (B, F, P, C)
         b, f, p, _ = feats.shape
         padding = ~batch["mask"].bool()  # (B, F)
+        identity, positions = batch["identity"], batch["positions"]
         x = self.project(feats)
-        x = x + self.size(batch["size_bucket"])[:, :, None] + self.identity(batch["identity"])[:, :, None]
-        x = x + self.time(batch["positions"])
+        x = x + self.size(batch["size_bucket"])[:, :, None] + self.identity(identity)[:, :, None]
+        x = x + self.time(positions)
+        # Slot pairs that may not attend: padding keys always; another identity (temporal attention);
+        # another frame (frame attention: faces of one frame share their first temporal position).
+        padding_key = padding[:, None, :].expand(b, f, f)
+        other_identity = padding_key | (identity[:, :, None] != identity[:, None, :])
+        frame = positions[:, :, 0]
+        other_frame = padding_key | (frame[:, :, None] != frame[:, None, :])
         for block in self.blocks:
-            x = block(x, padding)
+            x = block(x, other_identity, other_frame)
         tokens = x.reshape(b, f * p, -1)
         token_padding = padding[:, :, None].expand(b, f, p).reshape(b, f * p)
         cls = self.cls.expand(b, -1, -1) + self.time.weight[0]
