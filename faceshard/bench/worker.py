@@ -12,11 +12,22 @@ import argparse
 import json
 import resource
 import time
+from pathlib import Path
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident set size of this process so far, in MB.
+
+    Linux's `VmHWM` where there is one: `ru_maxrss` also counts the parent's peak from before the
+    exec that started this process (Linux keeps it across exec), so a worker started by a big
+    benchmark process would report the benchmark's memory.
+    """
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def main(argv: list[str] | None = None) -> None:
