@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_stages_vision.py [--device auto] [--batch 4] [--repeat 3]
 
 * decode: `tasks.decode.iter_frames` (background thread, bounded queue, RGB) vs a plain PyAV loop doing
-  the same work (thread_type AUTO, every frame to RGB); then both with a consumer that spends
+  the same work (PyAV's default threads, every frame to RGB); then both with a consumer that spends
   `--work-ms` per frame off the GIL (what a GPU detector does), where our overlap should pay.
 * detect: `models.detectors` MTCNN vs facenet_pytorch `MTCNN.detect` on the same batch of frames
   (PIL-resized by detect_scale, boxes scaled back), in faces/s.
@@ -49,7 +49,6 @@ def synthetic_clip(folder: Path, n: int = 150) -> Path:
 def raw_decode(path: Path, work: Callable[[], None]) -> int:
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
         n = 0
         for frame in container.decode(stream):
             np.ascontiguousarray(frame.to_ndarray(format="rgb24"))
