@@ -125,7 +125,7 @@ def local_runtime(runtime: RuntimeConfig, on_ray_ready: Callable[[], None] | Non
     warms its workers there).
     """
     import ray
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     server, failures, starter = None, [], None
     if not os.environ.get("PREFECT_API_URL"):
@@ -143,16 +143,25 @@ def local_runtime(runtime: RuntimeConfig, on_ray_ready: Callable[[], None] | Non
             starter.join()
             if failures:
                 raise failures[0]
-        with temporary_settings(updates={PREFECT_API_URL: os.environ["PREFECT_API_URL"]}):
+        updates: dict = {PREFECT_API_URL: os.environ["PREFECT_API_URL"]}
+        if server is not None:
+            # Heartbeats let a lasting server notice a crashed flow run; this server ends with the
+            # build, and their thread held the build's end for up to a second.
+            updates[PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = None
+        with temporary_settings(updates=updates):
             yield
     finally:
-        if owns_ray and ray.is_initialized():
-            ray.shutdown()
-        if server is not None:
+        stopper = None
+        if server is not None:  # stops beside Ray's shutdown (each takes a moment)
             if starter is not None:
                 starter.join()
             os.environ.pop("PREFECT_API_URL", None)
-            server.stop()
+            stopper = threading.Thread(target=server.stop, daemon=True)
+            stopper.start()
+        if owns_ray and ray.is_initialized():
+            ray.shutdown()
+        if stopper is not None:
+            stopper.join()
 
 
 def _start_server(server: LocalApiServer, failures: list[BaseException]) -> None:
