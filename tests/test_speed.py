@@ -188,3 +188,15 @@ def test_gpu_check_runs_on_cpu_without_prefect_or_ray(shared_fixtures: Path, tmp
     assert {"detect", "identity", "depth", "embed", "embed_depth"} <= set(report["stage_seconds"])
     assert report["videos_per_s"] > 0 and report["projection_forgerynet_hours"] > 0
     assert "ForgeryNet (221,247 videos)" in done.stderr
+
+
+def test_worker_peak_memory_is_its_own_not_its_parents() -> None:
+    """`ru_maxrss` of a process started by a big one reports the parent's peak (Linux keeps it across
+    exec), which made every clip's worker look the same size; the benchmark reads VmHWM instead."""
+    parent_peak = np.ones(600 * 1024 * 1024 // 8)  # ~600 MB resident in this process
+    code = "from faceshard.bench.worker import peak_rss_mb; print(peak_rss_mb())"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert float(done.stdout.strip()) < 300  # the child's own few tens of MB
+    del parent_peak
