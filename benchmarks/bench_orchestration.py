@@ -44,28 +44,10 @@ class StandInProcessor:
         self.dims: dict[str, Any] = {}  # no embedding columns
 
     def __call__(self, video: Any, shard_id: int) -> Any:
+        from faceshard.storage.schema import video_row
         from faceshard.tasks.pipeline import VideoResult
 
-        row = {
-            "video_id": video.video_id,
-            "path": video.path,
-            "label": video.label,
-            "method": video.method,
-            "split": video.split,
-            "source": video.source,
-            "dataset": video.dataset,
-            "status": "no_faces",
-            "error": None,
-            "fps": 25.0,
-            "n_frames": 0,
-            "n_frames_container": None,
-            "width": 1280,
-            "height": 720,
-            "n_faces": 0,
-            "n_identities": 0,
-            "shard": shard_id,
-            "seconds": 0.0,
-        }
+        row = video_row(video, shard_id, status="no_faces", fps=25.0, n_frames=0, width=1280, height=720)
         return VideoResult(video=row)
 
 

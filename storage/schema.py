@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from faceshard.records import VideoTask
+
 SCHEMA_VERSION = 2
 TABLES = ("videos", "faces", "identities")
 PARTITION_COLUMNS = ("split", "shard")
@@ -64,6 +66,36 @@ _IDENTITY_FIELDS = [
     pa.field("first_frame", pa.int32()),
     pa.field("last_frame", pa.int32()),
 ]
+
+
+def video_row(video: VideoTask, shard_id: int, **measured: Any) -> dict[str, Any]:
+    """A `videos` row: the manifest's fields of `video`, its shard, and `measured` over the defaults of
+    a video nothing was learned about (status `error`, no frames, no faces)."""
+    row: dict[str, Any] = {
+        "video_id": video.video_id,
+        "path": video.path,
+        "label": video.label,
+        "method": video.method,
+        "split": video.split,
+        "source": video.source,
+        "dataset": video.dataset,
+        "status": "error",
+        "error": None,
+        "fps": None,
+        "n_frames": None,
+        "n_frames_container": None,
+        "width": None,
+        "height": None,
+        "n_faces": 0,
+        "n_identities": 0,
+        "shard": shard_id,
+        "seconds": 0.0,
+    }
+    unknown = set(measured) - set(row)
+    if unknown:
+        raise ValueError(f"not columns of the videos table: {sorted(unknown)}")
+    row.update(measured)
+    return row
 
 
 def table_schemas(

@@ -9,7 +9,7 @@ import pyarrow as pa
 
 from faceshard.records import VideoTask
 from faceshard.storage.manifest import ShardPlan
-from faceshard.storage.schema import rows_to_tables, table_schemas
+from faceshard.storage.schema import rows_to_tables, table_schemas, video_row
 
 
 def fake_videos(n: int, prefix: str = "v", splits: tuple[str, ...] = ("train",)) -> list[VideoTask]:
@@ -48,26 +48,20 @@ def fake_shard_tables(
         error = errors.get(video.video_id) or video.error
         n_faces = 0 if error else faces_per_video
         video_rows.append(
-            {
-                "video_id": video.video_id,
-                "path": video.path,
-                "label": video.label,
-                "method": video.method,
-                "split": video.split,
-                "source": video.source,
-                "dataset": video.dataset,
-                "status": "error" if error else ("ok" if n_faces else "no_faces"),
-                "error": error,
-                "fps": None if error else 25.0,
-                "n_frames": None if error else 100,
-                "n_frames_container": None if error else 100,
-                "width": None if error else 640,
-                "height": None if error else 360,
-                "n_faces": n_faces,
-                "n_identities": 1 if n_faces else 0,
-                "shard": plan.shard_id,
-                "seconds": 0.5,
-            }
+            video_row(
+                video,
+                plan.shard_id,
+                status="error" if error else ("ok" if n_faces else "no_faces"),
+                error=error,
+                fps=None if error else 25.0,
+                n_frames=None if error else 100,
+                n_frames_container=None if error else 100,
+                width=None if error else 640,
+                height=None if error else 360,
+                n_faces=n_faces,
+                n_identities=1 if n_faces else 0,
+                seconds=0.5,
+            )
         )
         for k in range(n_faces):
             face_rows.append(

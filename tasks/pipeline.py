@@ -24,6 +24,7 @@ from faceshard.errors import VideoError
 from faceshard.models.detectors import build_detector, detector_weights, resolve_device
 from faceshard.models.identity import IDENTITY_CLASSES, build_identity_embedder, identity_weights
 from faceshard.records import Face, Frame, VideoTask
+from faceshard.storage.schema import video_row
 from faceshard.tasks.crops import CropEncoder, Cropper, encode_image
 from faceshard.tasks.decode import iter_frames, probe
 from faceshard.tasks.identity import assign_identities, clustering_rule
@@ -200,7 +201,7 @@ class VideoProcessor:
     def __call__(self, video: VideoTask, shard_id: int) -> VideoResult:
         started = time.perf_counter()
         clock = StageClock()
-        row = _video_row(video, shard_id)
+        row = video_row(video, shard_id)
         if video.error is not None:
             return VideoResult(_finish(row, "error", video.error, started))
         try:
@@ -319,29 +320,6 @@ class VideoProcessor:
             return []
         rows = assign_identities(faces, self.cfg.identity, self.metric, self.threshold)
         return [asdict(row) for row in rows]
-
-
-def _video_row(video: VideoTask, shard_id: int) -> dict[str, Any]:
-    return {
-        "video_id": video.video_id,
-        "path": video.path,
-        "label": video.label,
-        "method": video.method,
-        "split": video.split,
-        "source": video.source,
-        "dataset": video.dataset,
-        "status": "error",
-        "error": None,
-        "fps": None,
-        "n_frames": None,
-        "n_frames_container": None,
-        "width": None,
-        "height": None,
-        "n_faces": 0,
-        "n_identities": 0,
-        "shard": shard_id,
-        "seconds": 0.0,
-    }
 
 
 def _finish(row: dict[str, Any], status: str, error: str | None, started: float) -> dict[str, Any]:

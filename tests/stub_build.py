@@ -20,6 +20,7 @@ from faceshard.flows import plan as planning
 from faceshard.records import VideoTask
 from faceshard.storage.commit import Output
 from faceshard.storage.manifest import load_manifest
+from faceshard.storage.schema import video_row
 from faceshard.tasks import shard as shard_task
 from faceshard.tasks.pipeline import VideoResult
 
@@ -43,26 +44,19 @@ class StubProcessor:
         seed = int.from_bytes(hashlib.sha256(video.video_id.encode()).digest()[:4], "little")
         error = self.errors.get(video.video_id) or video.error
         n_faces = 0 if error else 1 + seed % 3
-        row = {
-            "video_id": video.video_id,
-            "path": video.path,
-            "label": video.label,
-            "method": video.method,
-            "split": video.split,
-            "source": video.source,
-            "dataset": video.dataset,
-            "status": "error" if error else "ok",
-            "error": error,
-            "fps": None if error else 25.0,
-            "n_frames": None if error else 50,
-            "n_frames_container": None if error else 50,
-            "width": None if error else 64,
-            "height": None if error else 64,
-            "n_faces": n_faces,
-            "n_identities": 1 if n_faces else 0,
-            "shard": shard_id,
-            "seconds": 0.0,
-        }
+        row = video_row(
+            video,
+            shard_id,
+            status="error" if error else "ok",
+            error=error,
+            fps=None if error else 25.0,
+            n_frames=None if error else 50,
+            n_frames_container=None if error else 50,
+            width=None if error else 64,
+            height=None if error else 64,
+            n_faces=n_faces,
+            n_identities=1 if n_faces else 0,
+        )
         rng = np.random.default_rng(seed)
         faces = [
             {
