@@ -211,7 +211,8 @@ def data_file_path(table: str, split: str, shard_id: int, attempt: str) -> str:
     return f"{table}/split={quote(split, safe='')}/shard={shard_id:06d}/part-{attempt}.parquet"
 
 
-def _load_json(data: bytes | None) -> dict[str, Any] | None:
+def load_json_object(data: bytes | None) -> dict[str, Any] | None:
+    """The JSON object in `data`; None for no data, unreadable JSON or anything but an object."""
     if data is None:
         return None
     try:
@@ -1115,7 +1116,7 @@ class Output:
         for shard, record in self._all_records(FAILURES_DIR).items():
             if record.get("dataset_fingerprint") != self.fingerprint:
                 fsio.remove_files(self.fs, [self._path(FAILURES_DIR, marker_name(shard))])
-        plan = _load_json(fsio.read_optional(self.fs, self._path(PLAN_FILE)))
+        plan = load_json_object(fsio.read_optional(self.fs, self._path(PLAN_FILE)))
         if plan is None or plan.get("dataset_fingerprint") != self.fingerprint:
             fsio.remove_files(self.fs, [self._path(PLAN_FILE)])
         elif existing["fingerprint"] == self.fingerprint:

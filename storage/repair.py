@@ -32,6 +32,7 @@ from faceshard.storage.commit import (
     STATE_DIR,
     TABLES,
     is_our_data_file,
+    load_json_object,
     now_iso,
 )
 from faceshard.storage.lease import Lease
@@ -66,7 +67,7 @@ class _Repair:
         self._metadata(markers)
         for relative, what in ((PLAN_FILE, "plan"), (REBUILD_FILE, "rebuild record")):
             data = fsio.read_optional(self.fs, self._path(relative))
-            if data is not None and _parse(data) is None:
+            if data is not None and load_json_object(data) is None:
                 self._set_aside(relative)
                 self.actions.append(
                     f"set aside the unreadable {what} {relative} (the next build rewrites it)"
@@ -97,7 +98,7 @@ class _Repair:
             if not (name.startswith("shard-") and name.endswith(".json")):
                 continue
             shard = int(name[len("shard-") : -len(".json")])
-            record = _parse(fsio.read_optional(self.fs, path) or b"")
+            record = load_json_object(fsio.read_optional(self.fs, path))
             if record is not None:
                 out[shard] = record
                 continue
@@ -110,11 +111,11 @@ class _Repair:
 
     def _metadata(self, markers: dict[int, dict[str, Any]]) -> None:
         data = fsio.read_optional(self.fs, self._path(METADATA_FILE))
-        if data is not None and _is_metadata(_parse(data)):
+        if data is not None and _is_metadata(load_json_object(data)):
             return
         if data is not None:
             self._set_aside(METADATA_FILE)
-        backup = _parse(fsio.read_optional(self.fs, self._path(METADATA_BACKUP)) or b"")
+        backup = load_json_object(fsio.read_optional(self.fs, self._path(METADATA_BACKUP)))
         fingerprints = Counter(m.get("dataset_fingerprint") for m in markers.values())
         if _is_metadata(backup) and (not fingerprints or backup["fingerprint"] in fingerprints):
             self._put(METADATA_FILE, json.dumps(backup, indent=1, sort_keys=True).encode())
@@ -169,16 +170,6 @@ class _Repair:
 
     def _path(self, relative: str) -> str:
         return fsio.join(self.root, relative)
-
-
-def _parse(data: bytes | None) -> dict[str, Any] | None:
-    if not data:
-        return None
-    try:
-        value = json.loads(data)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def _is_metadata(value: dict[str, Any] | None) -> bool:

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,7 +23,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.dataset as pds
 import pytest
-from conftest import faceshard_cli
+from conftest import faceshard_cli, moto_s3
 
 from faceshard.storage.reader import read_table
 from faceshard.storage.status import dataset_status
@@ -214,27 +212,8 @@ def assert_only_committed_shards_visible(out: Path, reference: S3Build) -> set[i
 @pytest.fixture(scope="module")
 def moto_endpoint() -> Iterator[str]:
     """A real S3 API (moto's server) on a free local port, with the bucket `bucket`."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-    ).create_bucket(Bucket="bucket")
-    try:
-        yield endpoint
-    finally:
-        server.stop()
+    with moto_s3("bucket") as options:
+        yield options["client_kwargs"]["endpoint_url"]
 
 
 @dataclass
