@@ -102,27 +102,26 @@ def detector_weights(cfg: DetectConfig) -> registry.WeightsInfo:
 
 
 class MTCNNDetector:
-    """facenet-pytorch MTCNN (weights ship in its wheel), batched over frames of the same size.
+    """MTCNN on facenet-pytorch's nets and weights (they ship in its wheel), batched over frames of one size.
 
-    `detect_scale` resizes each frame with PIL before detection (MINTIME: 0.5) and maps the boxes back;
-    "auto" picks the scale per frame size (`auto_detect_scale`).
+    The cascade is `models.mtcnn.MTCNNCascade`: facenet-pytorch's `detect_face` with its per-box work
+    batched, equal in its results. `detect_scale` resizes each frame with PIL before detection
+    (MINTIME: 0.5) and maps the boxes back; "auto" picks the scale per frame size (`auto_detect_scale`).
     """
 
     def __init__(self, cfg: DetectConfig, device: str = "auto") -> None:
         import torch
-        from facenet_pytorch import MTCNN
+
+        from faceshard.models.mtcnn import MTCNNCascade
 
         self.cfg = cfg
         self.device = resolve_device(device)
-        self._mtcnn = MTCNN(
-            keep_all=True,
-            select_largest=False,  # keep MTCNN's probability order: "first" means its most likely face
-            thresholds=list(cfg.thresholds),
+        self._cascade = MTCNNCascade(
+            thresholds=tuple(cfg.thresholds),
             min_face_size=cfg.min_face_size,
             factor=cfg.factor,
             device=torch.device(self.device),
         )
-        self._mtcnn.eval()
 
     @property
     def weights(self) -> registry.WeightsInfo:
@@ -148,10 +147,9 @@ class MTCNNDetector:
             sx, sy = width / size[0], height / size[1]
         if min(batch.shape[1:3]) < self.cfg.min_face_size:  # MTCNN's image pyramid would be empty
             return [Detections.empty() for _ in frames]
-        boxes, probs = self._mtcnn.detect(batch)
         out = []
-        for frame_boxes, frame_probs in zip(boxes, probs, strict=True):
-            if frame_boxes is None:
+        for frame_boxes, frame_probs in self._cascade(batch):
+            if len(frame_boxes) == 0:
                 out.append(Detections.empty())
                 continue
             frame_boxes = np.asarray(frame_boxes, np.float64) * np.array([sx, sy, sx, sy])
