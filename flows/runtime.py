@@ -93,15 +93,21 @@ SERVER_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREF
 
 
 def ray_init_kwargs(runtime: RuntimeConfig) -> dict:
-    """Arguments for `ray.init` of a local cluster whose workers share the driver's settings."""
+    """Arguments for `ray.init` whose workers share the driver's settings.
+
+    A cluster started here inherits this process's environment. One elsewhere (`ray_address`,
+    RAY_ADDRESS) gets the settings as the job's runtime_env; a local cluster is not given one,
+    because then Ray cannot use the workers it prestarts and boots new ones for the first tasks.
+    """
     env_vars = {key: os.environ[key] for key in FORWARDED_ENV if key in os.environ}
     kwargs: dict = {
-        "runtime_env": {"env_vars": env_vars},
         "include_dashboard": False,
         "log_to_driver": True,
         "configure_logging": True,
         "logging_level": logging.WARNING,
     }
+    if runtime.ray_address or os.environ.get("RAY_ADDRESS"):
+        kwargs["runtime_env"] = {"env_vars": env_vars}
     if runtime.num_cpus is not None:
         kwargs["num_cpus"] = runtime.num_cpus
     return kwargs

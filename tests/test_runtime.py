@@ -3,13 +3,18 @@ and a server that cannot start says why instead of hanging."""
 
 from __future__ import annotations
 
+import json
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
-from faceshard.flows.runtime import LocalApiServer, free_port
+from faceshard.config import RuntimeConfig
+from faceshard.flows.runtime import LocalApiServer, free_port, ray_init_kwargs
 
 
 def test_local_server_answers_and_stops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -35,3 +40,37 @@ def test_a_server_that_cannot_start_reports_its_output(
         server = LocalApiServer(taken.getsockname()[1], timeout_s=60)
         with pytest.raises(RuntimeError, match="exited with code"):
             server.start()
+
+
+WORKER_ENV_PROBE = """
+import json, os, ray
+from faceshard.config import RuntimeConfig
+from faceshard.flows.runtime import local_runtime
+
+with local_runtime(RuntimeConfig(num_cpus=1)):
+    seen = ray.get(ray.remote(lambda: {k: os.environ.get(k) for k in ("PREFECT_API_URL", "HF_HUB_OFFLINE")}).remote())
+    print(json.dumps({"driver": os.environ["PREFECT_API_URL"], "worker": seen}))
+"""
+
+
+def test_a_local_clusters_workers_see_the_drivers_settings(tmp_path: Path) -> None:
+    """The cluster `local_runtime` starts inherits the driver's environment, so its job needs no
+    runtime_env (one would make Ray start fresh workers instead of using the ones it prestarted)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "RAY_ADDRESS")}
+    env |= {"PREFECT_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", WORKER_ENV_PROBE], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["worker"] == {"PREFECT_API_URL": report["driver"], "HF_HUB_OFFLINE": "1"}
+
+
+def test_only_a_cluster_elsewhere_gets_the_settings_as_a_runtime_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert "runtime_env" not in ray_init_kwargs(RuntimeConfig())
+    remote = ray_init_kwargs(RuntimeConfig(ray_address="ray://head:10001"))
+    assert remote["runtime_env"]["env_vars"]["HF_HUB_OFFLINE"] == "1"
+    monkeypatch.setenv("RAY_ADDRESS", "head:6379")
+    assert ray_init_kwargs(RuntimeConfig())["runtime_env"]["env_vars"]["HF_HUB_OFFLINE"] == "1"
