@@ -130,8 +130,8 @@ def main() -> None:
     from prefect.server.api.server import SubprocessASGIServer
 
     from faceshard.config import RuntimeConfig, load_config
-    from faceshard.flows.build import run_build
     from faceshard.flows.fanout import in_flight_limit
+    from faceshard.flows.local import run_build
     from faceshard.flows.runtime import ray_init_kwargs
     from faceshard.storage.commit import Output
 

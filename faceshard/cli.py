@@ -189,7 +189,7 @@ def build(
             else:
                 _print_plan(plan)
             return
-        from faceshard.flows.build import run_build
+        from faceshard.flows.local import run_build
 
         with BuildProgressBar(console) as bar:
             summary = run_build(manifest, out, cfg, **options, wait_s=wait, on_progress=bar)
@@ -435,7 +435,7 @@ def demo(
     videos: Annotated[int, typer.Option(min=3, help="clips to synthesise")] = 6,
 ) -> None:
     """Synthesise a small corpus, build it with the demo preset, and print a summary."""
-    from faceshard.flows.build import run_build
+    from faceshard.flows.local import run_build
     from faceshard.progress_bar import BuildProgressBar
     from faceshard.storage.status import dataset_status
     from faceshard.synth import make_corpus

@@ -8,7 +8,6 @@ submitted at once (`flows.fanout`), and progress is reported as each one finishe
 
 from __future__ import annotations
 
-import functools
 import os
 import time
 from typing import Any
@@ -18,18 +17,16 @@ from prefect_ray import RayTaskRunner
 from prefect_ray.context import remote_options
 
 from faceshard.config import BuildConfig, RuntimeConfig, config_from_tree
-from faceshard.flows.fanout import bounded_as_completed, cluster_slots, in_flight_limit
+from faceshard.flows.fanout import bounded_as_completed, in_flight_limit
 from faceshard.flows.plan import dataset_weights, plan_output, shards_to_run
 from faceshard.flows.progress import (
     BuildProgress,
     ProgressArtifact,
-    ProgressListener,
     current_listener,
     publish_shard_table,
-    reporting_to,
     shard_row,
 )
-from faceshard.flows.runtime import apply_local_defaults, local_runtime, ray_init_kwargs
+from faceshard.flows.runtime import ray_init_kwargs
 from faceshard.storage.commit import Output
 from faceshard.storage.manifest import Manifest, ShardPlan, load_manifest
 
@@ -195,72 +192,3 @@ def _sum_counts(counts: Any) -> dict[str, int]:
         for key, value in item.items():
             total[key] = total.get(key, 0) + value
     return total
-
-
-def warm_workers(config: dict[str, Any], runtime: RuntimeConfig) -> None:
-    """Load the build's models in every worker slot of a just-started cluster, without waiting.
-
-    Run while the Prefect server is still starting: each worker imports the pipeline and loads its
-    models once (`get_processor` keeps them for the process), so the first shards start warm. A
-    failure here is left to the shard that meets it again, where it is reported as a shard error.
-    """
-    import ray
-
-    warm = ray.remote(num_cpus=runtime.cpus_per_shard, num_gpus=runtime.gpus_per_shard, max_calls=0)(
-        _warm_worker
-    )
-    for _ in range(cluster_slots(runtime)):
-        warm.remote(config)
-
-
-def _warm_worker(config: dict[str, Any]) -> str | None:
-    """Load the models here; an error is returned (not raised) because the shards report it."""
-    try:
-        from faceshard.tasks.shard import get_processor
-
-        get_processor(config_from_tree(config))
-    except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return None
-
-
-def run_build(
-    manifest: str,
-    out: str,
-    cfg: BuildConfig,
-    *,
-    rebuild: bool = False,
-    retry_failed: bool = False,
-    roots: list[str] | None = None,
-    storage_options: dict[str, Any] | None = None,
-    wait_s: float = 0.0,
-    prune: bool = False,
-    on_progress: ProgressListener | None = None,
-) -> dict[str, Any]:
-    """Run `build_dataset` on the embedded default: one local Prefect server and a local Ray cluster,
-    started concurrently.
-
-    The manifest is read and checked and the weights are fingerprinted from their files here first
-    (no model is loaded in the driver), so a bad manifest, missing weights or a bad identity metric
-    fail fast, before a server starts or anything is written. `on_progress` is called with a
-    `BuildProgress` as the build starts and after every shard.
-    """
-    apply_local_defaults()
-    load_manifest(manifest, roots=roots)
-    dataset_weights(cfg)
-    config = cfg.model_dump(mode="json")
-    warm = functools.partial(warm_workers, config, cfg.runtime)
-    with local_runtime(cfg.runtime, on_ray_ready=warm), reporting_to(on_progress):
-        runner = RayTaskRunner(address=cfg.runtime.ray_address, init_kwargs=ray_init_kwargs(cfg.runtime))
-        flow_with_ray = build_dataset.with_options(task_runner=runner)
-        return flow_with_ray(
-            manifest=manifest,
-            out=out,
-            config=config,
-            rebuild=rebuild,
-            retry_failed=retry_failed,
-            roots=roots,
-            storage_options=storage_options,
-            wait_s=wait_s,
-            prune=prune,
-        )

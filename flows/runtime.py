@@ -121,34 +121,39 @@ def free_port() -> int:
 
 
 @contextmanager
-def local_runtime(runtime: RuntimeConfig, on_ray_ready: Callable[[], None] | None = None) -> Iterator[None]:
+def local_runtime(
+    runtime: RuntimeConfig,
+    on_ray_ready: Callable[[], None] | None = None,
+    before_ray: Callable[[], None] | None = None,
+) -> Iterator[None]:
     """A Prefect API and a Ray cluster for one build, started concurrently.
 
     The user's server (PREFECT_API_URL) and an already initialised Ray are used as they are and left
-    running; what is started here is stopped on exit. The server starts on a thread (its import, a
-    subprocess and a health poll) while `ray.init` runs here, on the main thread, as Ray expects.
-    `on_ray_ready` runs as soon as Ray is up, while the server may still be starting (the build
-    warms its workers there).
+    running; what is started here is stopped on exit. The server's process is launched first, so it
+    boots (seconds, on its own core) while `before_ray` runs (the build's checks), then while
+    `ray.init` runs here, on the main thread, as Ray expects. `on_ray_ready` runs as soon as Ray is
+    up, while the server may still be starting (the build warms its workers there). An exception
+    from either stops whatever was started.
     """
     import ray
-    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-    server, failures, starter = None, [], None
+    server = None
     if not os.environ.get("PREFECT_API_URL"):
         server = LocalApiServer(free_port())
         os.environ["PREFECT_API_URL"] = server.api_url  # known now: Ray's workers inherit it
-        starter = threading.Thread(target=_start_server, args=(server, failures), daemon=True)
-        starter.start()
+        server.launch()
     owns_ray = not ray.is_initialized()
     try:
+        if before_ray is not None:
+            before_ray()
         if owns_ray:
             ray.init(address=runtime.ray_address, **ray_init_kwargs(runtime))
         if on_ray_ready is not None:
             on_ray_ready()
-        if starter is not None:
-            starter.join()
-            if failures:
-                raise failures[0]
+        if server is not None:
+            server.wait_ready()
+        from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
         updates: dict = {PREFECT_API_URL: os.environ["PREFECT_API_URL"]}
         if server is not None:
             # Heartbeats let a lasting server notice a crashed flow run; this server ends with the
@@ -159,8 +164,6 @@ def local_runtime(runtime: RuntimeConfig, on_ray_ready: Callable[[], None] | Non
     finally:
         stopper = None
         if server is not None:  # stops beside Ray's shutdown (each takes a moment)
-            if starter is not None:
-                starter.join()
             os.environ.pop("PREFECT_API_URL", None)
             stopper = threading.Thread(target=server.stop, daemon=True)
             stopper.start()
@@ -168,13 +171,6 @@ def local_runtime(runtime: RuntimeConfig, on_ray_ready: Callable[[], None] | Non
             ray.shutdown()
         if stopper is not None:
             stopper.join()
-
-
-def _start_server(server: LocalApiServer, failures: list[BaseException]) -> None:
-    try:
-        server.start()
-    except BaseException as exc:  # re-raised on the main thread
-        failures.append(exc)
 
 
 class LocalApiServer:
@@ -189,18 +185,22 @@ class LocalApiServer:
         self.timeout_s = timeout_s
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path: Path | None = None
+        self._deadline = 0.0
 
     @property
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/api"
 
     def start(self) -> None:
-        """Start the server and wait until `/health` answers; an early exit raises with its output.
+        """Start the server and wait until `/health` answers; an early exit raises with its output."""
+        self.launch()
+        self.wait_ready()
+
+    def launch(self) -> None:
+        """Start the server's process and return at once (it takes seconds to answer).
 
         Its output goes to a log file under PREFECT_HOME (a pipe nobody reads would fill and stall it).
         """
-        import httpx
-
         command = [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app"]
         command += [
             "--host",
@@ -219,9 +219,16 @@ class LocalApiServer:
             self.process = subprocess.Popen(
                 command, env={**os.environ, **SERVER_ENV}, stdout=log, stderr=subprocess.STDOUT
             )
-        deadline = time.monotonic() + self.timeout_s
+        self._deadline = time.monotonic() + self.timeout_s
+
+    def wait_ready(self) -> None:
+        """Wait until the launched server's `/health` answers; an early exit raises with its output."""
+        import httpx
+
+        if self.process is None or self.log_path is None:
+            raise RuntimeError("the local Prefect server was not launched")
         with httpx.Client() as client:
-            while time.monotonic() < deadline:
+            while time.monotonic() < self._deadline:
                 if self.process.poll() is not None:
                     output = self.log_path.read_text(errors="replace")[-3000:]
                     raise RuntimeError(

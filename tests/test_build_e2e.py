@@ -14,7 +14,7 @@ import pytest
 
 from faceshard.config import load_config
 from faceshard.errors import FingerprintMismatch
-from faceshard.flows.build import run_build
+from faceshard.flows.local import run_build
 from faceshard.flows.plan import dry_run
 from faceshard.storage.reader import load_faces
 from faceshard.storage.status import dataset_status

@@ -25,7 +25,7 @@ BUILD_ON_A_DECLARED_GPU = """
 import json, sys
 import ray
 from faceshard.config import load_config
-from faceshard.flows.build import run_build
+from faceshard.flows.local import run_build
 
 ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
 cfg = load_config("demo", overrides=["runtime.gpus_per_shard=1", "runtime.device=auto"], shard_size=1)

@@ -329,14 +329,14 @@ def test_cli_dry_run_prints_the_plan_as_json_and_starts_nothing(tmp_path, monkey
     from typer.testing import CliRunner
 
     from faceshard import cli
-    from faceshard.flows import build as build_flow
+    from faceshard.flows import local as local_build
 
     out = tmp_path / "out"
     stub_build(write_manifest(tmp_path / "m.csv", NAMES), str(out), StubProcessor(), preset="demo")
     manifest = write_manifest(tmp_path / "m.csv", [*NAMES[1:], "new"])
     before = everything(out)
     monkeypatch.setattr(planning, "dataset_weights", lambda cfg: WEIGHTS)
-    monkeypatch.setattr(build_flow, "run_build", lambda *a, **k: pytest.fail("dry-run ran a build"))
+    monkeypatch.setattr(local_build, "run_build", lambda *a, **k: pytest.fail("dry-run ran a build"))
     args = ["build", manifest, "--out", str(out), "--shard-size", "2", "--dry-run", "--json"]
     done = CliRunner().invoke(cli.app, args)
     assert done.exit_code == 0, done.output
@@ -375,7 +375,7 @@ def test_a_prune_killed_before_recommitting_never_shows_a_video_twice(tmp_path, 
 
 def test_a_bad_manifest_fails_before_models_or_a_server_start(tmp_path, monkeypatch) -> None:
     from faceshard.errors import ManifestError
-    from faceshard.flows import build as build_flow
+    from faceshard.flows import local as build_flow
 
     manifest = tmp_path / "m.csv"
     manifest.write_text("path,label,video_id\na/video.mp4,0,same\nb/video.mp4,1,same\n")

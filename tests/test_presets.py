@@ -20,7 +20,7 @@ import pyarrow.dataset as pds
 import pytest
 
 from faceshard.config import PRESETS, load_config
-from faceshard.flows.build import run_build
+from faceshard.flows.local import run_build
 
 pytestmark = pytest.mark.slow
 

@@ -74,3 +74,34 @@ def test_only_a_cluster_elsewhere_gets_the_settings_as_a_runtime_env(monkeypatch
     assert remote["runtime_env"]["env_vars"]["HF_HUB_OFFLINE"] == "1"
     monkeypatch.setenv("RAY_ADDRESS", "head:6379")
     assert ray_init_kwargs(RuntimeConfig())["runtime_env"]["env_vars"]["HF_HUB_OFFLINE"] == "1"
+
+
+CHECK_FAILS = """
+import os, ray
+from faceshard.config import RuntimeConfig
+from faceshard.flows.runtime import local_runtime
+
+def check():
+    print(os.environ["PREFECT_API_URL"], flush=True)  # the server was launched before the check ran
+    raise ValueError("missing weights")
+
+try:
+    with local_runtime(RuntimeConfig(num_cpus=1), before_ray=check):
+        raise SystemExit("the runtime came up")
+except ValueError:
+    print("ray", ray.is_initialized(), "url", os.environ.get("PREFECT_API_URL"))
+"""
+
+
+def test_a_failed_check_before_ray_stops_the_launched_server_and_never_starts_ray(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "RAY_ADDRESS")}
+    env["PREFECT_HOME"] = str(tmp_path / "home")
+    done = subprocess.run(
+        [sys.executable, "-c", CHECK_FAILS], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    url, outcome = done.stdout.strip().splitlines()[-2:]
+    assert outcome == "ray False url None"
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{url}/health", timeout=2)
+    assert not list((tmp_path / "home").glob("faceshard-server-*.log"))

@@ -48,16 +48,17 @@ def test_tasks_and_models_import_without_prefect_ray_polars() -> None:
     assert done.stdout.strip().endswith("blocked")  # the guard is live, so the imports above proved it
 
 
-def test_the_driver_plans_and_fingerprints_without_model_libraries() -> None:
-    """The build's driver imports its flow and fingerprints the weights of the MINTIME work (detection and
-    identities) from their files without torch: seconds of start-up on the critical path. Only the
-    workers load the models. (An embedding build's driver imports timm to resolve the model name.)"""
+def test_the_driver_checks_and_fingerprints_without_model_libraries_or_prefect() -> None:
+    """What the build's driver runs before Ray starts (`flows.local`: the manifest check, fingerprinting
+    the weights of the MINTIME work from their files) imports neither torch nor Prefect: seconds of
+    start-up on the critical path. Only the workers load the models, and Prefect is imported while
+    they start. (An embedding build's driver imports timm to resolve the model name.)"""
     code = (
-        "import sys\nimport faceshard.flows.build\nfrom faceshard.config import load_config\n"
+        "import sys\nimport faceshard.flows.local\nfrom faceshard.config import load_config\n"
         "from faceshard.flows.plan import dataset_weights\n"
         "weights = dataset_weights(load_config('mintime', overrides=['identity.embedder=dlib', 'embed.enabled=false']))\n"
         "assert set(weights) == {'detector', 'identity'}, weights\n"
-        "print(sorted(m for m in ('torch', 'timm', 'facenet_pytorch', 'dlib') if m in sys.modules))\n"
+        "print(sorted(m for m in ('torch', 'timm', 'facenet_pytorch', 'dlib', 'prefect') if m in sys.modules))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -200,3 +201,15 @@ def test_worker_peak_memory_is_its_own_not_its_parents() -> None:
     )
     assert float(done.stdout.strip()) < 300  # the child's own few tens of MB
     del parent_peak
+
+
+def test_model_stage_benchmark_times_our_stages_and_facenets_detect(shared_fixtures: Path) -> None:
+    """`faceshard bench build --part stages` on two real frames: every figure is measured (not a
+    stale attribute of a wrapper), and the MTCNN stage found the fixture's face."""
+    from faceshard.bench.build import model_stages
+
+    report = model_stages(shared_fixtures / "forgerynet_real_1_face.mp4", n_frames=2)
+    mtcnn, identity = report["mtcnn"], report["dlib_identity"]
+    assert mtcnn["frames"] == 2 and identity["faces"] >= 2
+    assert min(mtcnn["ours_s"], mtcnn["bare_s"], mtcnn["facenet_detect_s"], identity["ours_s"]) > 0
+    assert mtcnn["facenet_over_ours"] == round(mtcnn["facenet_detect_s"] / mtcnn["ours_s"], 2)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from faceshard.config import load_config
-from faceshard.flows.build import run_build
+from faceshard.flows.local import run_build
 from faceshard.probe import auc
 from faceshard.storage.reader import read_table
 from faceshard.storage.status import dataset_status

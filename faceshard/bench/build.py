@@ -132,30 +132,48 @@ def one_video(video: Path, preset: str, sets: list[str], work: Path) -> dict[str
 
 
 def model_stages(clip: Path, n_frames: int = 8) -> dict[str, Any]:
-    """Our MTCNN and dlib identity stages against a bare batched call of the same model."""
+    """Our MTCNN and dlib identity stages against a bare batched call of the same model.
+
+    MTCNN is also timed as facenet-pytorch's own `MTCNN.detect`, whose answers our cascade
+    reproduces (`models.mtcnn`), on the same PIL-halved frames.
+    """
     import dlib
     import numpy as np
     import torch
+    from facenet_pytorch import MTCNN
     from PIL import Image
 
     from faceshard.config import CropConfig, DetectConfig
     from faceshard.models.detectors import build_detector
     from faceshard.models.identity import DlibEmbedder, dlib_model_files, dlib_rectangle
+    from faceshard.models.mtcnn import MTCNNCascade
     from faceshard.models.threads import limit_threads
     from faceshard.records import Frame
     from faceshard.tasks.crops import Cropper
 
     limit_threads(1)  # as a worker runs them (one CPU each)
     frames = fixture_frames(clip, limit=n_frames * 5)[::5]
-    detector = build_detector(DetectConfig(detect_scale=0.5, batch_size=n_frames), "cpu")
+    detect_cfg = DetectConfig(detect_scale=0.5, batch_size=n_frames)
+    detector = build_detector(detect_cfg, "cpu")
+    cascade = MTCNNCascade(
+        detect_cfg.thresholds, detect_cfg.min_face_size, detect_cfg.factor, torch.device("cpu")
+    )
+    facenet = MTCNN(
+        keep_all=True,
+        select_largest=False,
+        thresholds=list(detect_cfg.thresholds),
+        min_face_size=detect_cfg.min_face_size,
+        factor=detect_cfg.factor,
+    )
     height, width = frames[0].shape[:2]
     size = (width // 2, height // 2)
 
-    def bare_detect() -> object:
-        batch = np.stack([np.asarray(Image.fromarray(f).resize(size)) for f in frames])
-        return detector._mtcnn.detect(batch)
+    def halved() -> np.ndarray:
+        return np.stack([np.asarray(Image.fromarray(f).resize(size)) for f in frames])
 
-    ours_detect, bare_detect_s = _best(lambda: detector(frames)), _best(bare_detect)
+    ours_detect = _best(lambda: detector(frames))
+    bare_detect_s = _best(lambda: cascade(halved()))
+    facenet_detect_s = _best(lambda: facenet.detect(halved()))
     cropper = Cropper(CropConfig())
     faces = [face for i, f in enumerate(frames) for face in cropper(Frame(i, f), detector([f])[0])]
     embedder = DlibEmbedder()
@@ -185,6 +203,8 @@ def model_stages(clip: Path, n_frames: int = 8) -> dict[str, Any]:
             "ours_s": ours_detect,
             "bare_s": bare_detect_s,
             "ratio": round(ours_detect / bare_detect_s, 2),
+            "facenet_detect_s": facenet_detect_s,
+            "facenet_over_ours": round(facenet_detect_s / ours_detect, 2),
         },
         "dlib_identity": {
             "faces": len(faces),
