@@ -5,7 +5,8 @@ server is started here and its URL is exported before Ray starts, so every worke
 When the user already points PREFECT_API_URL at a server, that server is used as is.
 
 `local_runtime` starts the server and Ray at the same time (each takes seconds): the server's port
-is chosen first, so its URL is known (and forwarded to Ray's workers) before either is up.
+is chosen first, so its URL is known (and inherited by Ray's workers) before either is up, and its
+process is launched before the build's own checks run.
 """
 
 from __future__ import annotations
