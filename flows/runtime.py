@@ -139,12 +139,12 @@ def local_runtime(
     import ray
 
     server = None
-    if not os.environ.get("PREFECT_API_URL"):
-        server = LocalApiServer(free_port())
-        os.environ["PREFECT_API_URL"] = server.api_url  # known now: Ray's workers inherit it
-        server.launch()
     owns_ray = not ray.is_initialized()
     try:
+        if not os.environ.get("PREFECT_API_URL"):
+            server = LocalApiServer(free_port())
+            os.environ["PREFECT_API_URL"] = server.api_url  # known now: Ray's workers inherit it
+            server.launch()
         if before_ray is not None:
             before_ray()
         if owns_ray:

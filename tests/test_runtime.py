@@ -105,3 +105,17 @@ def test_a_failed_check_before_ray_stops_the_launched_server_and_never_starts_ra
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{url}/health", timeout=2)
     assert not list((tmp_path / "home").glob("faceshard-server-*.log"))
+
+
+def test_a_server_that_cannot_launch_leaves_no_api_url_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from faceshard.flows.runtime import local_runtime
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("PREFECT_HOME", str(blocker))  # the server's log folder cannot be made
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    with pytest.raises(OSError), local_runtime(RuntimeConfig(num_cpus=1)):
+        pytest.fail("the runtime came up")
+    assert "PREFECT_API_URL" not in os.environ
