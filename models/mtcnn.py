@@ -19,8 +19,6 @@ Everything else is facenet-pytorch's: the nets and weights, box decoding, NMS, `
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import torch
 from facenet_pytorch.models.mtcnn import ONet, PNet, RNet
@@ -153,15 +151,14 @@ class MTCNNCascade:
         min_face_size: int,
         factor: float,
         device: torch.device,
-        nets: Callable[[], tuple[nn.Module, nn.Module, nn.Module]] = lambda: (PNet(), RNet(), ONet()),
     ) -> None:
-        self.thresholds, self.min_face_size, self.factor, self.device = (
-            thresholds,
-            min_face_size,
-            factor,
-            device,
+        self.thresholds = thresholds
+        self.min_face_size = min_face_size
+        self.factor = factor
+        self.device = device
+        self.pnet, self.rnet, self.onet = (
+            fast_pools(net).to(device).eval() for net in (PNet(), RNet(), ONet())
         )
-        self.pnet, self.rnet, self.onet = (fast_pools(net).to(device).eval() for net in nets())
 
     def scales(self, height: int, width: int) -> list[float]:
         """The pyramid: from 12/min_face_size down by `factor` while the shorter side stays ≥ 12 px."""
@@ -179,8 +176,13 @@ class MTCNNCascade:
         pixels = torch.as_tensor(writable, device=self.device)
         sampler = AreaSampler(pixels)
         boxes, image = self._propose(sampler)
-        boxes, image = self._refine(sampler, boxes, image, self.rnet, 24, self.thresholds[1])
-        boxes, image = self._refine(sampler, boxes, image, self.onet, 48, self.thresholds[2])
+        boxes, image, regression = self._score(sampler, boxes, image, self.rnet, 24, self.thresholds[1])
+        keep = batched_nms(boxes[:, :4], boxes[:, 4], image, 0.7)
+        boxes, image = rerec(bbreg(boxes[keep], regression[keep])), image[keep]
+        boxes, image, regression = self._score(sampler, boxes, image, self.onet, 48, self.thresholds[2])
+        boxes = bbreg(boxes, regression)
+        keep = batched_nms_numpy(boxes[:, :4], boxes[:, 4], image, 0.7, "Min")  # overlap over the smaller box
+        boxes, image = boxes[keep], image[keep]
         boxes_np, image_np = boxes.cpu().numpy(), image.cpu().numpy()
         mine = [boxes_np[image_np == index] for index in range(len(frames))]
         return [(found[:, :4], found[:, 4]) for found in mine]
@@ -205,7 +207,7 @@ class MTCNNCascade:
         ]
         return rerec(torch.stack([*corners, all_boxes[:, 4]], dim=1)), all_image
 
-    def _refine(
+    def _score(
         self,
         sampler: AreaSampler,
         boxes: torch.Tensor,
@@ -213,27 +215,27 @@ class MTCNNCascade:
         net: nn.Module,
         side: int,
         threshold: float,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Score each box's crop with `net`; keep those over `threshold`, regress, then NMS (O-net: 'Min')."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`net` on each box's crop (side × side): the boxes over `threshold` with its probability, their
+        frames and its box regression. Boxes wholly outside their frame are dropped."""
+        nothing = (
+            torch.zeros((0, 5), device=self.device),
+            image[:0],
+            torch.zeros((0, 4), device=self.device),
+        )
         if len(boxes) == 0:
-            return boxes, image
+            return nothing
         top, bottom, left, right = (
             torch.as_tensor(v, device=self.device) for v in pad(boxes, sampler.width, sampler.height)
         )
         inside = (bottom > top - 1) & (right > left - 1)
         boxes, image = boxes[inside], image[inside]
-        if len(boxes) == 0:  # every box lay outside its frame
-            return boxes, image
+        if len(boxes) == 0:
+            return nothing
         top_left = torch.stack([top[inside] - 1, left[inside] - 1], dim=1).long()
         bottom_right = torch.stack([bottom[inside], right[inside]], dim=1).long()
         outputs = in_chunks(net, normalise(sampler.boxes(image, top_left, bottom_right, side)))
         regression, probs = outputs[0], outputs[-1]
         passing = probs[:, 1] > threshold
-        boxes = torch.cat([boxes[passing, :4], probs[passing, 1:2]], dim=1)
-        image, regression = image[passing], regression[passing]
-        if net is self.rnet:
-            keep = batched_nms(boxes[:, :4], boxes[:, 4], image, 0.7)
-            return rerec(bbreg(boxes[keep], regression[keep])), image[keep]
-        boxes = bbreg(boxes, regression)
-        keep = batched_nms_numpy(boxes[:, :4], boxes[:, 4], image, 0.7, "Min")
-        return boxes[keep], image[keep]
+        scored = torch.cat([boxes[passing, :4], probs[passing, 1:2]], dim=1)
+        return scored, image[passing], regression[passing]

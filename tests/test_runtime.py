@@ -42,6 +42,20 @@ def test_a_server_that_cannot_start_reports_its_output(
             server.start()
 
 
+def run_in_fresh_driver(code: str, prefect_home: Path, **env: str) -> str:
+    """`code` in a new Python process with no server or cluster of this session's: its stdout."""
+    base = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "RAY_ADDRESS")}
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env=base | {"PREFECT_HOME": str(prefect_home)} | env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
 WORKER_ENV_PROBE = """
 import json, os, ray
 from faceshard.config import RuntimeConfig
@@ -56,13 +70,8 @@ with local_runtime(RuntimeConfig(num_cpus=1)):
 def test_a_local_clusters_workers_see_the_drivers_settings(tmp_path: Path) -> None:
     """The cluster `local_runtime` starts inherits the driver's environment, so its job needs no
     runtime_env (one would make Ray start fresh workers instead of using the ones it prestarted)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "RAY_ADDRESS")}
-    env |= {"PREFECT_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", WORKER_ENV_PROBE], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    stdout = run_in_fresh_driver(WORKER_ENV_PROBE, tmp_path / "home", HF_HUB_OFFLINE="1")
+    report = json.loads(stdout.strip().splitlines()[-1])
     assert report["worker"] == {"PREFECT_API_URL": report["driver"], "HF_HUB_OFFLINE": "1"}
 
 
@@ -94,13 +103,7 @@ except ValueError:
 
 
 def test_a_failed_check_before_ray_stops_the_launched_server_and_never_starts_ray(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "RAY_ADDRESS")}
-    env["PREFECT_HOME"] = str(tmp_path / "home")
-    done = subprocess.run(
-        [sys.executable, "-c", CHECK_FAILS], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    url, outcome = done.stdout.strip().splitlines()[-2:]
+    url, outcome = run_in_fresh_driver(CHECK_FAILS, tmp_path / "home").strip().splitlines()[-2:]
     assert outcome == "ray False url None"
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{url}/health", timeout=2)
