@@ -1,4 +1,4 @@
-"""`faceshard`: the front door (synth, manifest, build, status, report, train, export, bench, demo)."""
+"""`faceshard`: the front door (synth, manifest, build, status, report, preview, train, export, bench, demo)."""
 
 from __future__ import annotations
 
@@ -304,11 +304,62 @@ def repair(
 
 
 @app.command()
-def report(uri: Annotated[str, typer.Argument(help="output URI of a build")]) -> None:
+def report(
+    uri: Annotated[str, typer.Argument(help="output URI of a build")],
+    html: Annotated[
+        Path | None,
+        typer.Option("--html", help="write one self-contained HTML page (plots, contact sheets, failures)"),
+    ] = None,
+) -> None:
     """What a build produced: per split and method, size buckets, identities per video."""
-    from faceshard.report import dataset_report
+    from faceshard.errors import StorageError
 
-    stdout.print(dataset_report(uri))
+    try:
+        if html is None:
+            from faceshard.report import dataset_report
+
+            stdout.print(dataset_report(uri))
+            return
+        from faceshard.report_html import write_report
+
+        started = time.perf_counter()
+        summary = write_report(uri, str(html))
+    except (StorageError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    stdout.print(
+        f"wrote {escape(str(html))}: {summary.status['totals']['videos']} videos,"
+        f" {len(summary.status['failed_videos'])} failed, in {time.perf_counter() - started:.1f}s"
+    )
+
+
+@app.command()
+def preview(
+    videos: Annotated[list[Path], typer.Argument(help="video files to try the settings on", exists=True)],
+    preset: Annotated[str, typer.Option(help=f"one of {', '.join(PRESETS)}")] = "demo",
+    config: Annotated[Path | None, typer.Option(help="YAML file merged over the preset")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="dotted override, e.g. detect.keep=largest (repeatable)")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="directory for one PNG (and JSON) per video")] = Path(
+        "faceshard-preview"
+    ),
+) -> None:
+    """What a build would detect, crop and cluster on a few videos, drawn; writes no output.
+
+    Runs the build's own per-video code with these settings (depth and embeddings off: they change no
+    box or identity) and writes per video a PNG of sampled frames with boxes coloured by identity, the
+    crops per identity, size buckets and what was dropped and why, plus the same as JSON.
+    """
+    cfg = resolve_build_config(preset, config, set_, None)
+    from faceshard.models.registry import WeightsUnavailableError
+    from faceshard.preview import preview_videos
+
+    try:
+        written = preview_videos([str(v) for v in videos], cfg, out)
+    except (WeightsUnavailableError, ValueError) as exc:
+        _fail(str(exc))
+    for path in written:
+        stdout.print(f"wrote {escape(str(path))}")
 
 
 @app.command()
