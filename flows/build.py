@@ -24,6 +24,7 @@ from faceshard.flows.progress import (
     ProgressArtifact,
     current_listener,
     publish_shard_table,
+    publish_summary,
     shard_row,
 )
 from faceshard.flows.runtime import ray_init_kwargs
@@ -104,6 +105,7 @@ def _build_under_lease(
     logger.info("%d shards planned, %d to process", build_plan.shards_total, len(todo))
 
     shard_stats, failed = run_shards(todo, config, output, retry_failed, cfg.runtime)
+    publish_summary(output.uri, output.storage_options, time.perf_counter() - started)
 
     return {
         "shards_total": build_plan.shards_total,

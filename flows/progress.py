@@ -3,7 +3,8 @@
 * in-process listeners (the CLI's live bar) get a `BuildProgress` after every shard; `run_build`
   registers one with `reporting_to`, so no callable ever travels as a flow parameter;
 * the Prefect UI gets a progress artifact, updated in place, and at the end a table artifact with
-  one row per shard (a deployment run has no terminal to draw on).
+  one row per shard (a deployment run has no terminal to draw on), then the output's summary (the
+  headline of `faceshard report`) as a Markdown and a table artifact.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from faceshard.storage.manifest import ShardPlan
 
 PROGRESS_KEY = "faceshard-build-progress"
 SHARDS_KEY = "faceshard-build-shards"
+SUMMARY_KEY = "faceshard-build-summary"
+VIDEOS_KEY = "faceshard-build-videos"
 
 
 @dataclass
@@ -126,3 +129,25 @@ def shard_row(plan: ShardPlan, stats: dict[str, Any] | None, error: str | None) 
         "bytes": stats.get("bytes"),
         "error": error,
     }
+
+
+def publish_summary(uri: str, storage_options: dict[str, Any] | None, run_seconds: float) -> None:
+    """The output's headline, statuses and failure reasons (Markdown) and its videos per split,
+    label, method and status (table) as Prefect artifacts. Read from the committed rows (videos
+    columns and markers, no faces pass); a failure here is logged, never the build's."""
+    from prefect import get_run_logger
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    from faceshard.summary import summarize, summary_markdown, videos_by_group
+
+    try:
+        summary = summarize(uri, storage_options, faces=False)
+        markdown = summary_markdown(summary) + f"\n\nThis run took {run_seconds:,.1f} s."
+        create_markdown_artifact(markdown=markdown, key=SUMMARY_KEY, description=f"faceshard report {uri}")
+        create_table_artifact(
+            table=videos_by_group(summary.videos).to_dicts(),
+            key=VIDEOS_KEY,
+            description="committed videos, faces and identities per split, label, method and status",
+        )
+    except Exception as exc:  # the build's rows are committed whatever the report does
+        get_run_logger().warning("build summary artifact not written: %s: %s", type(exc).__name__, exc)
