@@ -23,6 +23,7 @@ from matplotlib.patches import Rectangle
 from PIL import Image
 
 from faceshard.config import BuildConfig
+from faceshard.models.threads import limit_threads
 from faceshard.records import Detections, Face, Frame, VideoTask
 from faceshard.tasks.crops import Cropper
 from faceshard.tasks.pipeline import VideoProcessor, VideoResult
@@ -114,6 +115,9 @@ class Previewer:
 
     def __init__(self, cfg: BuildConfig) -> None:
         self.cfg = preview_config(cfg)
+        # Thread pools sized as a build worker's (`tasks.shard.get_processor`): the same thread count
+        # gives the models' float sums in the same order, so the boxes are the build's to the bit.
+        limit_threads(self.cfg.runtime.cpus_per_shard)
         self.processor = VideoProcessor(self.cfg)
         self.recorder = CropRecorder(self.processor.cropper)
         self.processor.cropper = self.recorder  # type: ignore[assignment]
@@ -189,13 +193,14 @@ def draw(preview: Preview) -> Figure:
         by_frame.setdefault(face["frame"], []).append(face)
     identities = sorted({face["identity"] for face in faces}, key=lambda i: (i < 0, i))
     shown = _frames_to_show(preview.frames, by_frame)
-    figure = Figure(figsize=(12, 3.0 + 1.3 * max(1, len(identities)) + 2.6), layout="constrained")
+    heights = [2.4, 1.3 * max(1, len(identities)), 2.4]
+    figure = Figure(figsize=(12, sum(heights)), layout="constrained")
     figure.suptitle(
         f"{preview.video.video_id}: {preview.result.video['status']}, {len(faces)} faces,"
         f" {preview.result.video['n_identities']} identities",
         fontsize=12,
     )
-    top, middle, bottom = figure.subfigures(3, 1, height_ratios=[3.0, 1.3 * max(1, len(identities)), 2.6])
+    top, middle, bottom = figure.subfigures(3, 1, height_ratios=heights)
     _draw_frames(top, shown, by_frame)
     _draw_crops(middle, faces, identities)
     _draw_buckets_and_drops(bottom, faces, preview.dropped)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from faceshard.summary import (
@@ -136,7 +137,10 @@ def _area_ratio(summary: Summary) -> Figure | None:
     last = min(100, max(4 * BUCKET_WIDTH, (top // BUCKET_WIDTH + 1) * BUCKET_WIDTH))
     figure, axes = _figure()
     axes.bar(np.arange(last + 1), counts[: last + 1], width=1.0, color="#4c72b0")
-    axes.set_yscale("log")
+    if counts.max() > 100 * counts[counts > 0].min():  # a long tail of large faces stays visible
+        axes.set_yscale("log")
+    else:
+        axes.yaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("crop area / frame area (%)")
     axes.set_ylabel("faces")
     for edge in range(BUCKET_WIDTH, last, BUCKET_WIDTH):
@@ -168,6 +172,7 @@ def _faces_per_video(summary: Summary) -> Figure | None:
         axes.bar(values, counts, width=0.8, color="#55a868")
     else:
         axes.hist(faces, bins=50, color="#55a868")
+    axes.yaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("faces in the video")
     axes.set_ylabel("videos")
     return figure
@@ -202,6 +207,7 @@ def _identities_per_video(summary: Summary) -> Figure | None:
         axes.barh(counts["group"].to_list(), values, left=left, label="4+" if ids == 4 else str(ids))
         left += values
     axes.set_xlabel("videos")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.legend(title="identities", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     return figure
 
@@ -225,6 +231,7 @@ def _videos_by_method(summary: Summary) -> Figure | None:
         axes.barh(counts["group"].to_list(), values, left=left, label=split)
         left += values
     axes.set_xlabel("videos (label 0 = real; fakes by method)")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.legend(title="split", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     return figure
 
@@ -239,6 +246,7 @@ def _status_and_errors(summary: Summary) -> Figure | None:
     colours = {"ok": "#55a868", "no_faces": "#8c8c8c", "error": "#c44e52"}
     left.bar(list(statuses), list(statuses.values()), color=[colours.get(s, "#4c72b0") for s in statuses])
     left.set_ylabel("videos")
+    left.yaxis.set_major_locator(MaxNLocator(integer=True))
     if reasons:
         right.barh([_short(r, 48) for r, _ in reasons][::-1], [n for _, n in reasons][::-1], color="#c44e52")
         right.set_xlabel("failed videos")
