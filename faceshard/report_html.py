@@ -2,7 +2,7 @@
 
 Everything is inline (matplotlib PNGs and crop thumbnails as data URIs, CSS in the page) and the
 page carries a Content-Security-Policy that forbids any request but `data:` images, so opening it
-never touches the network. Aggregates come from `faceshard.summary` (streamed, committed rows only).
+never touches the network. Aggregates come from `faceshard.storage.summary` (streamed, committed rows only).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
-from faceshard.summary import (
+from faceshard.storage.summary import (
     Pick,
     Summary,
     headline,
@@ -120,7 +120,7 @@ def _plots(summary: Summary) -> list[str]:
 
 def _png(figure: Figure) -> str:
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
+    figure.savefig(buffer, format="png", dpi=80)  # constrained layout already fits the figure
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 

@@ -138,7 +138,7 @@ def publish_summary(uri: str, storage_options: dict[str, Any] | None, run_second
     from prefect import get_run_logger
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-    from faceshard.summary import summarize, summary_markdown, videos_by_group
+    from faceshard.storage.summary import summarize, summary_markdown, videos_by_group
 
     try:
         summary = summarize(uri, storage_options, faces=False)

@@ -33,6 +33,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         (
             "faceshard.cli",
             "faceshard.report",
+            "faceshard.report_html",
+            "faceshard.preview",
             "faceshard.export",
             "faceshard.probe",
             "faceshard.synth",

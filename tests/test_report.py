@@ -22,7 +22,7 @@ from stub_build import StubProcessor, stub_build
 
 from faceshard.config import load_config
 from faceshard.report_html import CSP, write_report
-from faceshard.summary import summarize, summary_markdown
+from faceshard.storage.summary import summarize, summary_markdown
 
 FAST = ["depth.enabled=false", "embed.depth=false"]
 CHROMIUM_FLAGS = [
@@ -219,7 +219,7 @@ def test_a_build_with_failures_lists_them_with_reasons(tmp_path: Path) -> None:
 def test_contact_sheets_put_multi_identity_and_suspicious_videos_first() -> None:
     import polars as pl
 
-    from faceshard.summary import pick_videos
+    from faceshard.storage.summary import pick_videos
 
     videos = pl.DataFrame(
         {
