@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import faceshard_cli
 
-COMMANDS = ("synth", "manifest", "build", "status", "report", "train", "export", "demo")
+COMMANDS = ("synth", "manifest", "build", "status", "report", "preview", "train", "export", "demo")
 # No colours, no wrapping: messages are checked as the words a user reads.
 PLAIN = {"NO_COLOR": "1", "COLUMNS": "200", "TERM": "dumb"}
 
