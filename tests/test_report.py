@@ -240,3 +240,22 @@ def test_contact_sheets_put_multi_identity_and_suspicious_videos_first() -> None
     assert any("5 of 10 faces in no identity" in r for r in picks[3].reasons)
     picks, more = pick_videos(videos, limit=2)
     assert [p.video_id for p in picks] == ["five", "fake1"] and more == 2
+
+
+def test_an_output_with_nothing_committed_still_gets_a_page(tmp_path: Path) -> None:
+    from stub_build import WEIGHTS
+
+    from faceshard.config import BuildConfig
+    from faceshard.storage.commit import Output
+
+    Output.open(str(tmp_path / "out"), config=BuildConfig(), weights=WEIGHTS).close()
+    summary = write_report(str(tmp_path / "out"), str(tmp_path / "report.html"))
+    page = (tmp_path / "report.html").read_text()
+    assert summary.videos.is_empty() and "No video with faces is committed." in page
+    assert "Failed videos: 0</h2>" in page
+
+
+def test_report_html_of_a_directory_that_is_no_output_exits_2(tmp_path: Path) -> None:
+    done = faceshard_cli("report", str(tmp_path), "--html", str(tmp_path / "r.html"))
+    assert done.returncode == 2 and "not a faceshard output" in " ".join(done.stderr.split())
+    assert not (tmp_path / "r.html").exists()
