@@ -9,7 +9,7 @@ shards. Shared by `faceshard report --html` (`faceshard.report_html`) and the Pr
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -73,7 +73,6 @@ class Summary:
     area_ratio_counts: np.ndarray | None = None  # faces per area ratio 0…100 (None: faces not scanned)
     has_crops: bool = False
     faces_scanned: int = 0
-    notes: list[str] = field(default_factory=list)
 
     @property
     def wall_seconds(self) -> float | None:
