@@ -297,15 +297,14 @@ def _short(text: str, width: int) -> str:
 
 def _sheets(summary: Summary, storage_options: dict[str, Any] | None, limit: int) -> list[str]:
     out = ["<h2>Identity contact sheets</h2>"]
-    picks, more = pick_videos(summary.videos, limit)
+    picks, unshown, more = pick_videos(summary.videos, limit)
     if not picks:
         return [*out, "<p>No video with faces is committed.</p>"]
     out.append(
-        "<p>Multi-identity videos first, then those whose clustering looks suspicious, then a sample."
-        " One row per identity, its crops in temporal order (frame number under each).</p>"
+        "<p>Multi-identity videos first, then those whose clustering looks suspicious (many identities,"
+        " many faces in no identity, a fake whose identity count differs from its source), then a"
+        " sample. One row per identity, its crops in temporal order (frame number under each).</p>"
     )
-    if more:
-        out.append(f"<p class='why'>{more} more flagged videos are not shown.</p>")
     if not summary.has_crops:
         out.append(
             "<p class='banner' id='no-crops'>This output stores no crops, so the rows below list frames only."
@@ -319,6 +318,9 @@ def _sheets(summary: Summary, storage_options: dict[str, Any] | None, limit: int
     crops = sample_crops(summary.uri, picks, shard_of, storage_options=storage_options)
     for pick in picks:
         out.append(_sheet(pick, crops.get(pick.video_id, {})))
+    if more:
+        out.append(f"<h3>{more} more flagged videos without a sheet (first {unshown.height})</h3>")
+        out.append(_table(unshown, table_id="flagged-videos"))
     return out
 
 

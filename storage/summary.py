@@ -183,12 +183,14 @@ class Pick:
     method: str | None
 
 
-def pick_videos(videos: pl.DataFrame, limit: int) -> tuple[list[Pick], int]:
-    """Videos worth looking at: multi-identity first, then suspicious clustering, then any with faces.
+def pick_videos(videos: pl.DataFrame, limit: int, listed: int = 100) -> tuple[list[Pick], pl.DataFrame, int]:
+    """Videos worth looking at: multi-identity ones (at most half the sheets, most identities first),
+    then suspicious clustering, then any with faces.
 
     Suspicious: MANY_IDENTITIES or more identities, UNASSIGNED_SHARE of the faces (at least 3) in no
     identity, or a fake whose identity count differs from its `source` video's. Returns at most
-    `limit` picks and how many flagged videos did not fit.
+    `limit` picks, the first `listed` flagged videos that did not fit (video_id, why) and how many
+    flagged videos did not fit.
     """
     frame = videos.filter(pl.col("status") == "ok")
     if "unassigned" not in frame.columns:
@@ -203,36 +205,47 @@ def pick_videos(videos: pl.DataFrame, limit: int) -> tuple[list[Pick], int]:
         many=pl.col("n_identities") >= MANY_IDENTITIES,
         lonely=lonely,
         differs=differs.fill_null(False),
-    ).with_columns(flagged=pl.col("multi") | pl.col("many") | pl.col("lonely") | pl.col("differs"))
-    ordered = frame.sort(
-        ["multi", "many", "differs", "lonely", "n_identities", "video_id"],
-        descending=[True, True, True, True, True, False],
+    ).with_columns(suspicious=pl.col("many") | pl.col("lonely") | pl.col("differs"))
+    frame = frame.with_columns(flagged=pl.col("multi") | pl.col("suspicious"), why=_why())
+    order = ["n_identities", "suspicious", "differs", "many", "lonely", "unassigned", "video_id"]
+    descending = [True] * (len(order) - 1) + [False]
+    multi = frame.filter(pl.col("multi")).sort(order, descending=descending).head((limit + 1) // 2)
+    left = frame.filter(~pl.col("video_id").is_in(multi["video_id"].implode()))
+    suspicious = left.filter(pl.col("suspicious")).sort(
+        ["differs", "many", "lonely", "unassigned", "video_id"], descending=[True, True, True, True, False]
     )
-    flagged = ordered.filter(pl.col("flagged"))
-    rest = ordered.filter(~pl.col("flagged") & (pl.col("n_faces") > 0))
-    chosen = pl.concat([flagged.head(limit), rest.head(max(0, limit - flagged.height))])
-    picks = []
-    for row in chosen.iter_rows(named=True):
-        reasons = []
-        if row["multi"]:
-            reasons.append(f"{row['n_identities']} identities")
-        if row["many"]:
-            reasons.append(f"many identities (≥ {MANY_IDENTITIES})")
-        if row["lonely"]:
-            reasons.append(f"{row['unassigned']} of {row['n_faces']} faces in no identity")
-        if row["differs"]:
-            reasons.append(f"its source {row['source']} has {row['source_identities']} identities")
-        picks.append(
-            Pick(
-                row["video_id"],
-                reasons or ["sample"],
-                row["n_identities"],
-                row["n_faces"],
-                row["label"],
-                row["method"],
-            )
+    chosen = pl.concat([multi, suspicious.head(limit - multi.height)])
+    left = frame.filter(~pl.col("video_id").is_in(chosen["video_id"].implode()))
+    fill = left.filter(pl.col("n_faces") > 0).sort(order, descending=descending)
+    chosen = pl.concat([chosen, fill.head(limit - chosen.height)])
+    unshown = left.filter(pl.col("flagged") & ~pl.col("video_id").is_in(chosen["video_id"].implode()))
+    unshown = unshown.sort(["suspicious", *order], descending=[True, *descending])
+    picks = [
+        Pick(
+            row["video_id"],
+            row["why"] or ["sample"],
+            row["n_identities"],
+            row["n_faces"],
+            row["label"],
+            row["method"],
         )
-    return picks, max(0, flagged.height - limit)
+        for row in chosen.iter_rows(named=True)
+    ]
+    listed_frame = unshown.head(listed).select("video_id", "label", "method", pl.col("why").list.join("; "))
+    return picks, listed_frame, unshown.height
+
+
+def _why() -> pl.Expr:
+    """The reasons a video is flagged, as a list of sentences."""
+    parts = [
+        pl.when(pl.col("multi")).then(pl.format("{} identities", pl.col("n_identities"))),
+        pl.when(pl.col("many")).then(pl.lit(f"many identities (≥ {MANY_IDENTITIES})")),
+        pl.when(pl.col("lonely")).then(pl.format("{} of {} faces in no identity", "unassigned", "n_faces")),
+        pl.when(pl.col("differs")).then(
+            pl.format("its source {} has {} identities", "source", "source_identities")
+        ),
+    ]
+    return pl.concat_list(parts).list.drop_nulls()
 
 
 def sample_crops(

@@ -233,13 +233,16 @@ def test_contact_sheets_put_multi_identity_and_suspicious_videos_first() -> None
             "unassigned": [0, 0, 0, 5, 0, 0],
         }
     )
-    picks, more = pick_videos(videos, limit=4)
-    assert [p.video_id for p in picks] == ["five", "fake1", "two", "lonely"]
-    assert more == 0
-    assert any("source real1 has 1" in r for r in picks[1].reasons)
-    assert any("5 of 10 faces in no identity" in r for r in picks[3].reasons)
-    picks, more = pick_videos(videos, limit=2)
-    assert [p.video_id for p in picks] == ["five", "fake1"] and more == 2
+    picks, unshown, more = pick_videos(videos, limit=4)
+    # Multi-identity ones take at most half the sheets, then the suspicious ones, then a sample.
+    assert [p.video_id for p in picks] == ["five", "fake1", "lonely", "two"]
+    assert more == 0 and unshown.is_empty()
+    assert picks[1].reasons == ["2 identities", "its source real1 has 1 identities"]
+    assert picks[2].reasons == ["5 of 10 faces in no identity"]
+    picks, unshown, more = pick_videos(videos, limit=2)
+    assert [p.video_id for p in picks] == ["five", "fake1"] and more == 2  # fake1: multi and suspicious
+    assert unshown["video_id"].to_list() == ["lonely", "two"]
+    assert unshown["why"].to_list() == ["5 of 10 faces in no identity", "2 identities"]
 
 
 def test_an_output_with_nothing_committed_still_gets_a_page(tmp_path: Path) -> None:
