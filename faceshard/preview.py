@@ -163,7 +163,8 @@ class Previewer:
             )
         if preview.result.video["error"]:
             out.append(f"video failed: {preview.result.video['error']}")
-        return out or ["nothing"]
+        seen = f"{self.recorder.calls} frames detected ({self.cfg.sampling.strategy} sampling)"
+        return [seen, *(out or ["nothing dropped"])]
 
 
 def preview_videos(paths: list[str], cfg: BuildConfig, out: Path) -> list[Path]:
@@ -285,7 +286,7 @@ def _draw_buckets_and_drops(panel: Any, faces: list[dict[str, Any]], dropped: li
     left.set_xlabel("MINTIME size bucket (5 % of the frame each)")
     left.set_ylabel("faces")
     right.set_axis_off()
-    right.set_title("dropped, and why", fontsize=10, loc="left")
+    right.set_title("sampled, dropped, and why", fontsize=10, loc="left")
     right.text(
         0,
         1,
