@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -13,23 +13,33 @@ from rich.markup import escape
 from rich.table import Table
 
 from faceshard.bench import app as bench_app
+from faceshard.cli_errors import FrontDoorGroup, fail
 from faceshard.config import PRESETS, BuildConfig, ConfigError, load_config
+from faceshard.errors import ExitCode
+from faceshard.storage.fsio import check_writable_folder
 
 app = typer.Typer(
     name="faceshard",
-    help="One-pass, resumable face preprocessing for video deepfake-detection datasets.",
+    help=(
+        "One-pass, resumable face preprocessing for video deepfake-detection datasets."
+        "\n\nAn error is one line on stderr (a JSON object on stdout with --json) and exit code 3 (bad"
+        " input), 4 (output busy), 5 (damaged output: faceshard repair), 6 (weights missing: faceshard"
+        " weights) or 130 (interrupted); 2 is a usage error, 1 a command that ran and reports failures."
+        " Add --verbose anywhere for the traceback."
+    ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=FrontDoorGroup,
 )
 app.add_typer(bench_app, name="bench")
 console = Console(stderr=True)
 stdout = Console()
 
 
-def _fail(message: str, code: int = 2) -> None:
-    console.print(f"[bold red]error:[/] {escape(message)}")
-    raise typer.Exit(code)
+def _fail(message: str, code: ExitCode | None = None) -> NoReturn:
+    """Refuse with one line (faceshard.cli_errors prints it and picks the exit code)."""
+    fail(message, code)
 
 
 @app.command()
@@ -175,6 +185,7 @@ def build(
     not_in_manifest) unless --prune.
     """
     cfg = resolve_build_config(preset, config, set_, shard_size)
+    check_writable_folder(out)
     from faceshard.errors import StorageError
     from faceshard.flows.plan import dry_run as plan_only
     from faceshard.models.registry import WeightsUnavailableError

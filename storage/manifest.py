@@ -127,12 +127,15 @@ def load_manifest(
     import polars as pl
 
     fs, path = open_fs(uri, storage_options)
-    frame = _read_frame(read_bytes(fs, path), uri)
+    frame = _read_frame(_read_manifest_bytes(fs, path, uri), uri)
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
         raise ManifestError(
-            f"manifest {uri}: missing column(s) {', '.join(missing)}; found: {', '.join(frame.columns)}"
+            f"manifest {uri}: missing column(s) {', '.join(missing)}; found: {', '.join(frame.columns)}."
+            " A manifest is a CSV or Parquet with columns path,label[,method,split,video_id]"
         )
+    if frame.height == 0:
+        raise ManifestError(f"manifest {uri} lists no videos (a header and no rows); add one row per video")
     protocol = None if is_local(fs) else _protocol(fs)
     base = _Location(protocol, posixpath.dirname(path) if protocol else os.path.dirname(path))
     allowed = [_root_location(r) for r in roots] if roots else [base]
@@ -250,6 +253,22 @@ def _locate_all(paths: pl.Series, base: _Location, protocol: str | None) -> pl.D
         .alias("url"),
         pl.Series("resolved", resolved, dtype=pl.String),
     ).drop("target")
+
+
+def _read_manifest_bytes(fs: Any, path: str, uri: str) -> bytes:
+    """The manifest's bytes, or a ManifestError that says what the path is instead of a manifest."""
+    write_one = "(`faceshard manifest FORMAT ROOT -o m.csv` or `faceshard synth` writes one)"
+    if fs.isdir(path):
+        raise ManifestError(
+            f"manifest {uri} is a folder: pass the CSV or Parquet file that lists its videos {write_one}"
+        )
+    try:
+        data = read_bytes(fs, path)
+    except FileNotFoundError:
+        raise ManifestError(f"manifest {uri} does not exist: check the path {write_one}") from None
+    if not data.strip():
+        raise ManifestError(f"manifest {uri} is empty: it needs a header path,label and one row per video")
+    return data
 
 
 def _read_frame(data: bytes, uri: str) -> pl.DataFrame:
