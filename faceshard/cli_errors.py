@@ -64,7 +64,7 @@ def classify(exc: BaseException) -> tuple[ExitCode, str]:
     if isinstance(exc, StorageError) or _is(
         exc,
         ("faceshard.config", "ConfigError"),
-        ("faceshard.storage.datasets", "MissingColumnsError"),
+        ("faceshard.storage.reader", "MissingColumnsError"),
         ("faceshard.training.loop", "TrainingError"),
     ):
         return ExitCode.BAD_INPUT, str(exc)
