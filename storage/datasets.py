@@ -38,6 +38,7 @@ from faceshard.storage.sequences import clip_rows, megatron_sample, mintime_samp
 Kind = Literal["mintime", "megatron", "clips"]
 KINDS: tuple[str, ...] = ("mintime", "megatron", "clips")
 
+
 @dataclass(frozen=True)
 class SampleOptions:
     """Shape of the samples: MINTIME slots, Megatron sequence length, DeepfakeBench clips."""

@@ -52,6 +52,8 @@ class MissingColumnsError(KeyError, ValueError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
 READ_ATTEMPTS = 3
 T = TypeVar("T")
 
