@@ -107,3 +107,15 @@ def test_error_messages_are_printed_verbatim(tmp_path: Path) -> None:
     done = faceshard_cli("status", str(missing), env=PLAIN)
     assert done.returncode == 2, done.stderr
     assert str(missing) in words(done.stderr) and "Traceback" not in done.stderr
+
+
+def test_tests_reach_the_real_clips_only_through_conftest() -> None:
+    """A user's clone has no ../shared: every test finds the clips through conftest's SHARED_FIXTURES
+    (or the `shared_fixtures` fixture), which FACESHARD_FIXTURES redirects and which skips with the
+    reason. `FACESHARD_FIXTURES=/nonexistent pytest` is how that clone's run was checked."""
+    tests = Path(__file__).parent
+    for module in sorted(tests.glob("*.py")):
+        if module.name in {"conftest.py", Path(__file__).name}:
+            continue
+        text = module.read_text()
+        assert '"shared"' not in text and "../shared" not in text, f"{module.name} builds its own path"

@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 import skimage.data
 from clips import write_video
+from conftest import SHARED_FIXTURES
 
 from faceshard.errors import VideoError
 from faceshard.records import VideoInfo
 from faceshard.tasks import decode
 from faceshard.tasks.decode import count_frames, iter_frames, probe
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = SHARED_FIXTURES
 SIDE = 128
 
 
