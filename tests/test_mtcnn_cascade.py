@@ -78,7 +78,7 @@ def test_area_sampler_equals_interpolate_bit_for_bit() -> None:
 
 @pytest.fixture(scope="module")
 def footage(shared_fixtures: Path) -> dict[str, np.ndarray]:
-    """Real frames from ../shared/fixtures (skips with the reason when absent, as in a user's clone)."""
+    """Real frames from the shared fixtures (skips with the reason when absent, as in a user's clone)."""
     crowd = every_second(shared_fixtures / "street_crowd.mp4")
     height, width = crowd.shape[1:3]
     half = np.stack([np.asarray(Image.fromarray(f).resize((width // 2, height // 2))) for f in crowd])
