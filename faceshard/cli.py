@@ -471,6 +471,74 @@ def demo(
         )
 
 
+@app.command()
+def weights(
+    preset: Annotated[
+        list[str] | None,
+        typer.Option(help=f"preset(s) to check (repeatable; default all: {', '.join(PRESETS)})"),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML file merged over each preset, as in build")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="dotted override, as in build (e.g. identity.weights=FILE)"),
+    ] = None,
+    check: Annotated[
+        bool, typer.Option("--check", help="exit 6 when a preset cannot run as configured on this machine")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Which weights each preset needs, where faceshard looks, whether they are here, how to provide them.
+
+    Nothing is downloaded or loaded. A weight is present, random (missing; the preset allows a seeded
+    random init, outputs marked random), download (missing; the hub is reachable, the first build
+    fetches it) or missing (the build would refuse: the line says where to put it).
+    """
+    from faceshard.weights import cache_locations, weights_report
+
+    names = preset or list(PRESETS)
+    reports = [weights_report(resolve_build_config(name, config, set_, None)) for name in names]
+    blocked = [r["preset"] for r in reports if not r["can_run"]]
+    if as_json:
+        print(json.dumps({"caches": cache_locations(), "presets": reports, "can_run": not blocked}, indent=2))
+    else:
+        _print_weights(reports, cache_locations())
+    if check and blocked:
+        if not as_json:
+            console.print(
+                f"error: {', '.join(blocked)} cannot run as configured on this machine: provide the missing"
+                " weights above (or --set runtime.allow_random_weights=true for a demo)",
+                markup=False,
+                highlight=False,
+            )
+        raise typer.Exit(ExitCode.NO_WEIGHTS)
+
+
+def _print_weights(reports: list[dict[str, Any]], caches: dict[str, str]) -> None:
+    colour = {"present": "green", "random": "yellow", "download": "cyan", "missing": "red"}
+    table = Table(title="faceshard weights (nothing downloaded)")
+    for column in ("preset", "role", "model", "status", "where"):
+        table.add_column(column)
+    for report in reports:
+        for row in report["weights"]:
+            where = row["source"] or row.get("how", "")
+            status = row["status"]
+            table.add_row(
+                report["preset"],
+                row["role"],
+                escape(row["model"]),
+                f"[{colour[status]}]{status}[/]",
+                escape(where),
+            )
+        table.add_section()
+    stdout.print(table)
+    stdout.print(
+        f"looked in: Hugging Face cache {escape(caches['huggingface_cache'])}, torch checkpoints "
+        f"{escape(caches['torch_checkpoints'])}, the installed packages; HF_HUB_OFFLINE={caches['hub_offline']}"
+    )
+
+
 @bench_app.command("loader")  # on the `bench` sub-app of faceshard.bench, beside `bench build`
 def bench_loader(
     rows: Annotated[
