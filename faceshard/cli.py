@@ -47,11 +47,15 @@ def synth(
     out: Annotated[Path, typer.Option("--out", help="directory to write clips, truth and manifest.csv")],
     videos: Annotated[int, typer.Option("--videos", min=1, max=1000, help="number of clips")] = 6,
     seed: Annotated[int, typer.Option("--seed", help="same seed, same corpus")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="print what was written as JSON")] = False,
 ) -> None:
     """Generate a labelled synthetic corpus from real face photos shipped in installed packages."""
     from faceshard.synth import make_corpus
 
     manifest = make_corpus(out, n_videos=videos, seed=seed)
+    if as_json:
+        print(json.dumps({"manifest": str(manifest), "videos": videos, "seed": seed}))
+        return
     stdout.print(f"wrote {videos} clips and {manifest}")
 
 
@@ -94,6 +98,7 @@ def manifest(
         str | None, typer.Option(help="glob: label by folder name, e.g. real=0,fake=1")
     ] = None,
     dataset: Annotated[str | None, typer.Option(help="glob: dataset name (default: ROOT's name)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print what was written as JSON")] = False,
 ) -> None:
     from faceshard.errors import ManifestError
     from faceshard.storage.intake import SPLIT_MODES, build_manifest, outside, write_manifest
@@ -114,6 +119,13 @@ def manifest(
         written = write_manifest(intake, out)
     except (ManifestError, OSError) as exc:
         _fail(str(exc))
+    if as_json:
+        counts = intake.frame.group_by("split", "label").len().sort("split", "label").to_dicts()
+        summary = {"manifest": str(written), "videos": len(intake.frame), "by_split_label": counts}
+        summary["notes"] = list(intake.notes)
+        summary["outside_manifest_dir"] = bool(outside(intake, written))
+        print(json.dumps(summary, indent=2))
+        return
     for note in intake.notes:
         console.print(f"[yellow]note:[/] {escape(note)}")
     _print_manifest_summary(intake.frame, written)
@@ -297,6 +309,7 @@ def _print_status(info: dict[str, Any]) -> None:
 def repair(
     uri: Annotated[str, typer.Argument(help="output URI of a build")],
     wait: Annotated[float, typer.Option(min=0, help="seconds to wait while a build holds the output")] = 0.0,
+    as_json: Annotated[bool, typer.Option("--json", help="print the actions taken as JSON")] = False,
 ) -> None:
     """Make an output with damaged metadata usable again; what cannot be read is set aside, never deleted."""
     from faceshard.errors import StorageError
@@ -306,6 +319,9 @@ def repair(
         result = repair_output(uri, wait_s=wait)
     except StorageError as exc:
         _fail(str(exc))
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+        return
     if not result["actions"]:
         stdout.print("nothing to repair")
         return
@@ -315,10 +331,16 @@ def repair(
 
 
 @app.command()
-def report(uri: Annotated[str, typer.Argument(help="output URI of a build")]) -> None:
+def report(
+    uri: Annotated[str, typer.Argument(help="output URI of a build")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the same numbers as JSON")] = False,
+) -> None:
     """What a build produced: per split and method, size buckets, identities per video."""
-    from faceshard.report import dataset_report
+    from faceshard.report import dataset_report, report_data
 
+    if as_json:
+        print(json.dumps(report_data(uri), indent=2, default=str))
+        return
     stdout.print(dataset_report(uri))
 
 
@@ -336,10 +358,12 @@ def train(
     val_split: Annotated[
         list[str] | None, typer.Option(help="split(s) to validate on (default: val, else all others)")
     ] = None,
-    batch_size: Annotated[int, typer.Option(min=1)] = 8,
-    lr: Annotated[float, typer.Option(min=0)] = 3e-4,
+    batch_size: Annotated[int, typer.Option(min=1, help="videos per training step")] = 8,
+    lr: Annotated[float, typer.Option(min=0, help="AdamW learning rate")] = 3e-4,
     workers: Annotated[int, typer.Option(min=0, help="DataLoader workers")] = 0,
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: Annotated[
+        int, typer.Option(help="seed of the data order and the init: same seed, same weights")
+    ] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="print one final JSON object")] = False,
 ) -> None:
     """Train a MINTIME- or Megatron-style model on the cached tokens/embeddings (video-level AUC)."""
@@ -423,7 +447,7 @@ def export(
     ] = "c23",
     as_json: Annotated[bool, typer.Option("--json", help="print what was written as JSON")] = False,
 ) -> None:
-    """Export crops and DeepfakeBench's JSON index (dataset → label → split → [compression] → video)."""
+    """Export crops and DeepfakeBench's JSON index (dataset → label → split → compression → video)."""
     from faceshard.errors import StorageError
     from faceshard.export import export_deepfakebench
 
@@ -444,6 +468,7 @@ def demo(
         "faceshard-demo"
     ),
     videos: Annotated[int, typer.Option(min=3, help="clips to synthesise")] = 6,
+    as_json: Annotated[bool, typer.Option("--json", help="print the build summary as JSON")] = False,
 ) -> None:
     """Synthesise a small corpus, build it with the demo preset, and print a summary."""
     from faceshard.flows.local import run_build
@@ -457,6 +482,13 @@ def demo(
     with BuildProgressBar(console) as bar:
         summary = run_build(str(manifest), str(out / "dataset"), cfg, on_progress=bar)
     info = dataset_status(str(out / "dataset"))
+    if as_json:
+        print(
+            json.dumps(
+                {**summary, "dataset": str(out / "dataset"), "totals": info.get("totals", {})}, indent=2
+            )
+        )
+        return
     _print_summary(summary)
     totals = info.get("totals", {})
     stdout.print(
@@ -548,7 +580,7 @@ def bench_loader(
         Path, typer.Option("--out", help="directory for the synthetic output (must be new or empty)")
     ] = Path("faceshard-bench-loader"),
     workers: Annotated[int, typer.Option(min=0, help="DataLoader workers")] = 2,
-    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    batch_size: Annotated[int, typer.Option(min=1, help="rows per DataLoader batch")] = 64,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
     """Training-loader rows/s against a plain pyarrow scan of the same committed files, same run."""
