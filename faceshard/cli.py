@@ -229,9 +229,19 @@ def build(
 def _print_plan(plan: dict[str, Any]) -> None:
     table = Table(title="faceshard build --dry-run (nothing processed or written)", show_header=False)
     for key, value in plan.items():
-        if key != "dry_run":
+        if key != "dry_run" and not key.endswith("_examples"):
             table.add_row(key, escape(str(value)))
     stdout.print(table)
+    problems = {
+        "missing_files": "do not exist",
+        "outside_roots": "lie outside the allowed roots (never opened; add --root DIR)",
+    }
+    for key, what in problems.items():
+        if plan.get(key):
+            shown = ", ".join(plan.get(f"{key}_examples", []))
+            console.print(
+                f"[yellow]warning:[/] {plan[key]} video(s) {what}; they would become error rows: {escape(shown)}"
+            )
 
 
 def _print_summary(summary: dict[str, Any]) -> None:

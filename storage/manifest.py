@@ -98,6 +98,29 @@ class Manifest:
             plans.setdefault(row.pop("shard"), []).append(_task(row))
         return [ShardPlan(shard_id=shard, videos=videos) for shard, videos in plans.items()]
 
+    def path_problems(self, storage_options: dict[str, Any] | None = None, shown: int = 5) -> dict[str, Any]:
+        """What a build would turn into `error` rows for their paths alone: files outside the allowed
+        roots (never opened) and files that do not exist (checked now; one stat per video), with a
+        few examples of each. `build --dry-run` prints it."""
+        import polars as pl
+
+        outside = self.frame.filter(pl.col("error").is_not_null())["path"]
+        inside = self.frame.filter(pl.col("error").is_null())["path"].to_list()
+        missing = [p for p in inside if not _exists(p, storage_options)]
+        return {
+            "outside_roots": outside.len(),
+            "outside_roots_examples": outside.head(shown).to_list(),
+            "missing_files": len(missing),
+            "missing_files_examples": missing[:shown],
+        }
+
+
+def _exists(url: str, storage_options: dict[str, Any] | None) -> bool:
+    if "://" not in url:
+        return os.path.isfile(url)
+    fs, path = open_fs(url, storage_options)
+    return bool(fs.isfile(path))
+
 
 TASK_COLUMNS = ("video_id", "path", "label", "method", "split", "error", "source", "dataset")
 OPTIONAL_COLUMNS = ("method", "split", "video_id", "source", "dataset")
