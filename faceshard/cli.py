@@ -16,7 +16,7 @@ from faceshard.bench import app as bench_app
 from faceshard.cli_errors import FrontDoorGroup, fail
 from faceshard.config import PRESETS, BuildConfig, ConfigError, load_config
 from faceshard.errors import ExitCode
-from faceshard.storage.fsio import check_writable_folder
+from faceshard.storage.fsio import absolute_uri, check_writable_folder
 
 app = typer.Typer(
     name="faceshard",
@@ -198,6 +198,7 @@ def build(
     """
     cfg = resolve_build_config(preset, config, set_, shard_size)
     check_writable_folder(out)
+    out = absolute_uri(out)  # the workers resolve paths in their own working directory
     from faceshard.errors import StorageError
     from faceshard.flows.plan import dry_run as plan_only
     from faceshard.models.registry import WeightsUnavailableError
@@ -487,6 +488,7 @@ def demo(
     from faceshard.synth import make_corpus
 
     started = time.perf_counter()
+    out = out.resolve()  # the workers resolve paths in their own working directory
     manifest = make_corpus(out / "corpus", n_videos=videos, seed=0)
     cfg = load_config("demo")
     with BuildProgressBar(console) as bar:
@@ -498,12 +500,18 @@ def demo(
                 {**summary, "dataset": str(out / "dataset"), "totals": info.get("totals", {})}, indent=2
             )
         )
-        return
+    else:
+        _print_demo(summary, info, out, time.perf_counter() - started)
+    if summary["failed_shards"]:
+        raise typer.Exit(ExitCode.FAILED)
+
+
+def _print_demo(summary: dict[str, Any], info: dict[str, Any], out: Path, seconds: float) -> None:
     _print_summary(summary)
     totals = info.get("totals", {})
     stdout.print(
         f"[bold]demo:[/] {totals.get('videos', 0)} videos, {totals.get('faces', 0)} faces, "
-        f"{totals.get('identities', 0)} identities in {time.perf_counter() - started:.1f}s "
+        f"{totals.get('identities', 0)} identities in {seconds:.1f}s "
         f"→ {out / 'dataset'}"
     )
     if info.get("random_weights"):

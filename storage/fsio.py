@@ -68,6 +68,12 @@ def open_fs(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[Ab
     return fs, path
 
 
+def absolute_uri(uri: str) -> str:
+    """A local path made absolute (workers of a cluster do not share the driver's working
+    directory); URLs with a protocol are returned as they are."""
+    return uri if "://" in uri else os.path.abspath(os.path.expanduser(uri))
+
+
 def check_writable_folder(uri: str, what: str = "--out") -> None:
     """Refuse, before anything starts or is written, a local output that is a file, lies under a
     file, or cannot be written; object stores answer at the first write (no probe writes here)."""
