@@ -90,16 +90,27 @@ def fail(message: str, code: ExitCode | None = None) -> NoReturn:
     raise UserError(message, ExitCode.BAD_INPUT if code is None else code) from current
 
 
-def emit_error(message: str, code: int, as_json: bool) -> None:
-    """Print one refusal: a JSON object on stdout under --json, else `error: …` on stderr."""
+SHOWN_DETAILS = 3
+
+
+def one_line(message: str, verbose: bool = False) -> str:
+    """A message's first line, with its detail lines (e.g. which settings differ) folded in: the
+    first few, and how many more `--verbose` shows."""
+    first, *rest = [line.strip() for line in message.splitlines() if line.strip()] or [""]
+    if not rest:
+        return first
+    shown = rest if verbose else rest[:SHOWN_DETAILS]
+    more = len(rest) - len(shown)
+    return f"{first} {'; '.join(shown)}" + (f" (+{more} more with --verbose)" if more else "")
+
+
+def emit_error(message: str, code: int, as_json: bool, verbose: bool = False) -> None:
+    """Print one refusal: a JSON object on stdout under --json, else one `error: …` line on stderr."""
     if as_json:
         kind = ExitCode(code).name.lower() if code in ExitCode._value2member_map_ else "error"
         print(json.dumps({"error": message, "code": int(code), "kind": kind}))
         return
-    first, *rest = message.splitlines() or [""]
-    typer.echo(f"error: {first}", err=True)
-    for line in rest:  # details under the line (e.g. which settings differ), never a traceback
-        typer.echo(line, err=True)
+    typer.echo(f"error: {one_line(message, verbose)}", err=True)
 
 
 def _own_args(args: list[str]) -> list[str]:
@@ -130,7 +141,8 @@ class FrontDoorGroup(TyperGroup):
             ctx.exit(exc.exit_code)
         except (Exception, KeyboardInterrupt) as exc:
             code, message = classify(exc)
-            if ctx.meta.get(_META_VERBOSE):
+            verbose = bool(ctx.meta.get(_META_VERBOSE))
+            if verbose:
                 traceback.print_exc(file=sys.stderr)
-            emit_error(message, code, as_json)
+            emit_error(message, code, as_json, verbose)
             ctx.exit(int(code))

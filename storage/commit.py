@@ -1162,6 +1162,7 @@ def _mismatch_message(
     }
     new = {"schema_version": SCHEMA_VERSION, **config, "weights": row_affecting_weights(weights)}
     changes = describe_differences(old, new)
+    changes.sort(key=lambda line: not line.startswith("schema_version"))  # a version change first
     shown = "\n".join(f"  {line}" for line in changes[:20])
     if len(changes) > 20:
         shown += f"\n  … {len(changes) - 20} more"

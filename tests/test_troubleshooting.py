@@ -181,7 +181,12 @@ ROWS = [
         "other-version",
         _build(_manifest, lambda t: older_version_output(t / "old"), *DRY),
         3,
-        ("another configuration or faceshard version", "new output path", "--rebuild"),
+        (
+            "another configuration or faceshard version",
+            "new output path",
+            "--rebuild",
+            "schema_version: 1 → 2",
+        ),
         kept=lambda t: t / "old",
     ),
     Row(
@@ -230,9 +235,7 @@ def test_each_bad_input_is_one_line_and_its_exit_code(row: Row, tmp_path: Path) 
         assert said in message, message
     if row.code != ExitCode.USAGE:  # click's own usage message is click's format
         lines = done.stderr.strip().splitlines()
-        assert lines[0].startswith("error: ") and message.count("error:") == 1, done.stderr
-        if row.id != "other-version":  # that one lists what differs under its line
-            assert len(lines) == 1, done.stderr
+        assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
     assert not (tmp_path / "out").exists()  # refused before anything was written
     if kept is not None:
         assert snapshot(kept) == before  # nothing lost, nothing changed
