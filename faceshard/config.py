@@ -211,7 +211,9 @@ class ConfigError(ValueError):
 def preset_path(name: str) -> Path:
     """The YAML file that defines preset `name`."""
     if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        close = difflib.get_close_matches(name, PRESETS, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise ConfigError(f"unknown preset {name!r}; {hint}choose one of {', '.join(PRESETS)}")
     return Path(str(resources.files("faceshard") / "presets" / f"{name}.yaml"))
 
 

@@ -163,7 +163,7 @@ ROWS = [
         "unknown-preset",
         _build(_manifest, _out, "--preset", "mintme"),
         3,
-        ("unknown preset 'mintme'", "mintime"),
+        ("unknown preset 'mintme'", "did you mean mintime?"),
     ),
     Row(
         "bad-set-value",
