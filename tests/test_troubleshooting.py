@@ -160,6 +160,13 @@ ROWS = [
         kept=_plain_folder,
     ),
     Row(
+        "repair-not-output",
+        lambda t: ["repair", str(_plain_folder(t))],
+        3,
+        ("not a faceshard output", "nothing to repair"),
+        kept=_plain_folder,
+    ),
+    Row(
         "unknown-preset",
         _build(_manifest, _out, "--preset", "mintme"),
         3,
