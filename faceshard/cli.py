@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -13,23 +13,33 @@ from rich.markup import escape
 from rich.table import Table
 
 from faceshard.bench import app as bench_app
+from faceshard.cli_errors import FrontDoorGroup, fail
 from faceshard.config import PRESETS, BuildConfig, ConfigError, load_config
+from faceshard.errors import ExitCode
+from faceshard.storage.fsio import absolute_uri, check_writable_folder
 
 app = typer.Typer(
     name="faceshard",
-    help="One-pass, resumable face preprocessing for video deepfake-detection datasets.",
+    help=(
+        "One-pass, resumable face preprocessing for video deepfake-detection datasets."
+        "\n\nAn error is one line on stderr (a JSON object on stdout with --json) and exit code 3 (bad"
+        " input), 4 (output busy), 5 (damaged output: faceshard repair), 6 (weights missing: faceshard"
+        " weights) or 130 (interrupted); 2 is a usage error, 1 a command that ran and reports failures."
+        " Add --verbose anywhere for the traceback."
+    ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=FrontDoorGroup,
 )
 app.add_typer(bench_app, name="bench")
 console = Console(stderr=True)
 stdout = Console()
 
 
-def _fail(message: str, code: int = 2) -> None:
-    console.print(f"[bold red]error:[/] {escape(message)}")
-    raise typer.Exit(code)
+def _fail(message: str, code: ExitCode | None = None) -> NoReturn:
+    """Refuse with one line (faceshard.cli_errors prints it and picks the exit code)."""
+    fail(message, code)
 
 
 @app.command()
@@ -37,11 +47,15 @@ def synth(
     out: Annotated[Path, typer.Option("--out", help="directory to write clips, truth and manifest.csv")],
     videos: Annotated[int, typer.Option("--videos", min=1, max=1000, help="number of clips")] = 6,
     seed: Annotated[int, typer.Option("--seed", help="same seed, same corpus")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="print what was written as JSON")] = False,
 ) -> None:
     """Generate a labelled synthetic corpus from real face photos shipped in installed packages."""
     from faceshard.synth import make_corpus
 
     manifest = make_corpus(out, n_videos=videos, seed=seed)
+    if as_json:
+        print(json.dumps({"manifest": str(manifest), "videos": videos, "seed": seed}))
+        return
     stdout.print(f"wrote {videos} clips and {manifest}")
 
 
@@ -84,6 +98,7 @@ def manifest(
         str | None, typer.Option(help="glob: label by folder name, e.g. real=0,fake=1")
     ] = None,
     dataset: Annotated[str | None, typer.Option(help="glob: dataset name (default: ROOT's name)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print what was written as JSON")] = False,
 ) -> None:
     from faceshard.errors import ManifestError
     from faceshard.storage.intake import SPLIT_MODES, build_manifest, outside, write_manifest
@@ -104,6 +119,13 @@ def manifest(
         written = write_manifest(intake, out)
     except (ManifestError, OSError) as exc:
         _fail(str(exc))
+    if as_json:
+        counts = intake.frame.group_by("split", "label").len().sort("split", "label").to_dicts()
+        summary = {"manifest": str(written), "videos": len(intake.frame), "by_split_label": counts}
+        summary["notes"] = list(intake.notes)
+        summary["outside_manifest_dir"] = bool(outside(intake, written))
+        print(json.dumps(summary, indent=2))
+        return
     for note in intake.notes:
         console.print(f"[yellow]note:[/] {escape(note)}")
     _print_manifest_summary(intake.frame, written)
@@ -175,6 +197,8 @@ def build(
     not_in_manifest) unless --prune.
     """
     cfg = resolve_build_config(preset, config, set_, shard_size)
+    check_writable_folder(out)
+    out = absolute_uri(out)  # the workers resolve paths in their own working directory
     from faceshard.errors import StorageError
     from faceshard.flows.plan import dry_run as plan_only
     from faceshard.models.registry import WeightsUnavailableError
@@ -206,9 +230,19 @@ def build(
 def _print_plan(plan: dict[str, Any]) -> None:
     table = Table(title="faceshard build --dry-run (nothing processed or written)", show_header=False)
     for key, value in plan.items():
-        if key != "dry_run":
+        if key != "dry_run" and not key.endswith("_examples"):
             table.add_row(key, escape(str(value)))
     stdout.print(table)
+    problems = {
+        "missing_files": "do not exist",
+        "outside_roots": "lie outside the allowed roots (never opened; add --root DIR)",
+    }
+    for key, what in problems.items():
+        if plan.get(key):
+            shown = ", ".join(plan.get(f"{key}_examples", []))
+            console.print(
+                f"[yellow]warning:[/] {plan[key]} video(s) {what}; they would become error rows: {escape(shown)}"
+            )
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
@@ -286,6 +320,7 @@ def _print_status(info: dict[str, Any]) -> None:
 def repair(
     uri: Annotated[str, typer.Argument(help="output URI of a build")],
     wait: Annotated[float, typer.Option(min=0, help="seconds to wait while a build holds the output")] = 0.0,
+    as_json: Annotated[bool, typer.Option("--json", help="print the actions taken as JSON")] = False,
 ) -> None:
     """Make an output with damaged metadata usable again; what cannot be read is set aside, never deleted."""
     from faceshard.errors import StorageError
@@ -295,6 +330,9 @@ def repair(
         result = repair_output(uri, wait_s=wait)
     except StorageError as exc:
         _fail(str(exc))
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+        return
     if not result["actions"]:
         stdout.print("nothing to repair")
         return
@@ -310,15 +348,19 @@ def report(
         Path | None,
         typer.Option("--html", help="write one self-contained HTML page (plots, contact sheets, failures)"),
     ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the same numbers as JSON")] = False,
 ) -> None:
     """What a build produced: per split and method, size buckets, identities per video."""
     from faceshard.errors import StorageError
 
     try:
         if html is None:
-            from faceshard.report import dataset_report
+            from faceshard.report import dataset_report, report_data
 
-            stdout.print(dataset_report(uri))
+            if as_json:
+                print(json.dumps(report_data(uri), indent=2, default=str))
+            else:
+                stdout.print(dataset_report(uri))
             return
         from faceshard.report_html import write_report
 
@@ -343,6 +385,7 @@ def preview(
     out: Annotated[Path, typer.Option("--out", help="directory for one PNG (and JSON) per video")] = Path(
         "faceshard-preview"
     ),
+    as_json: Annotated[bool, typer.Option("--json", help="print the written files as JSON")] = False,
 ) -> None:
     """What a build would detect, crop and cluster on a few videos, drawn; writes no output.
 
@@ -358,6 +401,9 @@ def preview(
         written = preview_videos([str(v) for v in videos], cfg, out)
     except (WeightsUnavailableError, ValueError) as exc:
         _fail(str(exc))
+    if as_json:
+        print(json.dumps({"written": [str(path) for path in written]}))
+        return
     for path in written:
         stdout.print(f"wrote {escape(str(path))}")
 
@@ -376,10 +422,12 @@ def train(
     val_split: Annotated[
         list[str] | None, typer.Option(help="split(s) to validate on (default: val, else all others)")
     ] = None,
-    batch_size: Annotated[int, typer.Option(min=1)] = 8,
-    lr: Annotated[float, typer.Option(min=0)] = 3e-4,
+    batch_size: Annotated[int, typer.Option(min=1, help="videos per training step")] = 8,
+    lr: Annotated[float, typer.Option(min=0, help="AdamW learning rate")] = 3e-4,
     workers: Annotated[int, typer.Option(min=0, help="DataLoader workers")] = 0,
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: Annotated[
+        int, typer.Option(help="seed of the data order and the init: same seed, same weights")
+    ] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="print one final JSON object")] = False,
 ) -> None:
     """Train a MINTIME- or Megatron-style model on the cached tokens/embeddings (video-level AUC)."""
@@ -463,7 +511,7 @@ def export(
     ] = "c23",
     as_json: Annotated[bool, typer.Option("--json", help="print what was written as JSON")] = False,
 ) -> None:
-    """Export crops and DeepfakeBench's JSON index (dataset → label → split → [compression] → video)."""
+    """Export crops and DeepfakeBench's JSON index (dataset → label → split → compression → video)."""
     from faceshard.errors import StorageError
     from faceshard.export import export_deepfakebench
 
@@ -484,6 +532,7 @@ def demo(
         "faceshard-demo"
     ),
     videos: Annotated[int, typer.Option(min=3, help="clips to synthesise")] = 6,
+    as_json: Annotated[bool, typer.Option("--json", help="print the build summary as JSON")] = False,
 ) -> None:
     """Synthesise a small corpus, build it with the demo preset, and print a summary."""
     from faceshard.flows.local import run_build
@@ -492,16 +541,30 @@ def demo(
     from faceshard.synth import make_corpus
 
     started = time.perf_counter()
+    out = out.resolve()  # the workers resolve paths in their own working directory
     manifest = make_corpus(out / "corpus", n_videos=videos, seed=0)
     cfg = load_config("demo")
     with BuildProgressBar(console) as bar:
         summary = run_build(str(manifest), str(out / "dataset"), cfg, on_progress=bar)
     info = dataset_status(str(out / "dataset"))
+    if as_json:
+        print(
+            json.dumps(
+                {**summary, "dataset": str(out / "dataset"), "totals": info.get("totals", {})}, indent=2
+            )
+        )
+    else:
+        _print_demo(summary, info, out, time.perf_counter() - started)
+    if summary["failed_shards"]:
+        raise typer.Exit(ExitCode.FAILED)
+
+
+def _print_demo(summary: dict[str, Any], info: dict[str, Any], out: Path, seconds: float) -> None:
     _print_summary(summary)
     totals = info.get("totals", {})
     stdout.print(
         f"[bold]demo:[/] {totals.get('videos', 0)} videos, {totals.get('faces', 0)} faces, "
-        f"{totals.get('identities', 0)} identities in {time.perf_counter() - started:.1f}s "
+        f"{totals.get('identities', 0)} identities in {seconds:.1f}s "
         f"→ {out / 'dataset'}"
     )
     if info.get("random_weights"):
@@ -509,6 +572,74 @@ def demo(
             f"[yellow]random weights:[/] {', '.join(info['random_weights'])} "
             "(hub weights unreachable offline; the demo preset allows random init)"
         )
+
+
+@app.command()
+def weights(
+    preset: Annotated[
+        list[str] | None,
+        typer.Option(help=f"preset(s) to check (repeatable; default all: {', '.join(PRESETS)})"),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML file merged over each preset, as in build")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="dotted override, as in build (e.g. identity.weights=FILE)"),
+    ] = None,
+    check: Annotated[
+        bool, typer.Option("--check", help="exit 6 when a preset cannot run as configured on this machine")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Which weights each preset needs, where faceshard looks, whether they are here, how to provide them.
+
+    Nothing is downloaded or loaded. A weight is present, random (missing; the preset allows a seeded
+    random init, outputs marked random), download (missing; the hub is reachable, the first build
+    fetches it) or missing (the build would refuse: the line says where to put it).
+    """
+    from faceshard.weights import cache_locations, weights_report
+
+    names = preset or list(PRESETS)
+    reports = [weights_report(resolve_build_config(name, config, set_, None)) for name in names]
+    blocked = [r["preset"] for r in reports if not r["can_run"]]
+    if as_json:
+        print(json.dumps({"caches": cache_locations(), "presets": reports, "can_run": not blocked}, indent=2))
+    else:
+        _print_weights(reports, cache_locations())
+    if check and blocked:
+        if not as_json:
+            console.print(
+                f"error: {', '.join(blocked)} cannot run as configured on this machine: provide the missing"
+                " weights above (or --set runtime.allow_random_weights=true for a demo)",
+                markup=False,
+                highlight=False,
+            )
+        raise typer.Exit(ExitCode.NO_WEIGHTS)
+
+
+def _print_weights(reports: list[dict[str, Any]], caches: dict[str, str]) -> None:
+    colour = {"present": "green", "random": "yellow", "download": "cyan", "missing": "red"}
+    table = Table(title="faceshard weights (nothing downloaded)")
+    for column in ("preset", "role", "model", "status", "where"):
+        table.add_column(column)
+    for report in reports:
+        for row in report["weights"]:
+            where = row["source"] or row.get("how", "")
+            status = row["status"]
+            table.add_row(
+                report["preset"],
+                row["role"],
+                escape(row["model"]),
+                f"[{colour[status]}]{status}[/]",
+                escape(where),
+            )
+        table.add_section()
+    stdout.print(table)
+    stdout.print(
+        f"looked in: Hugging Face cache {escape(caches['huggingface_cache'])}, torch checkpoints "
+        f"{escape(caches['torch_checkpoints'])}, the installed packages; HF_HUB_OFFLINE={caches['hub_offline']}"
+    )
 
 
 @bench_app.command("loader")  # on the `bench` sub-app of faceshard.bench, beside `bench build`
@@ -520,7 +651,7 @@ def bench_loader(
         Path, typer.Option("--out", help="directory for the synthetic output (must be new or empty)")
     ] = Path("faceshard-bench-loader"),
     workers: Annotated[int, typer.Option(min=0, help="DataLoader workers")] = 2,
-    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    batch_size: Annotated[int, typer.Option(min=1, help="rows per DataLoader batch")] = 64,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
     """Training-loader rows/s against a plain pyarrow scan of the same committed files, same run."""

@@ -6,6 +6,7 @@ Everything that changes the output rows lives outside `runtime`; the fingerprint
 
 from __future__ import annotations
 
+import difflib
 import re
 from importlib import resources
 from pathlib import Path
@@ -210,7 +211,9 @@ class ConfigError(ValueError):
 def preset_path(name: str) -> Path:
     """The YAML file that defines preset `name`."""
     if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        close = difflib.get_close_matches(name, PRESETS, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise ConfigError(f"unknown preset {name!r}; {hint}choose one of {', '.join(PRESETS)}")
     return Path(str(resources.files("faceshard") / "presets" / f"{name}.yaml"))
 
 
@@ -283,11 +286,58 @@ def config_from_tree(tree: dict[str, Any]) -> BuildConfig:
     return _validate(_merge(_read_yaml(preset_path(preset)), {**tree, "preset": preset}))
 
 
+def config_keys(model: type[BaseModel] = BuildConfig, prefix: str = "") -> list[str]:
+    """Every dotted key `--set` accepts (`detect.thresholds`, `runtime.device`, …)."""
+    keys: list[str] = []
+    for name, field in model.model_fields.items():
+        kind = field.annotation
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            keys.extend(config_keys(kind, f"{prefix}{name}."))
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def _leaves(prefix: str, value: Any) -> list[str]:
+    """The dotted keys a user wrote under `prefix` (an unknown section arrives as one dict)."""
+    if isinstance(value, dict) and value:
+        return [k for name, v in value.items() for k in _leaves(f"{prefix}.{name}", v)]
+    return [prefix]
+
+
+def suggest_keys(key: str) -> list[str]:
+    """The known dotted keys nearest to a mistyped one: within its section first, then anywhere."""
+    known = config_keys()
+    section, _, leaf = key.rpartition(".")
+    siblings = [k.rpartition(".")[2] for k in known if k.rpartition(".")[0] == section]
+    if section and siblings:
+        return [f"{section}.{m}" for m in difflib.get_close_matches(leaf, siblings, n=3, cutoff=0.6)]
+    return difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+
+
+def _problem(err: Any) -> str:
+    """One validation error as `key: what` (an unknown key with the nearest known ones)."""
+    key = ".".join(str(p) for p in err["loc"]) or "<root>"
+    if err["type"] != "extra_forbidden":
+        return f"{key}: {err['msg']} (got {err.get('input')!r})"
+    problems = []
+    for written in _leaves(key, err.get("input")):
+        close = suggest_keys(written)
+        section = written.rpartition(".")[0]
+        in_section = [k for k in config_keys() if k.rpartition(".")[0] == section]
+        if close:
+            hint = f"did you mean {' or '.join(close)}?"
+        elif section and in_section:
+            hint = f"{section} has {', '.join(k.rpartition('.')[2] for k in in_section)}"
+        else:
+            hint = f"settings are {', '.join(sorted({k.split('.')[0] for k in config_keys()}))}"
+        problems.append(f"{written}: unknown setting; {hint}")
+    return "; ".join(problems)
+
+
 def _validate(tree: dict[str, Any]) -> BuildConfig:
     try:
         return BuildConfig.model_validate(tree)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(_problem(err) for err in exc.errors())
         raise ConfigError(f"invalid config: {problems}") from None

@@ -12,15 +12,21 @@ import numpy as np
 import torch
 from scipy.stats import mannwhitneyu
 
-from faceshard.storage.reader import load_faces, read_table
+from faceshard.storage.reader import MissingColumnsError, how_to_add, load_faces, read_table
 from faceshard.storage.status import dataset_status
 
 
 def video_features(uri: str, split: str | list[str] | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(videos, D) mean face embedding per video, its label, its id."""
-    faces = load_faces(uri, split=split, columns=("emb_rgb",), emb_dtype="float32")
+    try:
+        faces = load_faces(uri, split=split, columns=("emb_rgb",), emb_dtype="float32")
+    except MissingColumnsError:
+        raise MissingColumnsError(
+            f"{uri}: the probe reads pooled embeddings (faces column emb_rgb), which this build did not"
+            f" store; {how_to_add(['emb_rgb'])}"
+        ) from None
     if faces.emb_rgb is None or len(faces) == 0:
-        raise ValueError(f"{uri}: no pooled emb_rgb faces in split {split!r} (embed.output must be pooled)")
+        raise ValueError(f"{uri}: no faces with emb_rgb in split {split!r} (splits: see `faceshard report`)")
     ids, inverse = np.unique(faces.video_id, return_inverse=True)
     sums = np.zeros((len(ids), faces.emb_rgb.shape[1]), np.float64)
     np.add.at(sums, inverse, faces.emb_rgb)

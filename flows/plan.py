@@ -82,7 +82,8 @@ def dry_run(
         out, config=cfg, weights=weights, rebuild=rebuild, storage_options=storage_options
     )
     plan = plan_output(output, videos, cfg, prune=prune, keep=keep)
-    summary = {"dry_run": True, **plan.summary(), "fingerprint": output.fingerprint}
+    summary = {"dry_run": True, **plan.summary(), **videos.path_problems(storage_options)}
+    summary["fingerprint"] = output.fingerprint
     if retry_failed:
         summary["retry_shards"] = retry_shards(output, videos, plan) if keep else []
     return summary

@@ -54,7 +54,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fsspec import AbstractFileSystem
 
-from faceshard.errors import FingerprintMismatch, StorageError
+from faceshard.errors import DamagedOutput, FingerprintMismatch, StorageError
 from faceshard.records import VideoTask
 from faceshard.storage import fsio
 from faceshard.storage.lease import DEFAULT_TTL_S, Lease, LeaseRef
@@ -277,7 +277,7 @@ def parse_record(data: bytes, path: str, what: str, recovery: str) -> dict[str, 
         if isinstance(value, dict):
             return value
         problem = f"a JSON {type(value).__name__}, not an object"
-    raise StorageError(f"{path}: the {what} is unreadable: {problem}. Nothing was changed. {recovery}")
+    raise DamagedOutput(f"{path}: the {what} is unreadable: {problem}. Nothing was changed. {recovery}")
 
 
 def _repair_hint(root: str) -> str:
@@ -299,7 +299,7 @@ def read_metadata(fs: AbstractFileSystem, root: str) -> dict[str, Any] | None:
         return None
     meta = parse_record(data, path, "output's metadata", _repair_hint(root))
     if meta.get("format") != FORMAT or not isinstance(meta.get("fingerprint"), str):
-        raise StorageError(
+        raise DamagedOutput(
             f"{path} is not a faceshard metadata file (no format/fingerprint). {_repair_hint(root)}"
         )
     return meta
@@ -311,7 +311,7 @@ def require_metadata(fs: AbstractFileSystem, root: str) -> dict[str, Any]:
     if metadata is not None:
         return metadata
     if fsio.list_files(fs, fsio.join(root, COMMITS_DIR)):
-        raise StorageError(
+        raise DamagedOutput(
             f"{fsio.join(root, METADATA_FILE)} is missing but the output has commit markers: its"
             f" metadata was lost. Nothing was changed. {_repair_hint(root)}"
         )
@@ -330,7 +330,7 @@ def read_plan(fs: AbstractFileSystem, root: str) -> dict[str, Any] | None:
     )
     plan = parse_record(data, path, "shard plan", hint)
     if not isinstance(plan.get("shards"), list):
-        raise StorageError(f"{path}: the shard plan has no list of shards. Nothing was changed. {hint}")
+        raise DamagedOutput(f"{path}: the shard plan has no list of shards. Nothing was changed. {hint}")
     return plan
 
 
@@ -607,7 +607,7 @@ class Output:
         if doc is not None and doc.get("videos_file"):
             data = fsio.read_optional(self.fs, self._path(doc["videos_file"]))
             if data is None:
-                raise StorageError(
+                raise DamagedOutput(
                     f"{self.uri}: {doc['videos_file']} (named by {PLAN_FILE}) is missing; the plan"
                     " cannot be read, so nothing can be skipped safely"
                 )
@@ -936,7 +936,7 @@ class Output:
                 try:
                     self._publish(marker, None)
                 except FileNotFoundError as exc:
-                    raise StorageError(
+                    raise DamagedOutput(
                         f"{self.uri}: shard {shard} is committed but its file is missing ({exc}; checked"
                         f" directly, not by listing). Nothing was deleted. {_repair_hint(self.root)}"
                     ) from None
@@ -1162,13 +1162,15 @@ def _mismatch_message(
     }
     new = {"schema_version": SCHEMA_VERSION, **config, "weights": row_affecting_weights(weights)}
     changes = describe_differences(old, new)
+    changes.sort(key=lambda line: not line.startswith("schema_version"))  # a version change first
     shown = "\n".join(f"  {line}" for line in changes[:20])
     if len(changes) > 20:
         shown += f"\n  … {len(changes) - 20} more"
     return (
-        f"{uri} was built with another configuration (fingerprint {existing['fingerprint']} →"
-        f" {fingerprint}); its rows would not match:\n{shown or '  (differences not derivable)'}\n"
-        "use --rebuild (rebuild=True) to discard it, or a new output path"
+        f"{uri} was built with another configuration or faceshard version (fingerprint"
+        f" {existing['fingerprint']} → {fingerprint}), so its rows would not match: build into a new"
+        " output path, or pass --rebuild (rebuild=True) to discard it. What differs:\n"
+        f"{shown or '  (differences not derivable)'}"
     )
 
 

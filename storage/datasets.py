@@ -32,23 +32,11 @@ from torch.utils.data import IterableDataset, get_worker_info
 from faceshard.errors import StorageError
 from faceshard.storage import fsio
 from faceshard.storage.commit import OutputState, locate, read_state
-from faceshard.storage.reader import fixed_list_to_numpy
+from faceshard.storage.reader import MissingColumnsError, fixed_list_to_numpy, how_to_add
 from faceshard.storage.sequences import clip_rows, megatron_sample, mintime_sample
 
 Kind = Literal["mintime", "megatron", "clips"]
 KINDS: tuple[str, ...] = ("mintime", "megatron", "clips")
-
-# What a model needs, and the build settings that add it (said in the error when it is missing).
-HOW_TO_ADD = {
-    "tokens": "--set embed.enabled=true --set embed.output=tokens",
-    "emb_rgb": "--set embed.enabled=true --set embed.output=pooled",
-    "emb_depth": "--set depth.enabled=true --set embed.depth=true --set embed.output=pooled",
-    "crop": "--set crop.save=true",
-}
-
-
-class MissingColumnsError(ValueError):
-    """The committed faces lack a column this sample kind needs; the message names the build setting."""
 
 
 @dataclass(frozen=True)
@@ -194,10 +182,9 @@ class ShardDataset(IterableDataset):
         wanted = needed[self.kind]
         missing = [c for c in wanted if c not in self.stored_columns]
         if missing and self.stored_columns:
-            how = " ".join(dict.fromkeys(HOW_TO_ADD.get(c, "") for c in missing))
             raise MissingColumnsError(
                 f"{self.uri}: the {self.kind} samples need faces column(s) {', '.join(missing)}, which"
-                f" this build did not store; rebuild with {how}"
+                f" this build did not store; {how_to_add(missing)}"
             )
         return ["video_id", "frame", "face", "identity", "size_bucket", *wanted]
 

@@ -19,6 +19,7 @@ from fsspec import AbstractFileSystem
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
+from faceshard.errors import StorageError
 from faceshard.faults import maybe_fault
 
 T = TypeVar("T")
@@ -65,6 +66,31 @@ def open_fs(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[Ab
     if isinstance(fs, LocalFileSystem):
         path = os.path.abspath(path)
     return fs, path
+
+
+def absolute_uri(uri: str) -> str:
+    """A local path made absolute (workers of a cluster do not share the driver's working
+    directory); URLs with a protocol are returned as they are."""
+    return uri if "://" in uri else os.path.abspath(os.path.expanduser(uri))
+
+
+def check_writable_folder(uri: str, what: str = "--out") -> None:
+    """Refuse, before anything starts or is written, a local output that is a file, lies under a
+    file, or cannot be written; object stores answer at the first write (no probe writes here)."""
+    fs, root = open_fs(uri)
+    if not is_local(fs):
+        return
+    existing = root
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        where = "is a file" if existing == root else f"lies under the file {existing}"
+        raise StorageError(f"{what} {uri} {where}, not a folder: give a new folder or an earlier output")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise StorageError(
+            f"{what} {uri} cannot be written ({existing}: permission denied or read-only):"
+            " choose a folder you can write, or fix its permissions"
+        )
 
 
 def is_local(fs: AbstractFileSystem) -> bool:

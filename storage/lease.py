@@ -30,7 +30,7 @@ from typing import Any
 
 from fsspec import AbstractFileSystem
 
-from faceshard.errors import OutputBusy, StorageError
+from faceshard.errors import DamagedOutput, OutputBusy, StorageError
 from faceshard.storage import fsio
 
 LEASE_DIR = "_faceshard/lease"
@@ -139,12 +139,12 @@ def read_record(fs: AbstractFileSystem, root: str, epoch: int) -> dict[str, Any]
     try:
         record = json.loads(data)
     except ValueError as exc:
-        raise StorageError(
+        raise DamagedOutput(
             f"{path}: the output's lease record is unreadable ({exc}); if no build is running on this"
             f" output, run `faceshard repair {root}` to retire it"
         ) from None
     if not isinstance(record, dict):
-        raise StorageError(f"{path}: the output's lease record is not a JSON object")
+        raise DamagedOutput(f"{path}: the output's lease record is not a JSON object")
     return record
 
 

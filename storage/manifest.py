@@ -98,6 +98,29 @@ class Manifest:
             plans.setdefault(row.pop("shard"), []).append(_task(row))
         return [ShardPlan(shard_id=shard, videos=videos) for shard, videos in plans.items()]
 
+    def path_problems(self, storage_options: dict[str, Any] | None = None, shown: int = 5) -> dict[str, Any]:
+        """What a build would turn into `error` rows for their paths alone: files outside the allowed
+        roots (never opened) and files that do not exist (checked now; one stat per video), with a
+        few examples of each. `build --dry-run` prints it."""
+        import polars as pl
+
+        outside = self.frame.filter(pl.col("error").is_not_null())["path"]
+        inside = self.frame.filter(pl.col("error").is_null())["path"].to_list()
+        missing = [p for p in inside if not _exists(p, storage_options)]
+        return {
+            "outside_roots": outside.len(),
+            "outside_roots_examples": outside.head(shown).to_list(),
+            "missing_files": len(missing),
+            "missing_files_examples": missing[:shown],
+        }
+
+
+def _exists(url: str, storage_options: dict[str, Any] | None) -> bool:
+    if "://" not in url:
+        return os.path.isfile(url)
+    fs, path = open_fs(url, storage_options)
+    return bool(fs.isfile(path))
+
 
 TASK_COLUMNS = ("video_id", "path", "label", "method", "split", "error", "source", "dataset")
 OPTIONAL_COLUMNS = ("method", "split", "video_id", "source", "dataset")
@@ -127,12 +150,15 @@ def load_manifest(
     import polars as pl
 
     fs, path = open_fs(uri, storage_options)
-    frame = _read_frame(read_bytes(fs, path), uri)
+    frame = _read_frame(_read_manifest_bytes(fs, path, uri), uri)
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
         raise ManifestError(
-            f"manifest {uri}: missing column(s) {', '.join(missing)}; found: {', '.join(frame.columns)}"
+            f"manifest {uri}: missing column(s) {', '.join(missing)}; found: {', '.join(frame.columns)}."
+            " A manifest is a CSV or Parquet with columns path,label[,method,split,video_id]"
         )
+    if frame.height == 0:
+        raise ManifestError(f"manifest {uri} lists no videos (a header and no rows); add one row per video")
     protocol = None if is_local(fs) else _protocol(fs)
     base = _Location(protocol, posixpath.dirname(path) if protocol else os.path.dirname(path))
     allowed = [_root_location(r) for r in roots] if roots else [base]
@@ -250,6 +276,22 @@ def _locate_all(paths: pl.Series, base: _Location, protocol: str | None) -> pl.D
         .alias("url"),
         pl.Series("resolved", resolved, dtype=pl.String),
     ).drop("target")
+
+
+def _read_manifest_bytes(fs: Any, path: str, uri: str) -> bytes:
+    """The manifest's bytes, or a ManifestError that says what the path is instead of a manifest."""
+    write_one = "(`faceshard manifest FORMAT ROOT -o m.csv` or `faceshard synth` writes one)"
+    if fs.isdir(path):
+        raise ManifestError(
+            f"manifest {uri} is a folder: pass the CSV or Parquet file that lists its videos {write_one}"
+        )
+    try:
+        data = read_bytes(fs, path)
+    except FileNotFoundError:
+        raise ManifestError(f"manifest {uri} does not exist: check the path {write_one}") from None
+    if not data.strip():
+        raise ManifestError(f"manifest {uri} is empty: it needs a header path,label and one row per video")
+    return data
 
 
 def _read_frame(data: bytes, uri: str) -> pl.DataFrame:

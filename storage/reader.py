@@ -26,6 +26,34 @@ from faceshard.storage.commit import OutputState, locate, read_state
 from faceshard.storage.schema import PARTITION_COLUMNS, TABLES, fixed_shape, table_schemas
 
 FACE_KEYS = ("video_id", "frame", "face", "identity", "size_bucket")
+EMBEDDINGS = ("emb_rgb", "emb_depth", "tokens")
+# The build settings that add a faces column (said in the error when it is missing).
+HOW_TO_ADD = {
+    "tokens": ("embed.enabled=true", "embed.output=tokens"),
+    "emb_rgb": ("embed.enabled=true", "embed.output=pooled"),
+    "emb_depth": ("depth.enabled=true", "embed.depth=true", "embed.output=pooled"),
+    "crop": ("crop.save=true",),
+    "depth": ("depth.enabled=true", "depth.save=true"),
+}
+
+
+def how_to_add(columns: Sequence[str]) -> str:
+    """The `--set` flags that add `columns` to a build, each once, and the `--rebuild` they need
+    (the settings change the output's fingerprint): what a missing-column error tells the user."""
+    settings = dict.fromkeys(s for c in columns for s in HOW_TO_ADD.get(c, ()))
+    if not settings:
+        return "this faceshard version does not write it"
+    flags = " ".join(f"--set {s}" for s in settings)
+    return f"build again with {flags} --rebuild (or into a new --out)"
+
+
+class MissingColumnsError(KeyError, ValueError):
+    """The committed rows lack a column that was asked for; the message names the build setting."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 READ_ATTEMPTS = 3
 T = TypeVar("T")
 
@@ -56,7 +84,7 @@ class FaceArrays:
 def load_faces(
     uri: str,
     split: str | Sequence[str] | None = None,
-    columns: Sequence[str] = ("emb_rgb",),
+    columns: Sequence[str] | None = None,
     as_torch: bool = False,
     emb_dtype: str | None = None,
     storage_options: dict[str, Any] | None = None,
@@ -64,17 +92,22 @@ def load_faces(
     """Load committed faces (optionally of some splits) as numpy arrays (torch tensors if `as_torch`).
 
     `columns` adds face columns to the always-loaded keys (video_id, frame, face, identity,
-    size_bucket); `emb_dtype` ("float32") converts embeddings, None keeps the stored dtype.
+    size_bucket); None adds whichever embeddings the build stored (`emb_rgb`, `emb_depth`, `tokens`:
+    a MINTIME build has tokens only), and a named column the build lacks is a MissingColumnsError
+    naming the setting that adds it. `emb_dtype` ("float32") converts embeddings, None keeps the
+    stored dtype.
     """
     fs, root = fsio.open_fs(uri, storage_options)
     splits = _splits(split)
-    wanted = list(dict.fromkeys([*FACE_KEYS, *columns]))
+    wanted = list(dict.fromkeys([*FACE_KEYS, *(columns or ())]))
+    optional = EMBEDDINGS if columns is None else ()
 
     def scan_both(state: OutputState) -> tuple[pa.Table, pa.Table]:
-        faces = _scan(fs, root, state, "faces", splits, wanted)
+        faces = _scan(fs, root, state, "faces", splits, wanted, optional)
         return faces, _scan(fs, root, state, "videos", splits, ["video_id", "label"])
 
     faces, videos = _consistent(fs, root, scan_both)
+    wanted = [*wanted, *(c for c in optional if c in faces.column_names)]
     positions = pc.index_in(faces["video_id"], value_set=videos["video_id"].combine_chunks())
     labels = videos["label"].combine_chunks().take(positions)
 
@@ -178,7 +211,9 @@ def _scan(
     table: str,
     splits: list[str] | None,
     columns: list[str] | None,
+    optional: Sequence[str] = (),
 ) -> pa.Table:
+    """`columns` of the committed rows (all when None), plus those of `optional` that are stored."""
     entries = state.files(table, splits)
     if not entries:
         # Nothing committed yet: an empty table of the base schema (optional columns left out).
@@ -188,11 +223,13 @@ def _scan(
         [locate(fs, root, entry) for entry in entries], format="parquet", filesystem=_arrow_fs(fs)
     )
     wanted = dataset.schema.names + list(PARTITION_COLUMNS) if columns is None else columns
+    wanted = [*wanted, *(c for c in optional if c in dataset.schema.names and c not in wanted)]
     stored = [c for c in wanted if c not in PARTITION_COLUMNS]
     missing = [c for c in stored if c not in dataset.schema.names]
     if missing:
-        raise KeyError(
-            f"{table} has no column(s) {', '.join(missing)} (stored: {', '.join(dataset.schema.names)})"
+        raise MissingColumnsError(
+            f"{table} has no column(s) {', '.join(missing)} (stored: {', '.join(dataset.schema.names)});"
+            f" {how_to_add(missing)}"
         )
     result = dataset.to_table(columns=stored)
     rows = np.array([entry["rows"] for entry in entries], dtype=np.int64)

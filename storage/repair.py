@@ -46,6 +46,12 @@ def repair_output(
 ) -> dict[str, Any]:
     """Repair the output at `uri` under its lease; returns {"actions": [...], "quarantine": dir}."""
     fs, root = fsio.open_fs(uri, storage_options)
+    ours = [fsio.join(root, METADATA_FILE), fsio.join(root, METADATA_BACKUP)]
+    if not any(fs.exists(path) for path in ours) and not fsio.list_files(fs, fsio.join(root, STATE_DIR)):
+        raise StorageError(
+            f"{uri}: not a faceshard output (no {METADATA_FILE}, no {STATE_DIR}/): nothing to repair;"
+            " check the path (nothing was written there)"
+        )
     repair = _Repair(fs, root)
     held = Lease.acquire(fs, root, owner=None, wait_s=wait_s, uri=uri)
     try:

@@ -84,18 +84,25 @@ def weights_manifest(cfg: BuildConfig) -> dict[str, dict[str, Any]]:
     """
     check_config(cfg)
     allow_random = cfg.runtime.allow_random_weights
-    roles = {"detector": detector_weights(cfg.detect)}
+    return {role: asdict(find(allow_random)) for role, find in weight_roles(cfg).items()}
+
+
+def weight_roles(cfg: BuildConfig) -> dict[str, Callable[[bool], Any]]:
+    """Per role the build runs, the function that finds its weights from files (no model loaded):
+    called with whether random init is allowed, it returns a WeightsInfo or raises
+    WeightsUnavailableError naming every place looked at and how to provide the weights."""
+    roles: dict[str, Callable[[bool], Any]] = {"detector": lambda allow: detector_weights(cfg.detect)}
     if cfg.identity.enabled:
-        roles["identity"] = identity_weights(cfg.identity)
+        roles["identity"] = lambda allow: identity_weights(cfg.identity)
     if cfg.depth.enabled:
         from faceshard.models.depth import depth_weights
 
-        roles["depth"] = depth_weights(cfg.depth.model, allow_random)
+        roles["depth"] = lambda allow: depth_weights(cfg.depth.model, allow)
     if cfg.embed.enabled:
         from faceshard.models.embedders import embed_weights
 
-        roles["embed"] = embed_weights(cfg.embed.model, cfg.embed.checkpoint, allow_random)
-    return {role: asdict(info) for role, info in roles.items()}
+        roles["embed"] = lambda allow: embed_weights(cfg.embed.model, cfg.embed.checkpoint, allow)
+    return roles
 
 
 class VideoProcessor:

@@ -22,4 +22,4 @@ def test_bench_loader_reports_loader_and_raw_rates(tmp_path: Path) -> None:
     again = json.loads(runner.invoke(app, args).stdout)
     assert again["write_s"] is None and again["rows"] == 2500  # the same output is reused
     other = runner.invoke(app, [*args[:3], "3000", *args[4:]])
-    assert other.exit_code == 2 and "choose a new --out" in other.output
+    assert other.exit_code == 3 and "choose a new --out" in other.output

@@ -116,6 +116,12 @@ def test_missing_columns_name_the_build_setting(tmp_path: Path) -> None:
     with_rgb = committed(tmp_path / "rgb", n_videos=4)
     with pytest.raises(MissingColumnsError, match=r"emb_depth.*--set depth.enabled=true"):
         ShardDataset(with_rgb, kind="megatron")
+    with pytest.raises(MissingColumnsError) as bare_megatron:
+        ShardDataset(uri, kind="megatron")
+    hint = str(bare_megatron.value)  # each setting once, and the --rebuild a changed config needs
+    for setting in ("embed.enabled=true", "embed.output=pooled", "depth.enabled=true", "embed.depth=true"):
+        assert hint.count(f"--set {setting}") == 1, hint
+    assert hint.endswith("--rebuild (or into a new --out)"), hint
 
 
 def test_clips_of_embeddings(uri: str) -> None:

@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 import skimage.data
 from clips import write_video
+from conftest import NO_SHARED, SHARED_FIXTURES
 
 from faceshard.errors import VideoError
 from faceshard.records import VideoInfo
 from faceshard.tasks import decode
 from faceshard.tasks.decode import count_frames, iter_frames, probe
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = SHARED_FIXTURES
 SIDE = 128
 
 
@@ -244,9 +245,7 @@ def test_nothing_decodable_raises(tmp_path: Path) -> None:
 
 
 @pytest.mark.fixtures
-@pytest.mark.skipif(
-    not FIXTURES.is_dir(), reason=f"real clips not present at {FIXTURES} (../shared/fixtures)"
-)
+@pytest.mark.skipif(not FIXTURES.is_dir(), reason=NO_SHARED)
 def test_real_clip_counts_agree() -> None:
     path = FIXTURES / "forgerynet_fake_2_faces.mp4"
     info = probe(path)

@@ -125,4 +125,4 @@ def test_export_without_crops_names_the_setting(tmp_path: Path) -> None:
     out.set_plan(plans)
     out.commit_shard(plans[0], fake_shard_tables(plans[0]), {})
     result = CliRunner().invoke(app, ["export", str(tmp_path / "out"), "--out", str(tmp_path / "dfb")])
-    assert result.exit_code == 2 and "--set crop.save=true" in result.output
+    assert result.exit_code == 3 and "--set crop.save=true" in result.output

@@ -12,6 +12,7 @@ import networkx as nx
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED_FIXTURES
 from PIL import Image
 
 from faceshard.config import IdentityConfig
@@ -27,7 +28,7 @@ from faceshard.tasks.identity import (
     similarity_matrix,
 )
 
-FIXTURES = Path(__file__).parents[2] / "shared" / "fixtures"
+FIXTURES = SHARED_FIXTURES
 
 
 def make_face(frame: int, side: int = 10, embedding: np.ndarray | None = None, rank: int = 0) -> Face:

@@ -425,7 +425,7 @@ def test_manifest_command_refuses_a_wrong_root_with_one_message(tmp_path: Path) 
     touch(tmp_path / "clips" / "a.mp4")
     out = tmp_path / "m.parquet"
     done = faceshard_cli("manifest", "celebdf", str(tmp_path / "clips"), "-o", str(out), env=PLAIN)
-    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.returncode == 3, done.stdout + done.stderr
     message = " ".join(done.stderr.split())
     assert (
         message.count("error:") == 1 and "expected folders Celeb-real" in message and "found a.mp4" in message

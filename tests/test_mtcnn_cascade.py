@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import SHARED_FIXTURES as FIXTURES
 from facenet_pytorch import MTCNN
 from PIL import Image
 
@@ -78,12 +77,13 @@ def test_area_sampler_equals_interpolate_bit_for_bit() -> None:
 
 
 @pytest.fixture(scope="module")
-def footage() -> dict[str, np.ndarray]:
-    crowd = every_second(FIXTURES / "street_crowd.mp4")
+def footage(shared_fixtures: Path) -> dict[str, np.ndarray]:
+    """Real frames from the shared fixtures (skips with the reason when absent, as in a user's clone)."""
+    crowd = every_second(shared_fixtures / "street_crowd.mp4")
     height, width = crowd.shape[1:3]
     half = np.stack([np.asarray(Image.fromarray(f).resize((width // 2, height // 2))) for f in crowd])
-    multiface = np.asarray(Image.open(FIXTURES / "stills" / "multiface.jpg").convert("RGB"))
-    fakes = every_second(FIXTURES / "forgerynet_fake_2_faces.mp4", limit=4)
+    multiface = np.asarray(Image.open(shared_fixtures / "stills" / "multiface.jpg").convert("RGB"))
+    fakes = every_second(shared_fixtures / "forgerynet_fake_2_faces.mp4", limit=4)
     blank = np.zeros((2, 240, 320, 3), np.uint8)
     return {"crowd": crowd, "crowd_half": half, "multiface": multiface[None], "fakes": fakes, "blank": blank}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import uuid
 from pathlib import Path
 
@@ -521,3 +522,24 @@ def test_build_config_fingerprint_and_readable_mismatch(tmp_path) -> None:
         Output.open(uri, config=changed.row_affecting(), weights=WEIGHTS)
     assert "detect.thresholds: [0.85,0.95,0.95] → [0.6,0.7,0.7]" in str(info.value)
     assert "runtime" not in str(info.value)
+
+
+def test_load_faces_reads_an_output_without_pooled_embeddings(tmp_path: Path) -> None:
+    """README's `load_faces(URI, split="train")` on a build that stored no `emb_rgb` (a MINTIME build
+    stores tokens): the default loads whichever embeddings exist, instead of a KeyError; asking for a
+    column the build lacks names the settings that add it."""
+    from faceshard.storage.reader import MissingColumnsError
+
+    uri = str(tmp_path / "out")
+    out = Output.open(uri, config={}, weights={})
+    plans = plan_shards(fake_videos(4, splits=("train", "val")), 2)
+    out.set_plan(plans)
+    for plan in plans:
+        out.commit_shard(plan, fake_shard_tables(plan, emb_dim=None), {})
+    out.close()
+    faces = load_faces(uri, split="train")
+    assert len(faces) == 2 * 3 and faces.emb_rgb is None and set(faces.label.tolist()) == {0}
+    with pytest.raises(
+        MissingColumnsError, match=re.escape("--set embed.enabled=true --set embed.output=pooled --rebuild")
+    ):
+        load_faces(uri, columns=("emb_rgb",))

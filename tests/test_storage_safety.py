@@ -674,7 +674,7 @@ def test_cli_status_names_the_damage_and_repair_fixes_it(tmp_path: Path, referen
     (root / "_faceshard.json").write_text("{")
     runner = CliRunner()
     status = runner.invoke(app, ["status", str(root), "--json"])
-    assert status.exit_code == 2 and "faceshard repair" in " ".join(status.output.split())
+    assert status.exit_code == 5 and "faceshard repair" in " ".join(status.output.split())
     repaired = runner.invoke(app, ["repair", str(root)])
     assert repaired.exit_code == 0 and "restored _faceshard.json" in repaired.output
     status = runner.invoke(app, ["status", str(root), "--json"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
@@ -195,11 +196,17 @@ def test_cli_train_json_and_clear_errors(uri: str, tmp_path: Path) -> None:
     )
     assert summary["val_splits"] == ["val"] and summary["val_videos"] == 8
     assert set(summary["val_per_method"]) == {"deepfakes"}
+    method = summary["val_per_method"]["deepfakes"]
+    # A method is scored as a test set of its fakes and every real: accuracy counts the reals too.
+    assert method["videos"] + method["reals"] == summary["val_videos"]  # the split's only method
+    assert method["accuracy"] == pytest.approx(summary["val_accuracy"])
+    assert method["auc"] == pytest.approx(summary["val_auc"])
     assert (tmp_path / "ck" / loop.CHECKPOINT).exists()
 
     bare = committed(tmp_path / "bare", n_videos=6, emb_dim=None)
     failed = runner.invoke(app, ["train", bare, "--model", "mintime"])
-    assert failed.exit_code == 2 and "--set embed.output=tokens" in failed.output
+    assert failed.exit_code == 3 and "--set embed.output=tokens" in failed.output
+    assert "--rebuild" in failed.output and "Traceback" not in failed.output
 
     probe = runner.invoke(app, ["train", uri, "--model", "probe", "--epochs", "20", "--json"])
     assert probe.exit_code == 0, probe.output
@@ -216,3 +223,19 @@ def test_megatron_trains_on_rgb_and_depth_embeddings(tmp_path: Path) -> None:
     )
     assert result["model"] == "megatron" and result["epochs"] == 2 and result["val_videos"] == 4
     assert result["train_loss"] > 0 and result["val_auc"] is not None
+
+
+def test_per_method_metrics_score_each_methods_fakes_against_every_real() -> None:
+    """A detector that catches only one method: that method scores perfectly, the other at chance.
+    Counting only fakes (the old per-method accuracy) called the missed method 0.0 and the caught one
+    1.0 without ever seeing a real; here every method's accuracy and AUC include the reals."""
+    methods = ["", "", "", "", "caught", "caught", "missed", "missed"]
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    scores = np.array([0.1, 0.2, 0.3, 0.4, 0.9, 0.8, 0.2, 0.3])
+    result = loop.video_metrics(methods, labels, scores)
+    caught, missed = result["val_per_method"]["caught"], result["val_per_method"]["missed"]
+    assert caught == {"videos": 2, "reals": 4, "auc": 1.0, "accuracy": 1.0, "detected": 1.0}
+    assert missed["videos"] == 2 and missed["reals"] == 4 and missed["detected"] == 0.0
+    assert missed["accuracy"] == pytest.approx(4 / 6)  # the four reals right, both fakes missed
+    assert missed["auc"] == pytest.approx(0.5)  # its fakes rank among the reals: chance
+    assert result["val_accuracy"] == pytest.approx(6 / 8)

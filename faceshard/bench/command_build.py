@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from faceshard.errors import UserError
+
 DEFAULT_FIXTURES = Path("../shared/fixtures")
 
 
@@ -29,12 +31,17 @@ def build(
     repeat: Annotated[
         int, typer.Option(min=1, help="end-to-end builds to run; the median-ratio one is reported")
     ] = 1,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="only the JSON report (on stdout), no summary lines on stderr")
+    ] = False,
 ) -> None:
     """End-to-end build vs decode-only of the same real clips; a face-less 2-minute clip; worker memory."""
     from faceshard.bench.build import MINTIME_WORK, run_bench_build
 
     if not fixtures.is_dir():
-        raise typer.BadParameter(f"{fixtures} is not a folder of fixture clips", param_hint="--fixtures")
+        raise UserError(
+            f"--fixtures {fixtures} is not a folder of fixture clips: pass the folder that holds them"
+        )
     work.mkdir(parents=True, exist_ok=True)
     report = run_bench_build(
         fixtures.resolve(),
@@ -49,7 +56,7 @@ def build(
     print(text)
     if json_out is not None:
         json_out.write_text(text + "\n")
-    for line in summary_lines(report):
+    for line in [] if as_json else summary_lines(report):
         typer.echo(line, err=True)
 
 
