@@ -5,8 +5,11 @@ Crop methods (`CropConfig.method`), each a registry entry:
 * `mintime` — MINTIME's `extract_crops.py`, edges and off-by-ones included (see `mintime_rect`). No resize.
 * `margin:m` — the float box grown by m × its width left and right and m × its height top and bottom
   (DFDC: 0.3), outward to whole pixels, clipped. `margin:0` is the plain box (Megatron).
-* `align:S` — 5 dlib landmarks → least-squares similarity transform onto the ArcFace 112-px template
-  scaled to S and zoomed out by 1.3 (DeepfakeBench) → `cv2.warpAffine` to S × S.
+* `align:S` — DeepfakeBench's `preprocess.py`: dlib's 68-point parts 37, 44, 30, 49, 55 → least-squares
+  similarity transform onto the ArcFace 112-px template scaled to S and zoomed out by 1.3 →
+  `cv2.warpAffine` to S × S; a crop in which dlib HOG (one upsampling) finds no face gives no face
+  (DeepfakeBench drops that frame).
+* `arcface:S` — the same warp on ArcFace's own points (eye centres, nose tip, mouth corners), no re-check.
 
 Boxes that do not overlap the frame, or have no area, give no face (ranks stay contiguous).
 `Face.crop` is always a copy: it never keeps the whole frame alive.
@@ -125,14 +128,18 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return np.array([[a, -b, tx], [b, a, ty]], np.float64)
 
 
-def _align(size: int) -> CropMethod:
+def _align(size: int, deepfakebench: bool) -> CropMethod:
     template = align_template(size)
 
     def crop(rgb: np.ndarray, box: np.ndarray) -> CropResult:
-        from faceshard.models.landmarks import five_points
+        from faceshard.models import landmarks
 
-        matrix = similarity_transform(five_points(rgb, box), template)
+        points = (landmarks.deepfakebench_points if deepfakebench else landmarks.five_points)(rgb, box)
+        matrix = similarity_transform(points, template)
         warped = cv2.warpAffine(rgb, matrix, (size, size), flags=cv2.INTER_LINEAR)
+        # DeepfakeBench re-detects on the crop as it saves it (BGR) and drops the frame without a face.
+        if deepfakebench and landmarks.crop_landmarks(cv2.cvtColor(warped, cv2.COLOR_RGB2BGR)) is None:
+            return None
         x1, y1, x2, y2 = (float(v) for v in box[:4])
         corners = np.array([[x1, y1, 1], [x2, y1, 1], [x1, y2, 1], [x2, y2, 1]]) @ matrix.T
         box_in_crop = np.concatenate([corners.min(axis=0), corners.max(axis=0)]).astype(np.float32)
@@ -144,7 +151,8 @@ def _align(size: int) -> CropMethod:
 CROP_METHODS: dict[str, Callable[[str | None], CropMethod]] = {
     "mintime": lambda arg: _mintime,
     "margin": lambda arg: _margin(float(arg or 0.0)),
-    "align": lambda arg: _align(int(arg or 256)),
+    "align": lambda arg: _align(int(arg or 256), deepfakebench=True),
+    "arcface": lambda arg: _align(int(arg or 256), deepfakebench=False),
 }
 
 
