@@ -116,6 +116,33 @@ def align_template(size: int, zoom_out: float = ALIGN_ZOOM_OUT) -> np.ndarray:
     return (scaled - size / 2) / zoom_out + size / 2
 
 
+def deepfakebench_template(size: int, zoom_out: float = ALIGN_ZOOM_OUT) -> np.ndarray:
+    """`align_template` as DeepfakeBench computes it: float32, in its order of operations.
+
+    The same points to ~1e-5 px; its crops are bit-identical to ours only with these exact floats.
+    """
+    dst = (ARCFACE_112 - [8.0, 0.0]).astype(np.float32)  # the template before its x shift of 8
+    dst[:, 0] += 8.0
+    dst[:, 0] = dst[:, 0] * size / 112
+    dst[:, 1] = dst[:, 1] * size / 112
+    margin = size * (zoom_out - 1) / 2.0
+    dst += margin
+    dst *= size / (size + 2 * margin)
+    return dst
+
+
+def deepfakebench_transform(src: np.ndarray, size: int) -> np.ndarray:
+    """2 × 3 similarity from float32 points onto `deepfakebench_template` (scikit-image's estimate, as it uses)."""
+    from skimage.transform import SimilarityTransform
+
+    src, dst = np.asarray(src, np.float32), deepfakebench_template(size)
+    if hasattr(SimilarityTransform, "from_estimate"):  # scikit-image >= 0.26
+        return SimilarityTransform.from_estimate(src, dst).params[:2]
+    transform = SimilarityTransform()
+    transform.estimate(src, dst)
+    return transform.params[:2]
+
+
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """2 × 3 least-squares similarity (rotation, uniform scale, shift) mapping src points onto dst."""
     src = np.asarray(src, np.float64)
@@ -134,8 +161,10 @@ def _align(size: int, deepfakebench: bool) -> CropMethod:
     def crop(rgb: np.ndarray, box: np.ndarray) -> CropResult:
         from faceshard.models import landmarks
 
-        points = (landmarks.deepfakebench_points if deepfakebench else landmarks.five_points)(rgb, box)
-        matrix = similarity_transform(points, template)
+        if deepfakebench:
+            matrix = deepfakebench_transform(landmarks.deepfakebench_points(rgb, box), size)
+        else:
+            matrix = similarity_transform(landmarks.five_points(rgb, box), template)
         warped = cv2.warpAffine(rgb, matrix, (size, size), flags=cv2.INTER_LINEAR)
         # DeepfakeBench re-detects on the crop as it saves it (BGR) and drops the frame without a face.
         if deepfakebench and landmarks.crop_landmarks(cv2.cvtColor(warped, cv2.COLOR_RGB2BGR)) is None:
