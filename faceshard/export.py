@@ -281,6 +281,7 @@ Each frame is the aligned 256 px crop of the largest face (dlib points 37, 44, 3
 (abstract_dataset.py `load_mask`), unlike DeepfakeBench's FF++ preprocessing for the methods that
 ship mask videos.
 
-Videos: {summary["videos"]}; frames: {summary["frames"]}; frames dropped (no face in the aligned
-crop): {summary["frames_dropped_no_face_in_crop"]}; videos without a frame: {summary["videos_without_frames"]}.
+Videos: {summary["videos"]}; frames: {summary["frames"]}; videos without a frame: {summary["videos_without_frames"]};
+stored crops dropped here for want of a face: {summary["frames_dropped_no_face_in_crop"]} (a build with
+`crop.method=align:256` already left those frames out).
 """
