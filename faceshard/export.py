@@ -103,7 +103,7 @@ def place(video: dict[str, Any], generic_name: str | None = None, compression: s
         return Place(("Celeb-DF-v2",), "CelebDFv2_fake" if label else "CelebDFv2_real", folder, splits, None)
     if dataset == "dfdc":
         name = "DFDC_Fake" if label else "DFDC_Real"
-        if split == "test" or "test" in parts[:-1]:  # rearrange.py:378-390
+        if split == "test" or parts[-2] == "test":  # rearrange.py:378-390
             return Place(("DFDC",), name, "DFDC/test", ("test",), None)
         return Place(("DFDC",), name, f"DFDC/train/{parts[-2]}", ("train", "val"), None)  # 393-413
     name = generic_name or dataset or "faceshard"
