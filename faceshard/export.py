@@ -261,13 +261,14 @@ def _readme(summary: dict[str, Any]) -> str:
     datasets = ", ".join(summary["datasets"]) or "(none)"
     return f"""# DeepfakeBench export (faceshard)
 
-Run DeepfakeBench from this directory (its checkout; every frame path is relative to it):
+Run DeepfakeBench from this directory (every frame path is relative to it):
 
     cd {summary["run_from"]}
 
 Frame paths in `dataset_json/*.json` start with `./`: DeepfakeBench opens them as given from the
-working directory (training/dataset/abstract_dataset.py `load_rgb`). Exporting again with
-`faceshard export URI --out DIR --run-from <DeepfakeBench checkout>` rewrites them for another one.
+working directory (training/dataset/abstract_dataset.py `load_rgb`). Its `training/train.py` reads
+`./training/config/…`, so that directory must be its checkout: if it is not, export again with
+`faceshard export URI --out DIR --run-from <DeepfakeBench checkout>`.
 
 In `training/config/train_config.yaml` (and `test_config.yaml`) set what `train_config.override.yaml`
 holds: `lmdb: false` (with `lmdb: true`, train.py replaces `dataset_json_folder` and reads LMDB) and
