@@ -433,6 +433,8 @@ def export(
             f"{result['frames_dropped_no_face_in_crop']} dropped: no face in the aligned crop)"
         )
         stdout.print(f"run DeepfakeBench from {result['run_from']}; see {result['readme']}")
+        for difference in result["differs_from_deepfakebench"]:
+            console.print(f"[yellow]not DeepfakeBench's preprocessing:[/] {escape(difference)}")
         if result["label_dict_to_add"]:
             stdout.print(f"add to DeepfakeBench's label_dict: {json.dumps(result['label_dict_to_add'])}")
 

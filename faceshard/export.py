@@ -127,6 +127,32 @@ def frame_reference(file: Path, run_from: Path) -> str:
     return ref
 
 
+# What DeepfakeBench's preprocess.py does (SPEC §1-§3): the build settings under which this export equals it.
+DEEPFAKEBENCH_BUILD = {
+    ("sampling", "strategy"): "uniform:32",
+    ("detect", "backend"): "dlib",
+    ("detect", "upsample"): 1,
+    ("detect", "keep"): "largest",
+    ("crop", "method"): "align:256",
+    ("crop", "store"): "native",
+}
+
+
+def build_differences(uri: str) -> list[str]:
+    """Settings of the build at `uri` that differ from DeepfakeBench's preprocessing (empty: none)."""
+    from faceshard.storage import fsio
+    from faceshard.storage.commit import read_metadata
+
+    fs, root = fsio.open_fs(uri)
+    config = (read_metadata(fs, root) or {}).get("config") or {}
+    found = []
+    for (section, key), wanted in DEEPFAKEBENCH_BUILD.items():
+        value = (config.get(section) or {}).get(key)
+        if value is not None and value != wanted:
+            found.append(f"{section}.{key}={value} (DeepfakeBench: {wanted})")
+    return found
+
+
 def export_deepfakebench(
     uri: str,
     out: Path,
@@ -197,6 +223,8 @@ def export_deepfakebench(
         "frames_dropped_no_face_in_crop": dropped,
         "label_dict": label_dict,
         "label_dict_to_add": {k: v for k, v in label_dict.items() if SHIPPED_LABELS.get(k) != v},
+        # e.g. keep=all: a frame whose largest face was dropped exports the next one, where DeepfakeBench drops it
+        "differs_from_deepfakebench": build_differences(uri),
     }
     readme = out / "README_DEEPFAKEBENCH.md"
     readme.write_text(_readme(summary))
@@ -281,6 +309,8 @@ Each frame is the aligned 256 px crop of the largest face (dlib points 37, 44, 3
 68 points follow the same scheme). No `masks/` are written: the loader then gives zero masks
 (abstract_dataset.py `load_mask`), unlike DeepfakeBench's FF++ preprocessing for the methods that
 ship mask videos.
+
+Build settings that differ from DeepfakeBench's preprocessing: {"; ".join(summary["differs_from_deepfakebench"]) or "none"}.
 
 Videos: {summary["videos"]}; frames: {summary["frames"]}; videos without a frame: {summary["videos_without_frames"]};
 stored crops dropped here for want of a face: {summary["frames_dropped_no_face_in_crop"]} (a build with

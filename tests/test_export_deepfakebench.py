@@ -380,6 +380,7 @@ def test_deepfakebench_rules_open_every_exported_frame_and_landmark(
     assert str(run_from.resolve()) in (out / "README_DEEPFAKEBENCH.md").read_text()
     assert "lmdb: false" in (out / "train_config.override.yaml").read_text()
     assert summary["label_dict_to_add"] == {"mine_Fake": 1, "mine_Real": 0}
+    assert summary["differs_from_deepfakebench"] == []  # the store records no settings
     DFB_LABEL_DICT.update(summary["label_dict_to_add"])  # what the README tells the user to add
     try:
         monkeypatch.chdir(run_from)  # DeepfakeBench's paths are relative to its working directory
@@ -548,7 +549,9 @@ def test_align_is_deepfakebench_preprocess_on_the_same_face() -> None:
 def test_unused_face_rows_are_not_exported(tmp_path: Path, face_pngs: dict[str, Any]) -> None:
     """Only the largest face of a frame (face 0) is exported, as preprocess.py:188 keeps one."""
     videos = [VideoTask("g0", "/d/x/g0.mp4", 1, None, "test", dataset="mine")]
-    out = Output.open(str(tmp_path / "store"), config={"crop": {"save": True}}, weights={})
+    out = Output.open(
+        str(tmp_path / "store"), config={"crop": {"save": True}, "detect": {"keep": "all"}}, weights={}
+    )
     (plan,) = plan_shards(videos, 1)
     out.set_plan([plan])
     tables = fake_shard_tables(plan, faces_per_video=2, emb_dim=None, with_crop=True)
@@ -566,5 +569,9 @@ def test_unused_face_rows_are_not_exported(tmp_path: Path, face_pngs: dict[str, 
         app, ["export", str(tmp_path / "store"), "--out", str(tmp_path / "dfb"), "--json"]
     )
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["frames"] == 1
+    summary = json.loads(result.stdout)
+    assert summary["frames"] == 1
+    # with every face kept, a dropped largest face would promote the next one: the export says so
+    assert summary["differs_from_deepfakebench"] == ["detect.keep=all (DeepfakeBench: largest)"]
+    assert "detect.keep=all" in Path(summary["readme"]).read_text()
     assert pc.sum(pc.equal(tables["faces"]["face"], 0)).as_py() == 1
