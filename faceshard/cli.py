@@ -502,28 +502,40 @@ def _train_probe(
 @app.command()
 def export(
     uri: Annotated[str, typer.Argument(help="output URI of a build with stored crops")],
-    out: Annotated[Path, typer.Option("--out", help="directory for the exported index and frames")],
+    out: Annotated[Path, typer.Option("--out", help="directory for the exported frames, landmarks and JSON")],
+    run_from: Annotated[
+        Path | None,
+        typer.Option(help="directory DeepfakeBench runs from (its checkout); frame paths are relative to it"),
+    ] = None,
     dataset: Annotated[
-        str, typer.Option(help="DeepfakeBench dataset name (the JSON file and its top-level key)")
-    ] = "faceshard",
+        str | None, typer.Option(help="DeepfakeBench dataset name for datasets it has no layout for")
+    ] = None,
     compression: Annotated[
-        str, typer.Option(help="compression level key, written for DeepfakeBench's FF++ family names")
-    ] = "c23",
+        str | None, typer.Option(help="FF++ compression level key (default: read from each video's path)")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print what was written as JSON")] = False,
 ) -> None:
-    """Export crops and DeepfakeBench's JSON index (dataset → label → split → compression → video)."""
+    """Export crops as DeepfakeBench's preprocessing lays them out: frames/, landmarks/, dataset_json/."""
     from faceshard.errors import StorageError
     from faceshard.export import export_deepfakebench
 
     try:
-        result = export_deepfakebench(uri, out, dataset=dataset, compression=compression)
+        result = export_deepfakebench(uri, out, run_from=run_from, dataset=dataset, compression=compression)
     except (ValueError, StorageError, FileNotFoundError) as exc:
         _fail(str(exc))
     if as_json:
         print(json.dumps(result, indent=2))
     else:
-        stdout.print(f"wrote {result['index']} ({result['videos']} videos, {result['frames']} frames)")
-        stdout.print(f"add to DeepfakeBench's label_dict: {json.dumps(result['label_dict'])}")
+        stdout.print(
+            f"wrote {', '.join(result['datasets']) or 'no dataset'} under {result['dataset_json_folder']} "
+            f"({result['videos']} videos, {result['frames']} frames, "
+            f"{result['frames_dropped_no_face_in_crop']} dropped: no face in the aligned crop)"
+        )
+        stdout.print(f"run DeepfakeBench from {result['run_from']}; see {result['readme']}")
+        for difference in result["differs_from_deepfakebench"]:
+            console.print(f"[yellow]not DeepfakeBench's preprocessing:[/] {escape(difference)}")
+        if result["label_dict_to_add"]:
+            stdout.print(f"add to DeepfakeBench's label_dict: {json.dumps(result['label_dict_to_add'])}")
 
 
 @app.command()

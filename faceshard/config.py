@@ -77,7 +77,7 @@ class DetectConfig(_Section):
 class CropConfig(_Section):
     """How a face box becomes a crop, and how the crop is stored (SPEC §3)."""
 
-    method: str = Field("mintime", description="mintime | margin:m | align:S")
+    method: str = Field("mintime", description="mintime | margin:m | align:S | arcface:S")
     store: str = Field("native", description="native | isotropic:S | pad:S")
     save: bool = Field(False, description="store encoded crops in the `crop` column")
     format: Literal["png", "jpeg"] = "png"
@@ -86,7 +86,9 @@ class CropConfig(_Section):
     @field_validator("method")
     @classmethod
     def _method(cls, v: str) -> str:
-        return _check_pattern(v, r"mintime|margin:(0|[0-9]*\.[0-9]+|[0-9]+)|align:[1-9][0-9]*", "crop.method")
+        return _check_pattern(
+            v, r"mintime|margin:(0|[0-9]*\.[0-9]+|[0-9]+)|(align|arcface):[1-9][0-9]*", "crop.method"
+        )
 
     @field_validator("store")
     @classmethod

@@ -1,85 +1,318 @@
-"""`faceshard export deepfakebench`: stored crops as image files plus DeepfakeBench's JSON index.
+"""`faceshard export`: stored crops as DeepfakeBench's own preprocessing + rearrange would leave them.
 
-DeepfakeBench's dataset classes read `<dataset_json_folder>/<dataset>.json`, shaped
-`{dataset: {label: {split: {video: {"label": label, "frames": [path, …]}}}}}`, where for its
-FaceForensics++ family (FF_FAMILY) a compression level (`c23`, `c40`, …) sits between split and
-video. Each frame path is opened as given (absolute here), and its file name must be an integer
-(`000120.png`): the loader parses it. The label strings must be in the `label_dict` of its config;
-the export returns the mapping to add (`<dataset>_real`: 0, `<dataset>_<method>`: 1). One face per
-frame (the largest, as DeepfakeBench keeps); clip detectors cut the frames into clips of 8 themselves.
-No video is decoded: everything comes from committed rows.
+Layout (DeepfakeBench `preprocessing/preprocess.py`, `preprocessing/rearrange.py`), under `--out`:
+`<folder>/frames/<video stem>/<frame:03d>.png`, `<folder>/landmarks/<video stem>/<frame:03d>.npy`
+(68 points of the aligned crop, int64) and `dataset_json/<Dataset>.json`, shaped
+`{dataset: {label: {split: {[compression:] {video: {"label", "frames"[, "masks"]}}}}}}`, where
+`<folder>` is e.g. `FaceForensics++/manipulated_sequences/Deepfakes/c23`, `Celeb-DF-v2/Celeb-real`,
+`DFDC/train/dfdc_train_part_0`. Dataset names, label names, splits and FF++ compression nesting are
+DeepfakeBench's (see `place`). Frame paths are relative and start with `./` (its loader opens such a
+path as given, from the working directory, and prefixes any other with `./{rgb_dir}\\`): they are
+written relative to `run_from`, the directory DeepfakeBench must run from (its `training/train.py`
+reads `./training/config/…`, so that is its checkout). A README in the export says so.
+
+A frame is exported only when dlib HOG (one upsampling) finds a face in its aligned crop, whose 68
+points are the landmarks: DeepfakeBench's own rule, applied to the stored crop itself (PNG is
+lossless, so these are the pixels it would have checked). No mask is written (see README text).
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePath
 from typing import Any
-from urllib.parse import quote
 
+import cv2
+import numpy as np
 import pyarrow.compute as pc
 
 from faceshard.storage.reader import read_table
 
-# Dataset names for which DeepfakeBench's loader descends into a compression level.
+ALL_SPLITS = ("train", "val", "test")
+# rearrange.py:85-95: FF++ method folder → DeepfakeBench label (and the dataset JSON it lands in).
+FF_LABELS = {
+    "Deepfakes": "FF-DF",
+    "Face2Face": "FF-F2F",
+    "FaceSwap": "FF-FS",
+    "NeuralTextures": "FF-NT",
+    "FaceShifter": "FF-FH",
+    "DeepFakeDetection": "DFD_fake",
+}
+# abstract_dataset.py:193: the dataset names whose JSON nests a compression level under each split.
 FF_FAMILY = ("FaceForensics++", "FaceShifter", "DeepFakeDetection", "FF-DF", "FF-F2F", "FF-FS", "FF-NT")
+# The label names of DeepfakeBench's shipped training/config/train_config.yaml `label_dict`.
+SHIPPED_LABELS = {
+    "DFD_fake": 1, "DFD_real": 0, "FF-SH": 1, "FF-F2F": 1, "FF-DF": 1, "FF-FS": 1, "FF-NT": 1, "FF-FH": 1,
+    "FF-real": 0, "CelebDFv1_real": 0, "CelebDFv1_fake": 1, "CelebDFv2_real": 0, "CelebDFv2_fake": 1,
+    "DFDCP_Real": 0, "DFDCP_FakeA": 1, "DFDCP_FakeB": 1, "DFDC_Fake": 1, "DFDC_Real": 0, "DF_fake": 1,
+    "DF_real": 0, "UADFV_Fake": 1, "UADFV_Real": 0, "roop_Real": 0, "roop_Fake": 1,
+}  # fmt: skip
+COMPRESSIONS = ("raw", "c23", "c40")
 
 
-def label_name(dataset: str, label: int, method: str | None) -> str:
-    """`<dataset>_real`, or `<dataset>_<method>` for a fake (`<dataset>_fake` without a method)."""
-    return f"{dataset}_real" if int(label) == 0 else f"{dataset}_{method or 'fake'}"
+@dataclass(frozen=True)
+class Place:
+    """Where one video goes in DeepfakeBench's layout."""
+
+    datasets: tuple[str, ...]  # the dataset JSONs that list it
+    label: str
+    folder: str  # preprocess.py's save_path, relative to the export root
+    splits: tuple[str, ...]
+    compression: str | None  # the nesting level for FF_FAMILY datasets
+    masks: bool = False  # rearrange.py:194-203 gives FF++ fakes (not FaceShifter) a `masks` list
+
+
+def _parts(path: str) -> list[str]:
+    return list(PurePath(path).parts)
+
+
+def _after(parts: list[str], name: str) -> str | None:
+    return parts[parts.index(name) + 1] if name in parts and parts.index(name) + 1 < len(parts) else None
+
+
+def place(video: dict[str, Any], generic_name: str | None = None, compression: str | None = None) -> Place:
+    """DeepfakeBench's dataset, label, folder and splits for a `videos` row (rearrange.py per dataset)."""
+    parts, split, label = _parts(video["path"]), video["split"] or "train", int(video["label"])
+    dataset = video.get("dataset")
+    if dataset == "ffpp":
+        level = compression or next((p for p in reversed(parts) if p in COMPRESSIONS), "c23")
+        if label == 0:
+            kind = _after(parts, "original_sequences") or "youtube"
+            folder = f"FaceForensics++/original_sequences/{kind}/{level}"
+            if kind == "actors":  # rearrange.py:168-170: DFD reals are listed in every split
+                return Place(("DeepFakeDetection",), "DFD_real", folder, ALL_SPLITS, level)
+            return Place(
+                ("FaceForensics++", "FF-DF", "FF-F2F", "FF-FS", "FF-NT", "FaceShifter"), "FF-real", folder,
+                (split,), level,
+            )  # fmt: skip
+        method = video["method"] or _after(parts, "manipulated_sequences") or ""
+        if method not in FF_LABELS:
+            raise ValueError(f"{video['path']}: FF++ method {method!r} has no DeepfakeBench label")
+        name, folder = FF_LABELS[method], f"FaceForensics++/manipulated_sequences/{method}/{level}"
+        if name == "DFD_fake":  # rearrange.py:205-208: no pair split, so every split
+            return Place(("DeepFakeDetection",), name, folder, ALL_SPLITS, level, masks=True)
+        if name == "FF-FH":
+            return Place(("FaceShifter",), name, folder, (split,), level)
+        return Place(("FaceForensics++", name), name, folder, (split,), level, masks=True)
+    if dataset == "celebdf":
+        # rearrange.py:314-318 lists every video under train; 332-335 the test list under test and val.
+        folder = f"Celeb-DF-v2/{parts[-2]}"
+        splits = ("train", "test", "val") if split == "test" else ("train",)
+        return Place(("Celeb-DF-v2",), "CelebDFv2_fake" if label else "CelebDFv2_real", folder, splits, None)
+    if dataset == "dfdc":
+        name = "DFDC_Fake" if label else "DFDC_Real"
+        if split == "test" or parts[-2] == "test":  # rearrange.py:378-390
+            return Place(("DFDC",), name, "DFDC/test", ("test",), None)
+        return Place(("DFDC",), name, f"DFDC/train/{parts[-2]}", ("train", "val"), None)  # 393-413
+    name = generic_name or dataset or "faceshard"
+    kind = "fake" if label else "real"  # UADFV's layout and label style (rearrange.py:468-490)
+    return Place((name,), f"{name}_{kind.capitalize()}", f"{name}/{kind}", (split,), None)
+
+
+def frame_reference(file: Path, run_from: Path) -> str:
+    """The path DeepfakeBench opens as given: `./` + `file` relative to `run_from`.
+
+    Its loader (abstract_dataset.py:298-299) prefixes `./{rgb_dir}\\` to a path not starting with `.`
+    and derives `landmarks`/`masks` paths by replacing every `frames` and `.png` (485-486), so both
+    must occur once; a backslash would switch its sort key to Windows separators (209-212).
+    """
+    ref = "./" + os.path.relpath(file, run_from)
+    if ref.count("frames") != 1 or ref.count(".png") != 1 or "\\" in ref:
+        raise ValueError(
+            f"{ref}: DeepfakeBench derives landmark/mask paths by replacing every 'frames' and '.png' "
+            "in it; choose --out/--run-from whose relative path holds neither (and no backslash)"
+        )
+    return ref
+
+
+# What DeepfakeBench's preprocess.py does (SPEC §1-§3): the build settings under which this export equals it.
+DEEPFAKEBENCH_BUILD = {
+    ("sampling", "strategy"): "uniform:32",
+    ("detect", "backend"): "dlib",
+    ("detect", "upsample"): 1,
+    ("detect", "keep"): "largest",
+    ("crop", "method"): "align:256",
+    ("crop", "store"): "native",
+}
+
+
+def build_differences(uri: str) -> list[str]:
+    """Settings of the build at `uri` that differ from DeepfakeBench's preprocessing (empty: none)."""
+    from faceshard.storage import fsio
+    from faceshard.storage.commit import read_metadata
+
+    fs, root = fsio.open_fs(uri)
+    config = (read_metadata(fs, root) or {}).get("config") or {}
+    found = []
+    for (section, key), wanted in DEEPFAKEBENCH_BUILD.items():
+        value = (config.get(section) or {}).get(key)
+        if value is not None and value != wanted:
+            found.append(f"{section}.{key}={value} (DeepfakeBench: {wanted})")
+    return found
 
 
 def export_deepfakebench(
-    uri: str, out: Path, dataset: str = "faceshard", compression: str = "c23"
+    uri: str,
+    out: Path,
+    run_from: Path | None = None,
+    dataset: str | None = None,
+    compression: str | None = None,
 ) -> dict[str, Any]:
-    """Write `out/frames/<label>/<video>/<frame>.<ext>` and `out/<dataset>.json`; return a summary.
+    """Write DeepfakeBench's frames/landmarks/JSON layout under `out`; return a summary.
 
-    Videos without a stored face are left out (DeepfakeBench cannot index an empty frame list).
+    `run_from`: the directory DeepfakeBench will run from (default `out`); `dataset` names datasets
+    DeepfakeBench has no layout for; `compression` overrides the FF++ level read from the video path.
     """
+    from faceshard.models.landmarks import crop_landmarks
+
     out = Path(out).resolve()
+    run_from = Path(run_from).resolve() if run_from is not None else out
     videos = {row["video_id"]: row for row in read_table(uri, "videos").to_pylist()}
     try:
         faces = read_table(uri, "faces", columns=["video_id", "frame", "face", "crop"])
     except KeyError:
         raise ValueError(f"{uri}: no stored crops; rebuild with --set crop.save=true") from None
-    faces = faces.filter(pc.equal(faces["face"], 0))  # the largest face of each frame
+    faces = faces.filter(pc.equal(faces["face"], 0))  # preprocess.py:188: the largest face only
     faces = faces.sort_by([("video_id", "ascending"), ("frame", "ascending")])
+    places = {vid: place(video, dataset, compression) for vid, video in videos.items()}
     per_video: dict[str, list[str]] = {}
+    dropped = 0
     for row in faces.to_pylist():
         data = row["crop"]
         if data is None:
             continue
-        video = videos[row["video_id"]]
-        ext = "png" if data[:4] == b"\x89PNG" else "jpg"
-        name = label_name(dataset, video["label"], video["method"])
-        path = out / "frames" / name / quote(row["video_id"], safe="") / f"{row['frame']:06d}.{ext}"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        per_video.setdefault(row["video_id"], []).append(str(path))
-    index: dict[str, dict[str, Any]] = {dataset: {}}
-    label_dict: dict[str, int] = {}
-    for video_id, frames in per_video.items():
-        video = videos[video_id]
-        name = label_name(dataset, video["label"], video["method"])
-        label_dict[name] = int(video["label"])
-        level = index[dataset].setdefault(name, {}).setdefault(video["split"], {})
-        if dataset in FF_FAMILY:
-            level = level.setdefault(compression, {})
-        level[video_id] = {"label": name, "frames": frames}
-    # DeepfakeBench indexes `[label][mode]` for every label: each label gets every split (maybe empty).
-    splits = sorted({video["split"] for video in videos.values()})
-    for levels in index[dataset].values():
-        for split in splits:
-            level = levels.setdefault(split, {})
-            if dataset in FF_FAMILY:
-                level.setdefault(compression, {})
-    path = out / f"{dataset}.json"
-    path.write_text(json.dumps(index, indent=1))
-    return {
-        "index": str(path),
+        if data[:4] != b"\x89PNG":
+            raise ValueError(
+                f"{uri}: crops are not PNG; DeepfakeBench finds landmarks by replacing '.png' "
+                "(abstract_dataset.py:486) and checks faces on lossless crops: rebuild with --set crop.format=png"
+            )
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)  # the crop as it saves it
+        landmarks = crop_landmarks(bgr)
+        if landmarks is None:  # preprocess.py:198-200: no face in the aligned crop, frame dropped
+            dropped += 1
+            continue
+        where = places[row["video_id"]]
+        stem = PurePath(videos[row["video_id"]]["path"]).stem
+        name = f"{row['frame']:03d}"  # preprocess.py:326
+        frame_file = out / where.folder / "frames" / stem / f"{name}.png"
+        landmark_file = out / where.folder / "landmarks" / stem / f"{name}.npy"
+        reference = frame_reference(frame_file, run_from)
+        frame_file.parent.mkdir(parents=True, exist_ok=True)
+        landmark_file.parent.mkdir(parents=True, exist_ok=True)
+        frame_file.write_bytes(data)
+        np.save(landmark_file, landmarks)
+        per_video.setdefault(row["video_id"], []).append(reference)
+    index, seen = _index(videos, places, per_video)
+    json_folder = out / "dataset_json"
+    json_folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name, content in sorted(index.items()):
+        path = json_folder / f"{name}.json"
+        path.write_text(json.dumps({name: content}, indent=1))
+        written[name] = str(path)
+    label_dict = {label: value for label, value in sorted(seen.items())}
+    summary = {
+        "run_from": str(run_from),
+        "dataset_json_folder": str(json_folder),
+        "datasets": written,
         "videos": len(per_video),
-        "videos_without_faces": len(videos) - len(per_video),
+        "videos_without_frames": len(videos) - len(per_video),
         "frames": sum(len(f) for f in per_video.values()),
-        "label_dict": dict(sorted(label_dict.items())),
+        "frames_dropped_no_face_in_crop": dropped,
+        "label_dict": label_dict,
+        "label_dict_to_add": {k: v for k, v in label_dict.items() if SHIPPED_LABELS.get(k) != v},
+        # e.g. keep=all: a frame whose largest face was dropped exports the next one, where DeepfakeBench drops it
+        "differs_from_deepfakebench": build_differences(uri),
     }
+    readme = out / "README_DEEPFAKEBENCH.md"
+    readme.write_text(_readme(summary))
+    (out / "train_config.override.yaml").write_text(_config_snippet(summary))
+    summary["readme"] = str(readme)
+    return summary
+
+
+def _index(
+    videos: dict[str, dict[str, Any]], places: dict[str, Place], per_video: dict[str, list[str]]
+) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
+    """{dataset: {label: {split: {[compression:] {stem: entry}}}}} and the labels used."""
+    index: dict[str, dict[str, Any]] = {}
+    labels: dict[str, int] = {}
+    for video_id, frames in per_video.items():
+        where, video = places[video_id], videos[video_id]
+        stem = PurePath(video["path"]).stem
+        entry: dict[str, Any] = {"label": where.label, "frames": frames}
+        if where.masks:
+            entry["masks"] = []  # rearrange.py:200: no mask folder, an empty list
+        labels[where.label] = int(video["label"])
+        for name in where.datasets:
+            for split in where.splits:
+                level = index.setdefault(name, {}).setdefault(where.label, {}).setdefault(split, {})
+                if name in FF_FAMILY:
+                    level = level.setdefault(where.compression or "c23", {})
+                if stem in level:
+                    raise ValueError(f"two videos named {stem!r} under {name}/{where.label}/{split}")
+                level[stem] = entry
+    for name in ("FF-DF", "FF-F2F", "FF-FS", "FF-NT", "FaceShifter"):  # a method JSON needs its fakes
+        if name in index and set(index[name]) == {"FF-real"}:
+            del index[name]
+    # Its loader indexes [label][mode][compression] for every label: every split (and level) exists.
+    for name, by_label in index.items():
+        levels = (
+            {lv for split in by_label.values() for s in split.values() for lv in s}
+            if name in FF_FAMILY
+            else set()
+        )
+        for splits in by_label.values():
+            for split in ALL_SPLITS:
+                level = splits.setdefault(split, {})
+                for compression in sorted(levels):
+                    level.setdefault(compression, {})
+    return index, labels
+
+
+def _config_snippet(summary: dict[str, Any]) -> str:
+    lines = [
+        "# Merge into DeepfakeBench's training/config/train_config.yaml (and test_config.yaml).",
+        "# lmdb must be false: train.py:244-245 replaces dataset_json_folder when lmdb is true.",
+        "lmdb: false",
+        f"dataset_json_folder: '{summary['dataset_json_folder']}'",
+    ]
+    if summary["label_dict_to_add"]:
+        lines.append("label_dict:  # add these entries to the shipped label_dict")
+        lines += [f"  {label}: {value}" for label, value in summary["label_dict_to_add"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def _readme(summary: dict[str, Any]) -> str:
+    datasets = ", ".join(summary["datasets"]) or "(none)"
+    return f"""# DeepfakeBench export (faceshard)
+
+Run DeepfakeBench from this directory (every frame path is relative to it):
+
+    cd {summary["run_from"]}
+
+Frame paths in `dataset_json/*.json` start with `./`: DeepfakeBench opens them as given from the
+working directory (training/dataset/abstract_dataset.py `load_rgb`). Its `training/train.py` reads
+`./training/config/…`, so that directory must be its checkout: if it is not, export again with
+`faceshard export URI --out DIR --run-from <DeepfakeBench checkout>`.
+
+In `training/config/train_config.yaml` (and `test_config.yaml`) set what `train_config.override.yaml`
+holds: `lmdb: false` (with `lmdb: true`, train.py replaces `dataset_json_folder` and reads LMDB) and
+`dataset_json_folder: {summary["dataset_json_folder"]}`{" and the label_dict entries listed there" if summary["label_dict_to_add"] else ""}.
+Datasets (use as --train_dataset / --test_dataset): {datasets}.
+
+Each frame is the aligned 256 px crop of the largest face (dlib points 37, 44, 30, 49, 55, scale
+1.3), kept only where dlib finds a face in the crop; `landmarks/` holds that face's 68 points
+(int64, dlib's 68-point model: DeepfakeBench's own preprocessing uses an 81-point model whose first
+68 points follow the same scheme). No `masks/` are written: the loader then gives zero masks
+(abstract_dataset.py `load_mask`), unlike DeepfakeBench's FF++ preprocessing for the methods that
+ship mask videos.
+
+Build settings that differ from DeepfakeBench's preprocessing: {"; ".join(summary["differs_from_deepfakebench"]) or "none"}.
+
+Videos: {summary["videos"]}; frames: {summary["frames"]}; videos without a frame: {summary["videos_without_frames"]};
+stored crops dropped here for want of a face: {summary["frames_dropped_no_face_in_crop"]} (a build with
+`crop.method=align:256` already left those frames out).
+"""

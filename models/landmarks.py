@@ -1,4 +1,9 @@
-"""Five facial landmarks for alignment (SPEC §3 `align:S`) from dlib's 68-point shape predictor.
+"""Facial landmarks for alignment (SPEC §3 `align:S`, `arcface:S`) from dlib's 68-point shape predictor.
+
+`deepfakebench_points` are the five points DeepfakeBench's `preprocess.py` aligns on (dlib's 0-based
+parts 37, 44, 30, 49, 55: upper eyelids, nose tip, upper/lower lip beside the corners); `five_points`
+are ArcFace's (eye centres, nose tip, mouth corners). `crop_landmarks` is DeepfakeBench's check on
+the aligned crop: HOG with one upsampling, the first face, its 68 points (or None: the frame is dropped).
 
 The predictor file ships in the `face_recognition_models` package; it is located on disk instead of
 imported because `import face_recognition_models` needs pkg_resources (gone in setuptools >= 81).
@@ -22,6 +27,8 @@ _RIGHT_EYE = slice(42, 48)
 _NOSE_TIP = 30
 _MOUTH_LEFT = 48
 _MOUTH_RIGHT = 54
+# DeepfakeBench preprocessing/preprocess.py get_keypts: shape.part(37), (44), (30), (49), (55), 0-based.
+DEEPFAKEBENCH_POINTS = (37, 44, 30, 49, 55)
 
 
 def predictor_path() -> Path:
@@ -43,16 +50,46 @@ def _predictor() -> Any:
     return cached_model(("dlib-shape-predictor", str(path)), lambda: dlib.shape_predictor(str(path)))
 
 
+def _hog() -> Any:
+    import dlib
+
+    return cached_model(("dlib-hog",), dlib.get_frontal_face_detector)
+
+
+def _parts(rgb: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """(68, 2) float32 landmarks of the face in `box` (x1, y1, x2, y2, rounded to dlib's rectangle)."""
+    import dlib
+
+    x1, y1, x2, y2 = (round(float(v)) for v in box[:4])
+    shape = _predictor()(np.ascontiguousarray(rgb, dtype=np.uint8), dlib.rectangle(x1, y1, x2, y2))
+    return np.array([(p.x, p.y) for p in shape.parts()], np.float32)
+
+
+def deepfakebench_points(rgb: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """(5, 2) float32: the 68-point parts 37, 44, 30, 49, 55 (0-based), DeepfakeBench's alignment points."""
+    return _parts(rgb, box)[list(DEEPFAKEBENCH_POINTS)]
+
+
+def crop_landmarks(image: np.ndarray) -> np.ndarray | None:
+    """(68, 2) int64 landmarks of the first face dlib HOG (one upsampling) finds in `image`, or None.
+
+    DeepfakeBench runs this on each aligned crop (BGR, as it saves it) and drops the frame when no
+    face is found; the points are what it saves in `landmarks/`.
+    """
+    image = np.ascontiguousarray(image, dtype=np.uint8)
+    rects = _hog()(image, 1)
+    if len(rects) == 0:
+        return None
+    shape = _predictor()(image, rects[0])
+    return np.array([(p.x, p.y) for p in shape.parts()], np.int64)
+
+
 def five_points(rgb: np.ndarray, box: np.ndarray) -> np.ndarray:
     """(5, 2) float32 x, y: image-left eye centre, image-right eye centre, nose tip, mouth corners L, R.
 
     `box` is (x1, y1, x2, y2) in `rgb`'s pixels, as a detector returns it (may exceed the frame).
     """
-    import dlib
-
-    x1, y1, x2, y2 = (round(float(v)) for v in box[:4])
-    shape = _predictor()(np.ascontiguousarray(rgb, dtype=np.uint8), dlib.rectangle(x1, y1, x2, y2))
-    points = np.array([(p.x, p.y) for p in shape.parts()], np.float32)
+    points = _parts(rgb, box)
     return np.stack(
         [
             points[_LEFT_EYE].mean(axis=0),

@@ -33,7 +33,7 @@ from faceshard.errors import StorageError
 from faceshard.storage import fsio
 from faceshard.storage.commit import OutputState, locate, read_state
 from faceshard.storage.reader import MissingColumnsError, fixed_list_to_numpy, how_to_add
-from faceshard.storage.sequences import clip_rows, megatron_sample, mintime_sample
+from faceshard.storage.sequences import clip_rows, deepfakebench_clip_rows, megatron_sample, mintime_sample
 
 Kind = Literal["mintime", "megatron", "clips"]
 KINDS: tuple[str, ...] = ("mintime", "megatron", "clips")
@@ -51,6 +51,9 @@ class SampleOptions:
     # DeepfakeBench resizes every face to its `resolution` (256) before a clip is stacked; None keeps
     # stored crops as they are (then they must all share one size: `--set crop.store=pad:S`).
     clip_size: int | None = 256
+    # `deepfakebench`: its loader's clips (first clip_frames faces, n // clip clips, none repeated);
+    # `repeat`: always clip_frames // clip clips over linspace-spaced faces (short videos repeat faces).
+    clip_rule: Literal["deepfakebench", "repeat"] = "deepfakebench"
 
 
 def consumer_slot(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
@@ -276,7 +279,8 @@ class ShardDataset(IterableDataset):
                 "mask": _torch(m.mask),
                 "label": torch.tensor(m.label),
             }
-        rows = clip_rows(view["frame"], view["face"], opts.clip_frames, opts.clip)
+        cut = deepfakebench_clip_rows if opts.clip_rule == "deepfakebench" else clip_rows
+        rows = cut(view["frame"], view["face"], opts.clip_frames, opts.clip)
         if len(rows) == 0:
             return None
         values = view[self.feature]

@@ -202,3 +202,25 @@ def clip_rows(frame: np.ndarray, face: np.ndarray, n_frames: int = 32, clip: int
         return np.zeros((0, clip), np.int64)
     picks = np.linspace(0, len(largest) - 1, n_frames, dtype=int)
     return largest[picks].reshape(n_frames // clip, clip)
+
+
+def deepfakebench_clip_rows(
+    frame: np.ndarray, face: np.ndarray, frame_num: int = 32, clip: int = 8
+) -> np.ndarray:
+    """(num_clips, clip) face-row indices as DeepfakeBench's test-mode loader cuts a video's frames.
+
+    Its faces (the largest per frame, in frame order) are what its preprocessing kept; the first
+    `frame_num` of them are used; `num_clips = n // clip` clips of `clip` consecutive faces start at
+    `i · ((n − clip) // (num_clips − 1))` (at 0 for one clip), so no face repeats and the clips
+    spread over the video. A video with fewer than `clip` faces gives (0, clip): it is skipped.
+    Training draws each start at random inside its stride (the sampler's, not the cache's).
+    """
+    largest = np.flatnonzero(face == 0)
+    largest = largest[np.argsort(frame[largest], kind="stable")][:frame_num]
+    n = len(largest)
+    num_clips = n // clip
+    if num_clips == 0:
+        return np.zeros((0, clip), np.int64)
+    step = (n - clip) // (num_clips - 1) if num_clips > 1 else 0
+    starts = np.arange(num_clips) * step
+    return largest[starts[:, None] + np.arange(clip)]

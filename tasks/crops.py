@@ -5,8 +5,11 @@ Crop methods (`CropConfig.method`), each a registry entry:
 * `mintime` — MINTIME's `extract_crops.py`, edges and off-by-ones included (see `mintime_rect`). No resize.
 * `margin:m` — the float box grown by m × its width left and right and m × its height top and bottom
   (DFDC: 0.3), outward to whole pixels, clipped. `margin:0` is the plain box (Megatron).
-* `align:S` — 5 dlib landmarks → least-squares similarity transform onto the ArcFace 112-px template
-  scaled to S and zoomed out by 1.3 (DeepfakeBench) → `cv2.warpAffine` to S × S.
+* `align:S` — DeepfakeBench's `preprocess.py`: dlib's 68-point parts 37, 44, 30, 49, 55 → least-squares
+  similarity transform onto the ArcFace 112-px template scaled to S and zoomed out by 1.3 →
+  `cv2.warpAffine` to S × S; a crop in which dlib HOG (one upsampling) finds no face gives no face
+  (DeepfakeBench drops that frame).
+* `arcface:S` — the same warp on ArcFace's own points (eye centres, nose tip, mouth corners), no re-check.
 
 Boxes that do not overlap the frame, or have no area, give no face (ranks stay contiguous).
 `Face.crop` is always a copy: it never keeps the whole frame alive.
@@ -113,6 +116,33 @@ def align_template(size: int, zoom_out: float = ALIGN_ZOOM_OUT) -> np.ndarray:
     return (scaled - size / 2) / zoom_out + size / 2
 
 
+def deepfakebench_template(size: int, zoom_out: float = ALIGN_ZOOM_OUT) -> np.ndarray:
+    """`align_template` as DeepfakeBench computes it: float32, in its order of operations.
+
+    The same points to ~1e-5 px; its crops are bit-identical to ours only with these exact floats.
+    """
+    dst = (ARCFACE_112 - [8.0, 0.0]).astype(np.float32)  # the template before its x shift of 8
+    dst[:, 0] += 8.0
+    dst[:, 0] = dst[:, 0] * size / 112
+    dst[:, 1] = dst[:, 1] * size / 112
+    margin = size * (zoom_out - 1) / 2.0
+    dst += margin
+    dst *= size / (size + 2 * margin)
+    return dst
+
+
+def deepfakebench_transform(src: np.ndarray, size: int) -> np.ndarray:
+    """2 × 3 similarity from float32 points onto `deepfakebench_template` (scikit-image's estimate, as it uses)."""
+    from skimage.transform import SimilarityTransform
+
+    src, dst = np.asarray(src, np.float32), deepfakebench_template(size)
+    if hasattr(SimilarityTransform, "from_estimate"):  # scikit-image >= 0.26
+        return SimilarityTransform.from_estimate(src, dst).params[:2]
+    transform = SimilarityTransform()
+    transform.estimate(src, dst)
+    return transform.params[:2]
+
+
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """2 × 3 least-squares similarity (rotation, uniform scale, shift) mapping src points onto dst."""
     src = np.asarray(src, np.float64)
@@ -125,14 +155,20 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return np.array([[a, -b, tx], [b, a, ty]], np.float64)
 
 
-def _align(size: int) -> CropMethod:
+def _align(size: int, deepfakebench: bool) -> CropMethod:
     template = align_template(size)
 
     def crop(rgb: np.ndarray, box: np.ndarray) -> CropResult:
-        from faceshard.models.landmarks import five_points
+        from faceshard.models import landmarks
 
-        matrix = similarity_transform(five_points(rgb, box), template)
+        if deepfakebench:
+            matrix = deepfakebench_transform(landmarks.deepfakebench_points(rgb, box), size)
+        else:
+            matrix = similarity_transform(landmarks.five_points(rgb, box), template)
         warped = cv2.warpAffine(rgb, matrix, (size, size), flags=cv2.INTER_LINEAR)
+        # DeepfakeBench re-detects on the crop as it saves it (BGR) and drops the frame without a face.
+        if deepfakebench and landmarks.crop_landmarks(cv2.cvtColor(warped, cv2.COLOR_RGB2BGR)) is None:
+            return None
         x1, y1, x2, y2 = (float(v) for v in box[:4])
         corners = np.array([[x1, y1, 1], [x2, y1, 1], [x1, y2, 1], [x2, y2, 1]]) @ matrix.T
         box_in_crop = np.concatenate([corners.min(axis=0), corners.max(axis=0)]).astype(np.float32)
@@ -144,7 +180,8 @@ def _align(size: int) -> CropMethod:
 CROP_METHODS: dict[str, Callable[[str | None], CropMethod]] = {
     "mintime": lambda arg: _mintime,
     "margin": lambda arg: _margin(float(arg or 0.0)),
-    "align": lambda arg: _align(int(arg or 256)),
+    "align": lambda arg: _align(int(arg or 256), deepfakebench=True),
+    "arcface": lambda arg: _align(int(arg or 256), deepfakebench=False),
 }
 
 

@@ -127,7 +127,7 @@ def test_align_puts_the_landmarks_on_the_scaled_arcface_template(
 ) -> None:
     rgb, box = astronaut_face
     detections = Detections(box[None], np.ones(1, np.float32))
-    (face,) = Cropper(CropConfig(method="align:256"))(Frame(0, rgb), detections)
+    (face,) = Cropper(CropConfig(method="arcface:256"))(Frame(0, rgb), detections)
     assert face.crop.shape == (256, 256, 3) and face.crop.flags.c_contiguous
     # Landmarks found again on the aligned crop sit near the template (a smile is not the template's
     # neutral mouth: the least-squares fit leaves a few pixels there), and the eyes are level.

@@ -124,8 +124,12 @@ def test_missing_columns_name_the_build_setting(tmp_path: Path) -> None:
     assert hint.endswith("--rebuild (or into a new --out)"), hint
 
 
+# the repeating variant (DeepfakeBench's own rule, tests/test_export_deepfakebench.py, skips 5-face videos)
+REPEAT = SampleOptions(clip_rule="repeat")
+
+
 def test_clips_of_embeddings(uri: str) -> None:
-    dataset = ShardDataset(uri, split="train", kind="clips", shuffle=False)
+    dataset = ShardDataset(uri, split="train", kind="clips", shuffle=False, options=REPEAT)
     sample = next(iter(dataset))
     assert sample["clips"].shape == (4, 8, 8)
     # five faces at frames 0,25,…,100 spread over 32 picks: every face used, in temporal order
@@ -155,14 +159,20 @@ def committed_crops(root: Path, sides: list[int]) -> str:
 
 def test_clips_of_crops_of_different_sizes_are_resized_as_deepfakebench_does(tmp_path: Path) -> None:
     uri = committed_crops(tmp_path / "out", sides=[64, 96, 80])
-    sample = next(iter(ShardDataset(uri, kind="clips", shuffle=False)))
+    sample = next(iter(ShardDataset(uri, kind="clips", shuffle=False, options=REPEAT)))
     assert sample["clips"].shape == (4, 8, 256, 256, 3) and sample["clips"].dtype == torch.uint8
     assert sorted(np.unique(sample["clips"][..., 0].numpy()).tolist()) == [0, 40, 80, 120, 160]
-    small = ShardDataset(uri, kind="clips", shuffle=False, options=SampleOptions(clip_size=32))
+    small = ShardDataset(
+        uri, kind="clips", shuffle=False, options=SampleOptions(clip_size=32, clip_rule="repeat")
+    )
     assert next(iter(small))["clips"].shape == (4, 8, 32, 32, 3)
-    native = ShardDataset(uri, kind="clips", shuffle=False, options=SampleOptions(clip_size=None))
+    native = ShardDataset(
+        uri, kind="clips", shuffle=False, options=SampleOptions(clip_size=None, clip_rule="repeat")
+    )
     with pytest.raises(StorageError, match=r"3 sizes.*clip_size=S.*crop.store=pad:S"):
         next(iter(native))
     same = committed_crops(tmp_path / "same", sides=[48])
-    kept = ShardDataset(same, kind="clips", shuffle=False, options=SampleOptions(clip_size=None))
+    kept = ShardDataset(
+        same, kind="clips", shuffle=False, options=SampleOptions(clip_size=None, clip_rule="repeat")
+    )
     assert next(iter(kept))["clips"].shape == (4, 8, 48, 48, 3)  # one size: kept native
