@@ -16,17 +16,15 @@ repeat their details. The loading helpers below are shared by every model module
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import re
 import threading
 import warnings
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
-
-log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -262,6 +260,15 @@ def unavailable_message(what: str, tried: Sequence[str], how: str) -> str:
     )
 
 
+@contextmanager
+def random_weights_told_elsewhere() -> Iterator[None]:
+    """Within the block, no RANDOM WEIGHTS warning: a build's workers load models under it, and the
+    driver says it once per build (the weights' manifest already knows which are random)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="RANDOM WEIGHTS", category=RuntimeWarning)
+        yield
+
+
 def build_random(
     arch: str,
     build: Callable[[], T],
@@ -285,8 +292,7 @@ def build_random(
         f"with a seeded random init (seed {RANDOM_SEED}). Outputs are marked random and are NOT "
         "meaningful features."
     )
-    warnings.warn(message, RuntimeWarning, stacklevel=2)
-    log.warning(message)
+    warnings.warn(message, RuntimeWarning, stacklevel=2)  # once: a log line too printed it twice
     import torch
 
     with torch.random.fork_rng(devices=[]):
