@@ -40,10 +40,16 @@ def process_shard_task(
     """One shard on one Ray worker: per-video errors stay inside; only shard-level faults retry.
 
     The pipeline is imported here, on the worker: the driver plans and fans out without its libraries.
-    Each finished video is put in the driver's `inbox` (a `VideoInbox` actor), without waiting.
+    Each finished video is put in the driver's `inbox` (a `VideoInbox` actor), without waiting; a
+    shard that starts after the user stopped the build returns `{"shard": id, "stopped": True}`.
     """
+    import ray
+
     from faceshard.models.registry import random_weights_told_elsewhere
     from faceshard.tasks.shard import process_shard
+
+    if inbox is not None and ray.get(inbox.stopped.remote()):
+        return {"shard": plan.shard_id, "stopped": True}
 
     def tell(video: Any, result: Any) -> None:
         inbox.put.remote(plan.shard_id, video.video_id, result.video["status"] == "error")
@@ -152,7 +158,8 @@ def run_shards(
     shard_stats: list[dict] = []
     failed: list[dict] = []
     rows: list[dict] = []
-    with watch_videos(progress, report_videos) as inbox:
+    stopping = stops.stopping.is_set if stops else None
+    with watch_videos(progress, report_videos, stopping) as inbox:
 
         def submit(plan: ShardPlan) -> Any:
             # max_calls=0: Ray would otherwise end a GPU task's worker after every task, and with it
@@ -166,7 +173,7 @@ def run_shards(
             plans,
             submit,
             limit,
-            stop=stops.stopping.is_set if stops else None,
+            stop=stopping,
             abandon=stops.abandoning.is_set if stops else None,
         )
         for plan, future in finished:
@@ -174,6 +181,8 @@ def run_shards(
             stats, error = None, None
             if future.state.is_completed():
                 stats = future.result()
+                if stats.get("stopped"):  # never started: the build was stopped first
+                    continue
                 shard_stats.append(stats)
             else:
                 error = _failure_message(future)

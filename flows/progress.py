@@ -92,10 +92,21 @@ class BuildProgress:
 
 
 class VideoInbox:
-    """A Ray actor (zero CPUs) that workers tell of each finished video; the driver takes the lot."""
+    """A Ray actor (zero CPUs) that workers tell of each finished video; the driver takes the lot.
+
+    It also carries the driver's stop back: a shard that starts after `stop()` does nothing (the
+    build is ending; its videos stay pending for the next one).
+    """
 
     def __init__(self) -> None:
         self._items: list[tuple[int, str, bool]] = []
+        self._stopped = False
+
+    def stop(self) -> None:
+        self._stopped = True
+
+    def stopped(self) -> bool:
+        return self._stopped
 
     def put(self, shard_id: int, video_id: str, failed: bool) -> None:
         self._items.append((shard_id, video_id, failed))
@@ -106,17 +117,24 @@ class VideoInbox:
 
 
 @contextmanager
-def watch_videos(progress: BuildProgress, report: Callable[[], None]) -> Iterator[Any]:
+def watch_videos(
+    progress: BuildProgress, report: Callable[[], None], stopping: Callable[[], bool] | None = None
+) -> Iterator[Any]:
     """Yield a `VideoInbox` handle for the workers; while the block runs, what they put in it is
-    counted into `progress` and reported (`report()`, from a thread in this context)."""
+    counted into `progress` and reported (`report()`, from a thread in this context), and once
+    `stopping()` is true the inbox tells shards that have not started to do nothing."""
     import ray
 
     inbox = ray.remote(num_cpus=0)(VideoInbox).remote()
     done = threading.Event()
 
     def poll() -> None:
+        told = False
         while not done.wait(INBOX_POLL_S):
             try:
+                if not told and stopping is not None and stopping():
+                    ray.get(inbox.stop.remote(), timeout=30)
+                    told = True
                 items = ray.get(inbox.take.remote(), timeout=30)
             except Exception:  # the build goes on without per-video counts; shards still report
                 return
