@@ -20,7 +20,7 @@ from faceshard.flows.fanout import cluster_slots
 from faceshard.flows.interrupt import BuildInterrupted, Interrupts
 from faceshard.flows.plan import PhaseListener, PreparedBuild, build_summary, handing_in, prepare_build
 from faceshard.flows.progress import ProgressListener, reporting_to
-from faceshard.flows.runtime import apply_local_defaults, local_runtime, ray_init_kwargs
+from faceshard.flows.runtime import apply_local_defaults, local_runtime, ray_init_kwargs, serial_startup
 
 
 def run_build(
@@ -134,7 +134,10 @@ def warm_workers(config: dict[str, Any], runtime: RuntimeConfig, on_phase: Phase
         detail = f"loaded in {len(refs)} worker(s)" if not errors else f"failed to load: {errors[0]}"
         on_phase("models", time.perf_counter() - started, detail)
 
-    threading.Thread(target=wait, name="models-watch", daemon=True).start()
+    if serial_startup():
+        wait()
+    else:
+        threading.Thread(target=wait, name="models-watch", daemon=True).start()
 
 
 def _warm_worker(config: dict[str, Any]) -> str | None:

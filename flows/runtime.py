@@ -154,6 +154,8 @@ def local_runtime(
             with whole():
                 server.launch()
             server.watch(lambda seconds: tell("prefect", seconds, f"API server on {server.api_url}"))
+            if serial_startup():
+                server.wait_ready()
         if before_ray is not None:
             before_ray()
         if owns_ray:
@@ -185,6 +187,12 @@ def local_runtime(
             ray.shutdown()
         if stopper is not None:
             stopper.join()
+
+
+def serial_startup() -> bool:
+    """FACESHARD_STARTUP=serial: the server, Ray and the models start one after another, each
+    waited for, as builds did before they started side by side (`faceshard bench startup`'s baseline)."""
+    return os.environ.get("FACESHARD_STARTUP") == "serial"
 
 
 class ServerStartError(RuntimeError):
