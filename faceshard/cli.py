@@ -244,7 +244,9 @@ def _build_with_progress(
                 if stopped.committed is not None
                 else "nothing was written"
             )
-            console.print(f"interrupted: {done}; resume with: {escape(resume)}", highlight=False)
+            console.print(
+                f"interrupted: {done}; resume with: {escape(resume)}", highlight=False, soft_wrap=True
+            )
             raise typer.Exit(INTERRUPTED) from None
         except ServerStartError as exc:
             _fail(str(exc))

@@ -62,7 +62,7 @@ class BuildProgressBar:
             "shards": f"{progress.shards_done}/{progress.shards_total}",
             "rate": f"{rate:.1f}" if (rate := progress.videos_per_second) >= 1 else f"{rate:.2f}",
             "eta": "-:--:--" if eta is None else str(dt.timedelta(seconds=round(eta))),
-            "failures": f"[red]failures {failures}[/]" if failures else "failures 0",
+            "failures": f"[red]failures {failures}[/]" if failures != "0" else "failures 0",
         }
         if self._task is None:
             self._task = self._progress.add_task("build", total=100, **fields)

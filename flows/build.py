@@ -54,14 +54,14 @@ def process_shard_task(
     def tell(video: Any, result: Any) -> None:
         inbox.put.remote(plan.shard_id, video.video_id, result.video["status"] == "error")
 
-    with random_weights_told_elsewhere():  # the build's summary says it once
-        return process_shard(
-            plan,
-            config_from_tree(config),
-            output,
-            retry_failed=retry_failed,
-            on_video=tell if inbox is not None else None,
-        )
+    random_weights_told_elsewhere()  # the build's summary says it once
+    return process_shard(
+        plan,
+        config_from_tree(config),
+        output,
+        retry_failed=retry_failed,
+        on_video=tell if inbox is not None else None,
+    )
 
 
 @flow(

@@ -131,7 +131,11 @@ def warm_workers(config: dict[str, Any], runtime: RuntimeConfig, on_phase: Phase
             errors = [error for error in ray.get(refs) if error]
         except Exception as exc:  # the cluster went away (the build was stopped)
             errors = [f"{type(exc).__name__}"]
-        detail = f"loaded in {len(refs)} worker(s)" if not errors else f"failed to load: {errors[0]}"
+        detail = (
+            f"detector ready in {len(refs)} worker(s); depth and embedding models load beside the first videos"
+            if not errors
+            else f"failed to load: {errors[0]}"
+        )
         on_phase("models", time.perf_counter() - started, detail)
 
     if serial_startup():
@@ -146,8 +150,8 @@ def _warm_worker(config: dict[str, Any]) -> str | None:
         from faceshard.models.registry import random_weights_told_elsewhere
         from faceshard.tasks.shard import get_processor
 
-        with random_weights_told_elsewhere():  # the build's summary says it once
-            get_processor(config_from_tree(config))
+        random_weights_told_elsewhere()  # the build's summary says it once
+        get_processor(config_from_tree(config))  # the detector now; the other models go on loading
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
     return None

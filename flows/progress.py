@@ -68,9 +68,13 @@ class BuildProgress:
             self.videos_failed += int(failed)
 
     @property
-    def failures(self) -> int:
-        """Failed videos plus failed shards: what the bar shows."""
-        return self.videos_failed + self.shards_failed
+    def failures(self) -> str:
+        """What the bar shows: failed videos (error rows and the videos of failed shards), and the
+        failed shards among them."""
+        shards = (
+            f" ({self.shards_failed} shard{'s' * (self.shards_failed != 1)})" if self.shards_failed else ""
+        )
+        return f"{self.videos_failed}{shards}"
 
     @property
     def percent(self) -> float:

@@ -20,8 +20,7 @@ import os
 import re
 import threading
 import warnings
-from collections.abc import Callable, Hashable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -260,13 +259,11 @@ def unavailable_message(what: str, tried: Sequence[str], how: str) -> str:
     )
 
 
-@contextmanager
-def random_weights_told_elsewhere() -> Iterator[None]:
-    """Within the block, no RANDOM WEIGHTS warning: a build's workers load models under it, and the
-    driver says it once per build (the weights' manifest already knows which are random)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="RANDOM WEIGHTS", category=RuntimeWarning)
-        yield
+def random_weights_told_elsewhere() -> None:
+    """No RANDOM WEIGHTS warning from this process from now on: called in a build's worker, whose
+    driver says it once per build (the weights' manifest already knows which are random). For the
+    process, not a block: models may go on loading on a thread after the call that started them."""
+    warnings.filterwarnings("ignore", message="RANDOM WEIGHTS", category=RuntimeWarning)
 
 
 def build_random(

@@ -40,6 +40,8 @@ def get_processor(cfg: BuildConfig) -> VideoProcessor:
         },
         sort_keys=True,
     )
+    if key in _PROCESSORS and _PROCESSORS[key].load_failed():
+        del _PROCESSORS[key]  # a model that failed to load is tried again by the next shard
     if key not in _PROCESSORS:
         _PROCESSORS.clear()  # one build per worker at a time: free the previous build's models
         limit_threads(cfg.runtime.cpus_per_shard)

@@ -107,10 +107,10 @@ def test_progress_counts_each_video_once_and_a_shard_fills_in_the_rest() -> None
     progress.video_finished(0, "v0", failed=False)
     progress.video_finished(0, "v0", failed=False)  # a retried shard reports its videos again
     progress.video_finished(0, "v1", failed=True)
-    assert (progress.videos_done, progress.failures) == (2, 1)
+    assert (progress.videos_done, progress.failures) == (2, "1")
     assert progress.eta_seconds is not None
     progress.shard_finished(plan, failed=False)
-    assert (progress.videos_done, progress.failures, progress.percent) == (3, 1, 100.0)
+    assert (progress.videos_done, progress.failures, progress.percent) == (3, "1", 100.0)
 
 
 # ------------------------------------------------------------------ builds that need no server
