@@ -217,7 +217,7 @@ def _build_with_progress(
     from faceshard.flows import interrupt
     from faceshard.flows.interrupt import BuildInterrupted, Interrupts
     from faceshard.flows.local import run_build
-    from faceshard.flows.runtime import ServerStartError
+    from faceshard.flows.runtime import StartupError
     from faceshard.progress_bar import BuildProgressBar
 
     resume = shlex.join(["faceshard", *sys.argv[1:]])
@@ -248,7 +248,7 @@ def _build_with_progress(
                 f"interrupted: {done}; resume with: {escape(resume)}", highlight=False, soft_wrap=True
             )
             raise typer.Exit(INTERRUPTED) from None
-        except ServerStartError as exc:
+        except StartupError as exc:
             _fail(str(exc))
             raise  # unreachable: _fail exits
 

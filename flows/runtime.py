@@ -161,7 +161,14 @@ def local_runtime(
         if owns_ray:
             started = time.perf_counter()
             with whole():
-                ray.init(address=runtime.ray_address, **ray_init_kwargs(runtime))
+                try:
+                    ray.init(address=runtime.ray_address, **ray_init_kwargs(runtime))
+                except Exception as exc:  # Ray's own message, as one line the user can act on
+                    where = runtime.ray_address or "a local cluster"
+                    reason = " ".join(str(exc).split())
+                    raise StartupError(
+                        f"Ray could not start or reach {where}: {reason} (a busy machine? run the build again)"
+                    ) from exc
             cpus = ray.cluster_resources().get("CPU", 0)
             tell("ray", time.perf_counter() - started, f"local cluster, {cpus:g} CPUs")
         if on_ray_ready is not None:
@@ -195,7 +202,11 @@ def serial_startup() -> bool:
     return os.environ.get("FACESHARD_STARTUP") == "serial"
 
 
-class ServerStartError(RuntimeError):
+class StartupError(RuntimeError):
+    """The embedded Prefect server or Ray cluster did not come up; the message says what to do."""
+
+
+class ServerStartError(StartupError):
     """The embedded Prefect server did not come up; the message says what to do (one line)."""
 
 
