@@ -43,7 +43,8 @@ class BuildProgress:
     shards_failed: int = 0
     videos_failed: int = 0
     started: float = field(default_factory=time.monotonic)
-    _seen: dict[int, set[str]] = field(default_factory=dict, repr=False)
+    _seen: dict[int, set[str]] = field(default_factory=dict, repr=False)  # shards still running
+    _closed: set[int] = field(default_factory=set, repr=False)  # shards finished: late reports ignored
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def video_finished(self, shard_id: int, video_id: str, failed: bool) -> None:
@@ -59,8 +60,12 @@ class BuildProgress:
             self.shards_failed += int(failed)
             for video in plan.videos:
                 self._count(plan.shard_id, video.video_id, failed)
+            self._seen.pop(plan.shard_id, None)  # memory stays that of the shards in flight
+            self._closed.add(plan.shard_id)
 
     def _count(self, shard_id: int, video_id: str, failed: bool) -> None:
+        if shard_id in self._closed:
+            return
         seen = self._seen.setdefault(shard_id, set())
         if video_id not in seen:
             seen.add(video_id)

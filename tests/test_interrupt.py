@@ -111,6 +111,8 @@ def test_progress_counts_each_video_once_and_a_shard_fills_in_the_rest() -> None
     assert progress.eta_seconds is not None
     progress.shard_finished(plan, failed=False)
     assert (progress.videos_done, progress.failures, progress.percent) == (3, "1", 100.0)
+    progress.video_finished(0, "v2", failed=False)  # a report that arrives after its shard finished
+    assert progress.videos_done == 3
 
 
 # ------------------------------------------------------------------ builds that need no server
