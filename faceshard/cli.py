@@ -496,20 +496,15 @@ def demo(
     manifest = make_corpus(out / "corpus", n_videos=videos, seed=0)
     cfg = load_config("demo")
     with BuildProgressBar(console) as bar:
-        summary = run_build(str(manifest), str(out / "dataset"), cfg, on_progress=bar)
+        summary = run_build(str(manifest), str(out / "dataset"), cfg, on_progress=bar, on_phase=bar.phase)
     info = dataset_status(str(out / "dataset"))
-    _print_summary(summary)
+    _print_summary(summary)  # with the build's warnings, once
     totals = info.get("totals", {})
     stdout.print(
         f"[bold]demo:[/] {totals.get('videos', 0)} videos, {totals.get('faces', 0)} faces, "
         f"{totals.get('identities', 0)} identities in {time.perf_counter() - started:.1f}s "
         f"→ {out / 'dataset'}"
     )
-    if info.get("random_weights"):
-        stdout.print(
-            f"[yellow]random weights:[/] {', '.join(info['random_weights'])} "
-            "(hub weights unreachable offline; the demo preset allows random init)"
-        )
 
 
 @bench_app.command("loader")  # on the `bench` sub-app of faceshard.bench, beside `bench build`
