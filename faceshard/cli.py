@@ -198,6 +198,7 @@ def build(
         print(json.dumps(summary, indent=2))
     else:
         _print_summary(summary)
+    _print_warnings(summary)
     if summary["failed_shards"]:
         raise typer.Exit(1)
 
@@ -272,6 +273,10 @@ def _print_summary(summary: dict[str, Any]) -> None:
     if summary.get("random_weights"):
         table.add_row("[yellow]random weights[/]", ", ".join(summary["random_weights"]))
     stdout.print(table)
+
+
+def _print_warnings(summary: dict[str, Any]) -> None:
+    """The build's warnings, each once, on stderr (with --json too: they are in the JSON as well)."""
     for warning in summary.get("warnings", []):
         console.print(f"[yellow]warning:[/] {escape(warning)}")
 
@@ -498,7 +503,8 @@ def demo(
     with BuildProgressBar(console) as bar:
         summary = run_build(str(manifest), str(out / "dataset"), cfg, on_progress=bar, on_phase=bar.phase)
     info = dataset_status(str(out / "dataset"))
-    _print_summary(summary)  # with the build's warnings, once
+    _print_summary(summary)
+    _print_warnings(summary)
     totals = info.get("totals", {})
     stdout.print(
         f"[bold]demo:[/] {totals.get('videos', 0)} videos, {totals.get('faces', 0)} faces, "
