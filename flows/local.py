@@ -87,6 +87,9 @@ def _run_on_local_runtime(
     cfg = prepared.cfg
     config = cfg.model_dump(mode="json")
     tell = on_phase or (lambda phase, seconds, detail: None)
+    # Prefect's import (a second or two of this process) runs beside the server's and Ray's start,
+    # which mostly wait on other processes; the flow's import below then finds it done.
+    threading.Thread(target=_import_flow, name="import-flow", daemon=True).start()
     with local_runtime(
         cfg.runtime,
         on_ray_ready=lambda: warm_workers(config, cfg.runtime, tell),
@@ -108,6 +111,10 @@ def _run_on_local_runtime(
         raise BuildInterrupted(summary["shards_committed"], summary["shards_total"])
     summary["startup_seconds"] = round(startup, 2)
     return summary
+
+
+def _import_flow() -> None:
+    import faceshard.flows.build  # noqa: F401
 
 
 def warm_workers(config: dict[str, Any], runtime: RuntimeConfig, on_phase: PhaseListener) -> None:
