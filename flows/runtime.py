@@ -33,6 +33,7 @@ LOCAL_ENV_DEFAULTS = {
     "PREFECT_LOGGING_LEVEL": "WARNING",
     "PREFECT_LOGGING_TO_API_ENABLED": "false",
     "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "false",
+    "DO_NOT_TRACK": "1",  # Prefect's client telemetry (and its first-run notice on a terminal)
     "RAY_AUTH_MODE": "disabled",
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_DEDUP_LOGS": "1",
@@ -47,6 +48,7 @@ FORWARDED_ENV = (
     "PREFECT_LOGGING_LEVEL",
     "PREFECT_LOGGING_TO_API_ENABLED",
     "PREFECT_RESULTS_PERSIST_BY_DEFAULT",
+    "DO_NOT_TRACK",
     "HF_HUB_OFFLINE",
     "HF_HOME",
     "TORCH_HOME",
@@ -161,14 +163,7 @@ def local_runtime(
         if owns_ray:
             started = time.perf_counter()
             with whole():
-                try:
-                    ray.init(address=runtime.ray_address, **ray_init_kwargs(runtime))
-                except Exception as exc:  # Ray's own message, as one line the user can act on
-                    where = runtime.ray_address or "a local cluster"
-                    reason = " ".join(str(exc).split())
-                    raise StartupError(
-                        f"Ray could not start or reach {where}: {reason} (a busy machine? run the build again)"
-                    ) from exc
+                start_ray(runtime, tell)
             cpus = ray.cluster_resources().get("CPU", 0)
             tell("ray", time.perf_counter() - started, f"local cluster, {cpus:g} CPUs")
         if on_ray_ready is not None:
@@ -194,6 +189,27 @@ def local_runtime(
             ray.shutdown()
         if stopper is not None:
             stopper.join()
+
+
+def start_ray(runtime: RuntimeConfig, tell: Callable[[str, float, str], None]) -> None:
+    """`ray.init` for the build, tried twice: Ray gives its node 30 s to register (not configurable),
+    which a busy machine can miss. A second failure is one line the user can act on."""
+    import ray
+
+    for attempt in (1, 2):
+        started = time.perf_counter()
+        try:
+            ray.init(address=runtime.ray_address, **ray_init_kwargs(runtime))
+            return
+        except Exception as exc:
+            ray.shutdown()  # whatever of the node did start
+            if attempt == 2:
+                where = runtime.ray_address or "a local cluster"
+                reason = " ".join(str(exc).split())
+                raise StartupError(
+                    f"Ray could not start or reach {where}: {reason} (a busy machine? run the build again)"
+                ) from exc
+            tell("ray", time.perf_counter() - started, "did not start in time; trying once more")
 
 
 def serial_startup() -> bool:
