@@ -184,6 +184,8 @@ def run_shards(
                 if stats.get("stopped"):  # never started: the build was stopped first
                     continue
                 shard_stats.append(stats)
+            elif stopping is not None and stopping():
+                continue  # killed with the build (a SIGTERM to its process group reaches Ray too): pending
             else:
                 error = _failure_message(future)
                 output.record_failure(plan, error)
