@@ -349,3 +349,26 @@ def test_ctrl_c_during_start_up_stops_the_servers_and_writes_no_shard(
     assert re.search(r"^interrupted: 0 of 2 shards committed; resume with: faceshard build ", text, re.M)
     assert _no_survivors(terminal.pid) == []
     assert dataset_status(str(out))["committed"] == 0
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_process_group_mid_build_exits_130_and_leaves_nothing_failed(tmp_path: Path) -> None:
+    """`kill -TERM -PGID` (a supervisor stopping the job) also reaches Ray's own processes: the running
+    shards die with the cluster, so they are left pending, not recorded as failed, and nothing outlives it."""
+    from faceshard.storage.status import dataset_status
+    from faceshard.synth import make_corpus
+
+    manifest = make_corpus(tmp_path / "corpus", n_videos=4, seed=2)
+    out = tmp_path / "out"
+    terminal = Terminal(["build", str(manifest), "--out", str(out), "--shard-size", "1"], _env(tmp_path))
+    try:
+        terminal.read_until(lambda text: re.search(r"videos [1-9]/4", _plain(text)) is not None, timeout=600)
+        os.killpg(terminal.pid, signal.SIGTERM)
+        code = terminal.wait(timeout=300)
+    finally:
+        terminal.close()
+    text = _plain(terminal.output)
+    assert code == 130, text[-3000:]
+    assert "Traceback" not in text and re.search(r"^interrupted: \d of 4 shards committed", text, re.M)
+    assert _no_survivors(terminal.pid) == []
+    assert dataset_status(str(out))["failed"] == 0
