@@ -1,8 +1,8 @@
 """Ctrl-C for a build: the first SIGINT or SIGTERM stops it cleanly, a second one abandons it now.
 
 Before any shard is submitted (validation, lease, plan, start-up) the first signal stops the build
-at once. Once shards run it stops the submitting: the running shards finish and commit, then the
-build ends. A second signal abandons the running shards (their workers are stopped with the
+at once. Once shards run, a first SIGINT stops the submitting: the running shards finish and commit,
+then the build ends. A second signal, or a SIGTERM, abandons the running shards (their workers are stopped with the
 cluster; a shard that did not commit left nothing a later build keeps). Either way the servers this
 build started are stopped in order and the build raises `BuildInterrupted`, which the CLI turns
 into one line and exit code 130. A step that must not be torn in two (a child process being
@@ -91,14 +91,16 @@ class Interrupts:
             raise BuildInterrupted()
 
     def _handle(self, signum: int, frame: object) -> None:
-        self.count += 1
+        # SIGTERM abandons at once: sent to the process group it also stops Ray's own processes, and
+        # a supervisor that sends it wants the process gone, not the running shards finished.
+        self.count = max(self.count + 1, 2 if signum == signal.SIGTERM else 1)
         self.stopping.set()
         if self.count > 1:
             self.abandoning.set()
         if self.on_signal is not None:
             self.on_signal(self.count)
-        if not self._deferred:
-            self.check()
+        if not self._deferred and not self.graceful:
+            self.check()  # once shards run, the fan-out sees the events and the flow ends normally
 
 
 _current: ContextVar[Interrupts | None] = ContextVar("faceshard_interrupts", default=None)

@@ -12,6 +12,7 @@ driver polls (`watch_videos`); the per-shard work itself only gets a plain callb
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import threading
 import time
@@ -158,8 +159,9 @@ def watch_videos(
         yield inbox
     finally:
         done.set()
-        watcher.join()
-        ray.kill(inbox)
+        watcher.join(timeout=INBOX_POLL_S * 4)
+        with contextlib.suppress(Exception):  # the cluster is already gone (a SIGTERM to the group)
+            ray.kill(inbox)
 
 
 ProgressListener = Callable[[BuildProgress], None]
