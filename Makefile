@@ -28,6 +28,7 @@ test: setup
 bench: setup
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 	$(BIN)/faceshard bench build --fixtures ../shared/fixtures --work bench-work --repeat 3 --json-out bench-work/build.json
+	$(BIN)/faceshard bench startup --fixtures ../shared/fixtures --work bench-work --json-out bench-work/startup.json
 
 clean:
 	rm -rf faceshard-demo .pytest_cache .ruff_cache

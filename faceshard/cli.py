@@ -196,13 +196,15 @@ def build(
     manifest; new ones go to new shards; rows of videos missing from the manifest stay (reported as
     not_in_manifest) unless --prune.
     """
+    started = time.perf_counter()
+    if not dry_run:  # the first line at once: the rest of start-up is told phase by phase
+        console.print(f"faceshard build {escape(manifest)} → {escape(out)}", highlight=False)
     cfg = resolve_build_config(preset, config, set_, shard_size)
     check_writable_folder(out)
     out = absolute_uri(out)  # the workers resolve paths in their own working directory
     from faceshard.errors import StorageError
     from faceshard.flows.plan import dry_run as plan_only
     from faceshard.models.registry import WeightsUnavailableError
-    from faceshard.progress_bar import BuildProgressBar
 
     options = {"rebuild": rebuild, "retry_failed": retry_failed, "roots": root, "prune": prune}
     try:
@@ -213,18 +215,63 @@ def build(
             else:
                 _print_plan(plan)
             return
-        from faceshard.flows.local import run_build
-
-        with BuildProgressBar(console) as bar:
-            summary = run_build(manifest, out, cfg, **options, wait_s=wait, on_progress=bar)
+        summary = _build_with_progress(manifest, out, cfg, options, wait, started)
     except (StorageError, WeightsUnavailableError, FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     if as_json:
         print(json.dumps(summary, indent=2))
     else:
         _print_summary(summary)
+    _print_warnings(summary)
     if summary["failed_shards"]:
         raise typer.Exit(1)
+
+
+def _build_with_progress(
+    manifest: str, out: str, cfg: BuildConfig, options: dict[str, Any], wait: float, started: float
+) -> dict[str, Any]:
+    """`run_build` with its phases and progress on stderr and Ctrl-C handled: the first stops the
+    submitting and lets running shards commit, a second abandons them; either exits 130 with one line.
+    """
+    import shlex
+    import sys
+
+    from faceshard.flows import interrupt
+    from faceshard.flows.interrupt import BuildInterrupted, Interrupts
+    from faceshard.flows.local import run_build
+    from faceshard.flows.runtime import StartupError
+    from faceshard.progress_bar import BuildProgressBar
+
+    resume = shlex.join(["faceshard", *sys.argv[1:]])
+    with BuildProgressBar(console) as bar:
+
+        def on_signal(count: int) -> None:
+            if count == 1:
+                bar.line(
+                    "stopping: nothing more is submitted; running shards finish (Ctrl-C again to abandon them)"
+                )
+            elif count == 2:
+                bar.line("abandoning the running shards")
+
+        try:
+            with interrupt.handling(Interrupts(on_signal)) as interrupts:
+                return run_build(
+                    manifest, out, cfg, **options, wait_s=wait, on_progress=bar, on_phase=bar.phase,
+                    interrupts=interrupts, started=started,
+                )  # fmt: skip
+        except BuildInterrupted as stopped:
+            bar.__exit__(None, None, None)
+            done = (
+                f"{stopped.committed} of {stopped.total} shards committed"
+                if stopped.committed is not None
+                else "nothing was written"
+            )
+            console.print(
+                f"interrupted: {done}; resume with: {escape(resume)}", highlight=False, soft_wrap=True
+            )
+            raise typer.Exit(ExitCode.INTERRUPTED) from None
+        except StartupError as exc:
+            _fail(str(exc))
 
 
 def _print_plan(plan: dict[str, Any]) -> None:
@@ -248,14 +295,20 @@ def _print_plan(plan: dict[str, Any]) -> None:
 def _print_summary(summary: dict[str, Any]) -> None:
     table = Table(title="faceshard build", show_header=False)
     keys = ("shards_total", "processed", "skipped", "videos_total", "videos_processed", "videos_skipped")
-    for key in (*keys, "not_in_manifest", "faces", "identities", "seconds"):
-        table.add_row(key, str(summary[key]))
+    for key in (*keys, "not_in_manifest", "faces", "identities", "seconds", "startup_seconds"):
+        table.add_row(key, str(summary.get(key)))
     table.add_row("video status", ", ".join(f"{k}={v}" for k, v in sorted(summary["status_counts"].items())))
     table.add_row("failed shards", str(len(summary["failed_shards"])))
     table.add_row("fingerprint", summary["fingerprint"])
     if summary.get("random_weights"):
         table.add_row("[yellow]random weights[/]", ", ".join(summary["random_weights"]))
     stdout.print(table)
+
+
+def _print_warnings(summary: dict[str, Any]) -> None:
+    """The build's warnings, each once, on stderr (with --json too: they are in the JSON as well)."""
+    for warning in summary.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {escape(warning)}")
 
 
 @app.command()
@@ -557,7 +610,7 @@ def demo(
     manifest = make_corpus(out / "corpus", n_videos=videos, seed=0)
     cfg = load_config("demo")
     with BuildProgressBar(console) as bar:
-        summary = run_build(str(manifest), str(out / "dataset"), cfg, on_progress=bar)
+        summary = run_build(str(manifest), str(out / "dataset"), cfg, on_progress=bar, on_phase=bar.phase)
     info = dataset_status(str(out / "dataset"))
     if as_json:
         print(
@@ -573,17 +626,13 @@ def demo(
 
 def _print_demo(summary: dict[str, Any], info: dict[str, Any], out: Path, seconds: float) -> None:
     _print_summary(summary)
+    _print_warnings(summary)
     totals = info.get("totals", {})
     stdout.print(
         f"[bold]demo:[/] {totals.get('videos', 0)} videos, {totals.get('faces', 0)} faces, "
         f"{totals.get('identities', 0)} identities in {seconds:.1f}s "
         f"→ {out / 'dataset'}"
     )
-    if info.get("random_weights"):
-        stdout.print(
-            f"[yellow]random weights:[/] {', '.join(info['random_weights'])} "
-            "(hub weights unreachable offline; the demo preset allows random init)"
-        )
 
 
 @app.command()

@@ -13,12 +13,14 @@ import time
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect_ray import RayTaskRunner
 from prefect_ray.context import remote_options
 
-from faceshard.config import BuildConfig, RuntimeConfig, config_from_tree
+from faceshard.config import RuntimeConfig, config_from_tree
+from faceshard.flows import interrupt
 from faceshard.flows.fanout import bounded_as_completed, in_flight_limit
-from faceshard.flows.plan import dataset_weights, plan_output, shards_to_run
+from faceshard.flows.plan import PreparedBuild, build_summary, handed_in, prepare_build
 from faceshard.flows.progress import (
     BuildProgress,
     ProgressArtifact,
@@ -26,21 +28,42 @@ from faceshard.flows.progress import (
     publish_shard_table,
     publish_summary,
     shard_row,
+    watch_videos,
 )
 from faceshard.flows.runtime import ray_init_kwargs
 from faceshard.storage.commit import Output
-from faceshard.storage.manifest import Manifest, ShardPlan, load_manifest
+from faceshard.storage.manifest import ShardPlan
 
 
-@task(name="process-shard", retries=2, retry_delay_seconds=2, persist_result=False)
-def process_shard_task(plan: ShardPlan, config: dict[str, Any], output: Output, retry_failed: bool) -> dict:
+@task(name="process-shard", retries=2, retry_delay_seconds=2, persist_result=False, cache_policy=NO_CACHE)
+def process_shard_task(
+    plan: ShardPlan, config: dict[str, Any], output: Output, retry_failed: bool, inbox: Any = None
+) -> dict:
     """One shard on one Ray worker: per-video errors stay inside; only shard-level faults retry.
 
     The pipeline is imported here, on the worker: the driver plans and fans out without its libraries.
+    Each finished video is put in the driver's `inbox` (a `VideoInbox` actor), without waiting; a
+    shard that starts after the user stopped the build returns `{"shard": id, "stopped": True}`.
     """
+    import ray
+
+    from faceshard.models.registry import random_weights_told_elsewhere
     from faceshard.tasks.shard import process_shard
 
-    return process_shard(plan, config_from_tree(config), output, retry_failed=retry_failed)
+    if inbox is not None and ray.get(inbox.stopped.remote()):
+        return {"shard": plan.shard_id, "stopped": True}
+
+    def tell(video: Any, result: Any) -> None:
+        inbox.put.remote(plan.shard_id, video.video_id, result.video["status"] == "error")
+
+    random_weights_told_elsewhere()  # the build's summary says it once
+    return process_shard(
+        plan,
+        config_from_tree(config),
+        output,
+        retry_failed=retry_failed,
+        on_video=tell if inbox is not None else None,
+    )
 
 
 @flow(
@@ -70,61 +93,36 @@ def build_dataset(
     output's lease is held (and heartbeated) for the whole flow; another build on the same output
     waits up to `wait_s` for it, then fails naming this one. Only videos the output has not
     committed are processed, in new shards (see `storage.plan`); rows of videos missing from the
-    manifest stay unless `prune`.
+    manifest stay unless `prune`. `faceshard build` does the planning before starting any server
+    and hands it in (`running_prepared`); a deployment's run plans here.
     """
-    started = time.perf_counter()
+    prepared = handed_in()  # the flow's function is pickled by value: no module state of its own here
+    if prepared is not None:
+        return _run(prepared, config, retry_failed)
     cfg = config_from_tree(config)
-    videos = load_manifest(manifest, roots=roots)
-    weights = dataset_weights(cfg)
-    output = Output.open(
+    with prepare_build(
+        manifest,
         out,
-        config=cfg,
-        weights=weights,
+        cfg,
         rebuild=rebuild,
+        retry_failed=retry_failed,
+        roots=roots,
         storage_options=storage_options,
         wait_s=wait_s,
-    )
-    with output:
-        return _build_under_lease(output, videos, cfg, config, weights, retry_failed, prune, started)
+        prune=prune,
+    ) as prepared:
+        return _run(prepared, config, retry_failed)
 
 
-def _build_under_lease(
-    output: Output,
-    videos: Manifest,
-    cfg: BuildConfig,
-    config: dict[str, Any],
-    weights: dict[str, Any],
-    retry_failed: bool,
-    prune: bool,
-    started: float,
-) -> dict[str, Any]:
-    logger = get_run_logger()
-    build_plan = plan_output(output, videos, cfg, prune=prune)
-    output.apply_plan(build_plan)
-    todo = shards_to_run(output, videos, build_plan, retry_failed)
-    logger.info("%d shards planned, %d to process", build_plan.shards_total, len(todo))
-
-    shard_stats, failed = run_shards(todo, config, output, retry_failed, cfg.runtime)
-    publish_summary(output.uri, output.storage_options, time.perf_counter() - started)
-
-    return {
-        "shards_total": build_plan.shards_total,
-        "processed": len(shard_stats),
-        "skipped": build_plan.shards_total - len(todo),
-        "failed_shards": failed,
-        "videos_total": build_plan.videos_total,
-        "videos_processed": sum(s["videos"] for s in shard_stats),
-        "videos_skipped": build_plan.videos_skipped,
-        "not_in_manifest": build_plan.not_in_manifest,
-        "pruned_videos": build_plan.pruned_videos,
-        "videos": sum(s["videos"] for s in shard_stats),
-        "faces": sum(s["faces"] for s in shard_stats),
-        "identities": sum(s["identities"] for s in shard_stats),
-        "status_counts": _sum_counts(s["status_counts"] for s in shard_stats),
-        "seconds": round(time.perf_counter() - started, 2),
-        "fingerprint": output.fingerprint,
-        "random_weights": sorted(role for role, info in weights.items() if info.get("random")),
-    }
+def _run(prepared: PreparedBuild, config: dict[str, Any], retry_failed: bool) -> dict[str, Any]:
+    get_run_logger().info("%d shards planned, %d to process", prepared.plan.shards_total, len(prepared.todo))
+    with interrupt.rearmed():  # the flow engine swapped in its own SIGTERM handler
+        shard_stats, failed = run_shards(
+            prepared.todo, config, prepared.output, retry_failed, prepared.cfg.runtime
+        )
+    output = prepared.output
+    publish_summary(output.uri, output.storage_options, time.perf_counter() - prepared.started)
+    return build_summary(prepared, shard_stats, failed)
 
 
 def run_shards(
@@ -137,45 +135,69 @@ def run_shards(
     """Process `plans` on the cluster with at most `in_flight_limit(runtime)` submitted at once.
 
     Returns the stats of the committed shards and the failed ones (`{"shard", "error"}`, also
-    recorded in the output), both in the order the shards finished. After every shard the
-    progress goes to this process's listener (the CLI's bar) and the Prefect progress artifact;
-    at the end a table artifact holds one row per shard.
+    recorded in the output), both in the order the shards finished. As each video finishes the
+    progress goes to this process's listener (the CLI's bar); after every shard also to the
+    Prefect progress artifact; at the end a table artifact holds one row per shard. When the user
+    stops the build (`flows.interrupt`) nothing more is submitted, and on a second stop the
+    running shards are no longer waited for.
     """
     logger = get_run_logger()
     limit = in_flight_limit(runtime)
     progress = BuildProgress(shards_total=len(plans), videos_total=sum(len(p.videos) for p in plans))
-    listeners = [listener for listener in (current_listener(), ProgressArtifact(progress)) if listener]
+    listener = current_listener()
+    listeners = [item for item in (listener, ProgressArtifact(progress)) if item]
     shard_task = process_shard_task.with_options(retries=runtime.task_retries)
+    stops = interrupt.current()
     logger.info("%d shards to process, at most %d in flight", len(plans), limit)
 
-    def submit(plan: ShardPlan) -> Any:
-        # max_calls=0: Ray would otherwise end a GPU task's worker after every task, and with it the
-        # models it loaded once (a reload per shard).
-        with remote_options(num_cpus=runtime.cpus_per_shard, num_gpus=runtime.gpus_per_shard, max_calls=0):
-            return shard_task.submit(plan, config, output, retry_failed)
-
     def report() -> None:
-        for listener in listeners:
+        for item in listeners:
+            item(progress)
+
+    def report_videos() -> None:
+        if listener is not None:
             listener(progress)
 
     report()
     shard_stats: list[dict] = []
     failed: list[dict] = []
     rows: list[dict] = []
-    for plan, future in bounded_as_completed(plans, submit, limit):
-        future.wait()
-        stats, error = None, None
-        if future.state.is_completed():
-            stats = future.result()
-            shard_stats.append(stats)
-        else:
-            error = _failure_message(future)
-            output.record_failure(plan, error)
-            failed.append({"shard": plan.shard_id, "error": error})
-            logger.error("shard %05d failed: %s", plan.shard_id, error)
-        rows.append(shard_row(plan, stats, error))
-        progress.shard_finished(plan, failed=error is not None)
-        report()
+    stopping = stops.stopping.is_set if stops else None
+    with watch_videos(progress, report_videos, stopping) as inbox:
+
+        def submit(plan: ShardPlan) -> Any:
+            # max_calls=0: Ray would otherwise end a GPU task's worker after every task, and with it
+            # the models it loaded once (a reload per shard).
+            with remote_options(
+                num_cpus=runtime.cpus_per_shard, num_gpus=runtime.gpus_per_shard, max_calls=0
+            ):
+                return shard_task.submit(plan, config, output, retry_failed, inbox)
+
+        finished = bounded_as_completed(
+            plans,
+            submit,
+            limit,
+            stop=stopping,
+            abandon=stops.abandoning.is_set if stops else None,
+        )
+        for plan, future in finished:
+            future.wait()
+            stats, error = None, None
+            if future.state.is_completed():
+                stats = future.result()
+                if stats.get("stopped"):  # never started: the build was stopped first
+                    continue
+                shard_stats.append(stats)
+            elif stopping is not None and stopping():
+                continue  # killed with the build (a SIGTERM to its process group reaches Ray too): pending
+            else:
+                error = _failure_message(future)
+                output.record_failure(plan, error)
+                failed.append({"shard": plan.shard_id, "error": error})
+                logger.error("shard %05d failed: %s", plan.shard_id, error)
+            rows.append(shard_row(plan, stats, error))
+            progress.shard_finished(plan, failed=error is not None)
+            report()
     publish_shard_table(rows)
     return shard_stats, failed
 
@@ -186,11 +208,3 @@ def _failure_message(future: Any) -> str:
     except BaseException as exc:  # the shard's own exception, re-raised by Prefect
         return f"{type(exc).__name__}: {exc}"
     return str(future.state.message or future.state.type)
-
-
-def _sum_counts(counts: Any) -> dict[str, int]:
-    total: dict[str, int] = {}
-    for item in counts:
-        for key, value in item.items():
-            total[key] = total.get(key, 0) + value
-    return total

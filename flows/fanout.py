@@ -25,20 +25,31 @@ class DoneCallbackFuture(Protocol):
 Item = TypeVar("Item")
 Future = TypeVar("Future", bound=DoneCallbackFuture)
 
+POLL_S = 0.2  # how soon a stop or abandon request is seen while waiting on running shards
+
 
 def bounded_as_completed(
-    items: Iterable[Item], submit: Callable[[Item], Future], limit: int
+    items: Iterable[Item],
+    submit: Callable[[Item], Future],
+    limit: int,
+    *,
+    stop: Callable[[], bool] | None = None,
+    abandon: Callable[[], bool] | None = None,
 ) -> Iterator[tuple[Item, Future]]:
     """Submit `items` keeping at most `limit` unfinished; yield `(item, future)` in completion order.
 
     The next item is submitted before a finished one is yielded, so the cluster stays busy while
     the caller records an outcome. Futures signal completion through `add_done_callback`, which may
-    run on another thread (Ray's); the queue hands them to this one.
+    run on another thread (Ray's); the queue hands them to this one. Once `stop()` is true nothing
+    more is submitted (the unfinished are still waited for); once `abandon()` is true the
+    unfinished are no longer waited for either. Both are looked at least every `POLL_S`.
     """
     if limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
     finished: queue.SimpleQueue[tuple[Item, Future]] = queue.SimpleQueue()
     waiting = iter(items)
+    stopped = stop or (lambda: False)
+    abandoned = abandon or (lambda: False)
 
     def launch(item: Item) -> None:
         future = submit(item)
@@ -46,14 +57,20 @@ def bounded_as_completed(
 
     in_flight = 0
     for item in itertools.islice(waiting, limit):
+        if stopped():
+            break
         launch(item)
         in_flight += 1
-    while in_flight:
-        item, future = finished.get()
+    while in_flight and not abandoned():
+        try:
+            item, future = finished.get(timeout=POLL_S)
+        except queue.Empty:
+            continue
         in_flight -= 1
-        for following in itertools.islice(waiting, 1):
-            launch(following)
-            in_flight += 1
+        if not stopped():
+            for following in itertools.islice(waiting, 1):
+                launch(following)
+                in_flight += 1
         yield item, future
 
 

@@ -7,6 +7,11 @@ the shards a build actually runs.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
@@ -62,6 +67,155 @@ def shards_to_run(output: Output, manifest: Manifest, plan: BuildPlan, retry_fai
     wanted = set(plan.todo) | (set(retry_shards(output, manifest, plan)) if retry_failed else set())
     rows = plan.shards.filter(pl.col("shard").is_in(sorted(wanted))).sort("shard", maintain_order=True)
     return manifest.shard_plans(rows)
+
+
+PhaseListener = Callable[[str, float, str], None]
+"""Told `(phase, seconds, detail)` as each start-up phase of a build ends (the CLI prints a line)."""
+
+
+@dataclass
+class PreparedBuild:
+    """What a build settles before any server starts: the manifest, the weights, the output (its
+    lease held) and the plan. `close()` releases the lease."""
+
+    videos: Manifest
+    cfg: BuildConfig
+    weights: dict[str, dict[str, Any]]
+    output: Output
+    plan: BuildPlan
+    todo: list[ShardPlan]
+    started: float
+
+    def close(self) -> None:
+        self.output.close()
+
+    def __enter__(self) -> PreparedBuild:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_handed_in: ContextVar[PreparedBuild | None] = ContextVar("faceshard_prepared_build", default=None)
+
+
+@contextmanager
+def handing_in(prepared: PreparedBuild) -> Iterator[None]:
+    """Within the block, the build flow run in this process processes `prepared` (validated, its
+    lease held and planned before the servers started) instead of opening the output again."""
+    token = _handed_in.set(prepared)
+    try:
+        yield
+    finally:
+        _handed_in.reset(token)
+
+
+def handed_in() -> PreparedBuild | None:
+    return _handed_in.get()
+
+
+def prepare_build(
+    manifest: str,
+    out: str,
+    cfg: BuildConfig,
+    *,
+    rebuild: bool = False,
+    retry_failed: bool = False,
+    roots: list[str] | None = None,
+    storage_options: dict[str, Any] | None = None,
+    wait_s: float = 0.0,
+    prune: bool = False,
+    on_phase: PhaseListener | None = None,
+    started: float | None = None,
+    whole: Callable[[], AbstractContextManager[None]] = nullcontext,
+) -> PreparedBuild:
+    """Validate, take the output's lease and plan: everything that can refuse a build or find it has
+    nothing to do, without Prefect, Ray or a model. A busy output raises OutputBusy naming its holder.
+    Taking the lease and writing the plan run inside `whole()` (a Ctrl-C waits for their end).
+    """
+    started = time.perf_counter() if started is None else started
+    tell = on_phase or (lambda phase, seconds, detail: None)
+    clock = time.perf_counter()
+    videos = load_manifest(manifest, roots=roots)
+    weights = dataset_weights(cfg)
+    tell("manifest", time.perf_counter() - clock, f"{len(videos)} videos; weights found")
+    clock = time.perf_counter()
+    with whole():
+        output = Output.open(
+            out, config=cfg, weights=weights, rebuild=rebuild, storage_options=storage_options, wait_s=wait_s
+        )
+    tell("lease", time.perf_counter() - clock, f"{out} held by this build")
+    try:
+        clock = time.perf_counter()
+        with whole():
+            plan = plan_output(output, videos, cfg, prune=prune)
+            output.apply_plan(plan)
+        todo = shards_to_run(output, videos, plan, retry_failed)
+        todo_videos = sum(len(shard.videos) for shard in todo)
+        detail = f"{plan.shards_total} shards; {len(todo)} to process ({todo_videos} videos)"
+        tell("plan", time.perf_counter() - clock, detail)
+    except BaseException:
+        output.close()
+        raise
+    return PreparedBuild(videos, cfg, weights, output, plan, todo, started)
+
+
+def build_summary(
+    prepared: PreparedBuild,
+    shard_stats: list[dict[str, Any]],
+    failed: list[dict[str, Any]],
+    *,
+    startup_seconds: float = 0.0,
+    warnings: list[str] | None = None,
+) -> dict[str, Any]:
+    """The build's summary: `seconds` is wall time from the start, `startup_seconds` its start-up part."""
+    plan = prepared.plan
+    before = set(plan.committed)
+    return {
+        "shards_total": plan.shards_total,
+        "shards_committed": len(before) + sum(s["shard"] not in before for s in shard_stats),
+        "processed": len(shard_stats),
+        "skipped": plan.shards_total - len(prepared.todo),
+        "failed_shards": failed,
+        "videos_total": plan.videos_total,
+        "videos_processed": sum(s["videos"] for s in shard_stats),
+        "videos_skipped": plan.videos_skipped,
+        "not_in_manifest": plan.not_in_manifest,
+        "pruned_videos": plan.pruned_videos,
+        "videos": sum(s["videos"] for s in shard_stats),
+        "faces": sum(s["faces"] for s in shard_stats),
+        "identities": sum(s["identities"] for s in shard_stats),
+        "status_counts": _sum_counts(s["status_counts"] for s in shard_stats),
+        "seconds": round(time.perf_counter() - prepared.started, 2),
+        "startup_seconds": round(startup_seconds, 2),
+        "fingerprint": prepared.output.fingerprint,
+        "random_weights": random_roles(prepared.weights),
+        "warnings": list(warnings if warnings is not None else build_warnings(prepared.weights)),
+    }
+
+
+def random_roles(weights: dict[str, dict[str, Any]]) -> list[str]:
+    return sorted(role for role, info in weights.items() if info.get("random"))
+
+
+def build_warnings(weights: dict[str, dict[str, Any]]) -> list[str]:
+    """The build's warnings, each once (workers load models quietly; the driver says it here)."""
+    roles = random_roles(weights)
+    if not roles:
+        return []
+    names = ", ".join(f"{role} ({weights[role].get('name', role)})" for role in roles)
+    return [
+        f"RANDOM WEIGHTS for {names}: their weights are unreachable, so these models use a seeded "
+        "random init; rows are marked random and their features are NOT meaningful."
+    ]
+
+
+def _sum_counts(counts: Any) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for item in counts:
+        for key, value in item.items():
+            total[key] = total.get(key, 0) + value
+    return total
 
 
 def dry_run(

@@ -16,7 +16,6 @@ repeat their details. The loading helpers below are shared by every model module
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import re
 import threading
@@ -25,8 +24,6 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
-
-log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -262,6 +259,13 @@ def unavailable_message(what: str, tried: Sequence[str], how: str) -> str:
     )
 
 
+def random_weights_told_elsewhere() -> None:
+    """No RANDOM WEIGHTS warning from this process from now on: called in a build's worker, whose
+    driver says it once per build (the weights' manifest already knows which are random). For the
+    process, not a block: models may go on loading on a thread after the call that started them."""
+    warnings.filterwarnings("ignore", message="RANDOM WEIGHTS", category=RuntimeWarning)
+
+
 def build_random(
     arch: str,
     build: Callable[[], T],
@@ -285,8 +289,7 @@ def build_random(
         f"with a seeded random init (seed {RANDOM_SEED}). Outputs are marked random and are NOT "
         "meaningful features."
     )
-    warnings.warn(message, RuntimeWarning, stacklevel=2)
-    log.warning(message)
+    warnings.warn(message, RuntimeWarning, stacklevel=2)  # once: a log line too printed it twice
     import torch
 
     with torch.random.fork_rng(devices=[]):

@@ -15,6 +15,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -105,13 +106,17 @@ def weight_roles(cfg: BuildConfig) -> dict[str, Callable[[bool], Any]]:
     return roles
 
 
+class ModelsUnavailable(RuntimeError):
+    """A model of the build could not be loaded: a fault of the shard (retried, then recorded), never
+    an error row of the video that happened to need it first."""
+
+
 class VideoProcessor:
     """All models of a build, loaded once; `processor(video, shard_id) -> VideoResult`."""
 
     def __init__(self, cfg: BuildConfig, device: str | None = None) -> None:
         self.cfg = cfg
         self.device = resolve_device(device or cfg.runtime.device)
-        allow_random = cfg.runtime.allow_random_weights
         self.detector = build_detector(cfg.detect, self.device)
         self.detect = RepeatAwareDetector(self.detector)  # exact: a bit-identical frame's detections
         self.detect_still = StillPictureSkipper(self.detect)  # bounded per_second: still, face-less pictures
@@ -124,12 +129,21 @@ class VideoProcessor:
             self.metric, self.threshold = clustering_rule(
                 cfg.identity, self.identity.metric, self.identity.default_threshold
             )
-        # Depth and embedding libraries are imported only by builds that use them (seconds each).
-        self.depth = None
+        # Depth and embedding models (their libraries alone take seconds to import) load on a thread
+        # while the first video decodes and detects; the per-face stages wait for them.
+        loader = ThreadPoolExecutor(1, "late-models")
+        self._late: Future[tuple[Any, Any]] = loader.submit(self._load_late)
+        loader.shutdown(wait=False)
+        # Faces wait for a full batch of the batched models; crops held are bounded by this number.
+        self.face_batch = max(cfg.depth.batch_size, cfg.embed.batch_size)
+
+    def _load_late(self) -> tuple[Any, Any]:
+        cfg, allow_random = self.cfg, self.cfg.runtime.allow_random_weights
+        depth = embedder = None
         if cfg.depth.enabled:
             from faceshard.models.depth import DepthEstimator
 
-            self.depth = DepthEstimator(
+            depth = DepthEstimator(
                 cfg.depth.model,
                 cfg.depth.input_size,
                 self.device,
@@ -137,11 +151,10 @@ class VideoProcessor:
                 batch_size=cfg.depth.batch_size,
                 input_spec=cfg.depth.input,
             )
-        self.embedder = None
         if cfg.embed.enabled:
             from faceshard.models.embedders import Embedder
 
-            self.embedder = Embedder(
+            embedder = Embedder(
                 cfg.embed.model,
                 cfg.embed.checkpoint,
                 cfg.embed.output,
@@ -151,8 +164,30 @@ class VideoProcessor:
                 batch_size=cfg.embed.batch_size,
                 input_spec=cfg.embed.input,
             )
-        # Faces wait for a full batch of the batched models; crops held are bounded by this number.
-        self.face_batch = max(cfg.depth.batch_size, cfg.embed.batch_size)
+        return depth, embedder
+
+    def _late_models(self) -> tuple[Any, Any]:
+        """The depth and embedding models once loaded; a failure to load is the shard's, not a video's."""
+        try:
+            return self._late.result()
+        except Exception as exc:
+            raise ModelsUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    def load_failed(self) -> bool:
+        """Whether a model failed to load (a worker then builds a new processor for the next shard)."""
+        return self._late.done() and self._late.exception() is not None
+
+    def wait_for_models(self) -> None:
+        """Return once every model is loaded (raises ModelsUnavailable if one cannot be)."""
+        self._late_models()
+
+    @property
+    def depth(self) -> Any:
+        return self._late_models()[0]
+
+    @property
+    def embedder(self) -> Any:
+        return self._late_models()[1]
 
     @property
     def weights(self) -> dict[str, dict[str, Any]]:
@@ -224,6 +259,8 @@ class VideoProcessor:
                 identity_rows = self._identities(faces)
         except VideoError as exc:
             return VideoResult(_finish(row, "error", str(exc), started), seconds=dict(clock.seconds))
+        except ModelsUnavailable:
+            raise
         except Exception as exc:  # a model or library failure on this input: recorded, never fatal
             log.exception("video %s failed", video.video_id)
             message = f"{type(exc).__name__}: {exc}"

@@ -10,17 +10,22 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from faceshard.config import BuildConfig
 from faceshard.faults import maybe_fault
 from faceshard.models.threads import limit_threads
+from faceshard.records import VideoTask
 from faceshard.storage.commit import Output
 from faceshard.storage.manifest import ShardPlan
 from faceshard.storage.schema import rows_to_tables, table_schemas
 from faceshard.tasks.pipeline import VideoProcessor, VideoResult
 
 log = logging.getLogger(__name__)
+
+VideoListener = Callable[[VideoTask, VideoResult], None]
+"""Told of each video of a shard as it finishes (the driver's progress bar counts videos with it)."""
 
 _PROCESSORS: dict[str, VideoProcessor] = {}
 
@@ -35,6 +40,8 @@ def get_processor(cfg: BuildConfig) -> VideoProcessor:
         },
         sort_keys=True,
     )
+    if key in _PROCESSORS and _PROCESSORS[key].load_failed():
+        del _PROCESSORS[key]  # a model that failed to load is tried again by the next shard
     if key not in _PROCESSORS:
         _PROCESSORS.clear()  # one build per worker at a time: free the previous build's models
         limit_threads(cfg.runtime.cpus_per_shard)
@@ -43,12 +50,17 @@ def get_processor(cfg: BuildConfig) -> VideoProcessor:
 
 
 def process_shard(
-    plan: ShardPlan, cfg: BuildConfig, output: Output, retry_failed: bool = False
+    plan: ShardPlan,
+    cfg: BuildConfig,
+    output: Output,
+    retry_failed: bool = False,
+    on_video: VideoListener | None = None,
 ) -> dict[str, Any]:
     """Process and commit one shard; returns its stats (also stored in the commit marker).
 
     With `retry_failed` and a committed shard, only the videos whose rows say `error` are processed
     again and the shard is re-committed atomically with every other video's rows unchanged.
+    `on_video` is called after each video (a failing listener is logged, never fatal).
     """
     started = time.perf_counter()
     processor = get_processor(cfg)
@@ -62,6 +74,11 @@ def process_shard(
     for video in videos:
         maybe_fault("video", video.video_id)
         results.append(processor(video, plan.shard_id))
+        if on_video is not None:
+            try:
+                on_video(video, results[-1])
+            except Exception:
+                log.warning("progress listener failed for video %s", video.video_id, exc_info=True)
     tables = rows_to_tables(
         [r.video for r in results],
         [row for r in results for row in r.faces],

@@ -119,7 +119,7 @@ def test_the_bar_is_redrawn_with_each_shard() -> None:
             frames.append(screen.getvalue())
     assert "shards 0/3" in frames[0] and "videos 0/5" in frames[0] and "failures 0" in frames[0]
     assert "shards 1/3" in frames[1] and "videos 2/5" in frames[1]
-    assert "shards 2/3" in frames[2] and "failures 1" in frames[2]
+    assert "shards 2/3" in frames[2] and "failures 2 (1 shard)" in frames[2]  # its 2 videos failed
     assert "shards 3/3" in frames[3] and "videos 5/5" in frames[3] and "ETA 0:00:00" in frames[3]
     assert "videos/s" in frames[3]
 

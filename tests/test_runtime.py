@@ -122,3 +122,38 @@ def test_a_server_that_cannot_launch_leaves_no_api_url_behind(
     with pytest.raises(OSError), local_runtime(RuntimeConfig(num_cpus=1)):
         pytest.fail("the runtime came up")
     assert "PREFECT_API_URL" not in os.environ
+
+
+def test_a_slow_server_is_one_line_saying_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from faceshard.flows.runtime import ServerStartError
+
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "home"))
+    server = LocalApiServer(free_port(), timeout_s=0.2)  # no server answers this soon
+    with pytest.raises(ServerStartError) as caught:
+        server.start()
+    message = str(caught.value)
+    assert "\n" not in message and "FACESHARD_SERVER_START_S" in message and "run the build again" in message
+    assert server.process is None  # stopped, not left starting
+    assert LocalApiServer(free_port()).timeout_s == 300  # the default outlasts a busy machine's start
+
+
+def test_the_server_ignores_the_terminals_ctrl_c_and_has_its_own_process_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C in a terminal signals the whole foreground group: the server must outlive it, so that the
+    build stops it in order (it answered nothing and the flow crashed with httpx tracebacks before)."""
+    import signal
+    import time
+
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "home"))
+    server = LocalApiServer(free_port())
+    server.start()
+    try:
+        assert server.process is not None
+        assert os.getpgid(server.process.pid) == server.process.pid != os.getpgrp()
+        os.kill(server.process.pid, signal.SIGINT)
+        time.sleep(1)
+        assert server.process.poll() is None
+        assert httpx.get(f"{server.api_url}/health").json() is True
+    finally:
+        server.stop()

@@ -26,7 +26,7 @@ from faceshard.storage.manifest import plan_shards
 from faceshard.storage.testing import fake_shard_tables, fake_videos
 
 PLAIN = {"NO_COLOR": "1", "COLUMNS": "200", "TERM": "dumb"}
-# Rows the other half of issue 23 tests (lease before servers, Ctrl-C); listed in the README's table.
+# Rows tests/test_interrupt.py tests (lease before servers, Ctrl-C in a pseudo-terminal); listed in the README table.
 ELSEWHERE = {"out-held", "ctrl-c-start-up", "ctrl-c-mid-build"}
 
 

@@ -111,7 +111,8 @@ def _build_run(
     decode = (decode_before + decode_after) / 2
     workers = os.cpu_count() or 1
     video_seconds = sum(v["seconds"] for v in videos)
-    flow_seconds = float(summary["seconds"])
+    # `seconds` is the build's wall time from its start; what came before its first shard is start-up.
+    flow_seconds = float(summary["seconds"]) - float(summary.get("startup_seconds", 0.0))
     return {
         "videos": len(videos),
         "frames": sum(v["n_frames"] or 0 for v in videos),
