@@ -321,3 +321,52 @@ def test_mintime_list_entries_map_to_our_forgerynet_ids() -> None:
     }
     options = SampleOptions(video_index={"v": 7})
     assert options.index_of("v") == 7 and options.index_of("w") == SampleOptions().index_of("w")
+
+
+def test_shard_dataset_gives_every_video_a_sample_with_its_index_and_forward(tmp_path) -> None:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from torch.utils.data import DataLoader
+
+    from faceshard.storage.commit import Output
+    from faceshard.storage.datasets import ShardDataset
+    from faceshard.storage.manifest import plan_shards
+    from faceshard.storage.testing import fake_shard_tables, fake_videos
+
+    uri = str(tmp_path / "out")
+    out = Output.open(uri, config={"embed": {"dtype": "float16"}}, weights={})
+    plans = plan_shards(fake_videos(6), 3)
+    out.set_plan(plans)
+    emb: dict[str, np.ndarray] = {}
+    for plan in plans:
+        tables = fake_shard_tables(plan, faces_per_video=20, emb_dim=8)
+        faces = tables["faces"]
+        first = pc.equal(faces["video_id"], plan.videos[0].video_id)  # this video clustered nobody
+        column = pc.if_else(first, pa.scalar(-1, pa.int32()), faces["identity"])
+        tables["faces"] = faces.set_column(faces.schema.get_field_index("identity"), "identity", column)
+        out.commit_shard(plan, tables, {})
+        for video in plan.videos:  # each video's embeddings in frame order
+            rows = tables["faces"].filter(pc.equal(tables["faces"]["video_id"], video.video_id))
+            emb[video.video_id] = np.array(rows["emb_rgb"].to_pylist(), np.float16)
+
+    index = {"v00000": 4, "v00001": 7}
+    dataset = ShardDataset(uri, kind="mintime", shuffle=False, options=SampleOptions(video_index=index))
+    samples = {s["video_id"]: s for s in dataset}
+    assert sorted(samples) == [f"v{i:05d}" for i in range(6)]  # v00000 and v00003 had no identity
+    assert samples["v00000"]["mask"].all() and (samples["v00000"]["identity"] == 1).all()
+    assert samples["v00000"]["index"].item() == 4 and samples["v00001"]["index"].item() == 7
+    assert samples["v00002"]["index"].item() == SampleOptions().index_of("v00002")
+    # 20 faces for 16 slots: index 4 (even) picks linspace(1, 19, 16), index 7 (odd) linspace(0, 18, 16)
+    for video, start, stop in (("v00000", 1, 19), ("v00001", 0, 18)):
+        picked = emb[video][np.round(np.linspace(start, stop, 16)).astype(int)]
+        assert np.array_equal(samples[video]["features"][:, 0].numpy(), picked)
+        assert samples[video]["positions"][:, 0].tolist() == (np.arange(16) + 1).tolist()
+    batch = next(iter(DataLoader(dataset, batch_size=3)))
+    shapes = {k: (tuple(v.shape), v.dtype) for k, v in batch["forward"].items()}
+    assert shapes == {
+        "x": ((3, 16, 8, 1, 1), torch.float32),
+        "mask": ((3, 16), torch.bool),
+        "identities_mask": ((3, 16, 16), torch.bool),
+        "size_embedding": ((3, 16), torch.int32),
+        "positions": ((3, 17), torch.int64),
+    }
