@@ -143,6 +143,7 @@ class VideoProcessor:
                 allow_random=allow_random,
                 batch_size=cfg.embed.batch_size,
                 input_spec=cfg.embed.input,
+                normalise=cfg.embed.normalise,
             )
         # Faces wait for a full batch of the batched models; crops held are bounded by this number.
         self.face_batch = max(cfg.depth.batch_size, cfg.embed.batch_size)
