@@ -23,6 +23,7 @@ from faceshard.config import BuildConfig
 from faceshard.errors import VideoError
 from faceshard.models.detectors import build_detector, detector_weights, resolve_device
 from faceshard.models.identity import IDENTITY_CLASSES, build_identity_embedder, identity_weights
+from faceshard.models.registry import WeightsInfo, WeightsUnavailableError
 from faceshard.records import Face, Frame, VideoTask
 from faceshard.storage.schema import video_row
 from faceshard.tasks.crops import CropEncoder, Cropper, encode_image
@@ -84,17 +85,27 @@ def weights_manifest(cfg: BuildConfig) -> dict[str, dict[str, Any]]:
     """
     check_config(cfg)
     allow_random = cfg.runtime.allow_random_weights
-    roles = {"detector": detector_weights(cfg.detect)}
+    lookups: dict[str, Callable[[], WeightsInfo]] = {"detector": lambda: detector_weights(cfg.detect)}
     if cfg.identity.enabled:
-        roles["identity"] = identity_weights(cfg.identity)
+        lookups["identity"] = lambda: identity_weights(cfg.identity, allow_random)
     if cfg.depth.enabled:
         from faceshard.models.depth import depth_weights
 
-        roles["depth"] = depth_weights(cfg.depth.model, allow_random)
+        lookups["depth"] = lambda: depth_weights(cfg.depth.model, allow_random)
     if cfg.embed.enabled:
         from faceshard.models.embedders import embed_weights
 
-        roles["embed"] = embed_weights(cfg.embed.model, cfg.embed.checkpoint, allow_random)
+        lookups["embed"] = lambda: embed_weights(cfg.embed.model, cfg.embed.checkpoint, allow_random)
+    roles, missing = {}, []
+    for role, lookup in lookups.items():  # every missing model is named at once, not one per try
+        try:
+            roles[role] = lookup()
+        except WeightsUnavailableError as exc:
+            missing.append(f"[{role}] {exc}")
+    if len(missing) == 1:
+        raise WeightsUnavailableError(missing[0].partition("] ")[2])
+    if missing:
+        raise WeightsUnavailableError(f"{len(missing)} models have no weights:\n" + "\n".join(missing))
     return {role: asdict(info) for role, info in roles.items()}
 
 
@@ -112,7 +123,9 @@ class VideoProcessor:
         self.size = SizeStage()
         self.encoder = CropEncoder(cfg.crop)
         check_config(cfg)
-        self.identity = build_identity_embedder(cfg.identity, self.device) if cfg.identity.enabled else None
+        self.identity = (
+            build_identity_embedder(cfg.identity, self.device, allow_random) if cfg.identity.enabled else None
+        )
         if self.identity is not None:
             self.metric, self.threshold = clustering_rule(
                 cfg.identity, self.identity.metric, self.identity.default_threshold
