@@ -136,7 +136,8 @@ class ShardDataset(IterableDataset):
 
     Each item is a dict of tensors (plus `video_id` and `method` strings): for `mintime`
     `features (F,P,C)`, `size_bucket`, `identity`, `positions (F,P)`, `mask`, `identities_mask (F,F)`,
-    `index` (the dataset index whose parity picked the faces), `label`, and `forward`: MINTIME's forward
+    `frame` and `face` (the face in each slot, -1 on padding), `index` (the dataset index whose parity
+    picked the faces), `label`, and `forward`: MINTIME's forward
     arguments (`mintime_forward`); a video whose faces have no identity is one identity of all its
     faces (MINTIME's rule), so every video with a face gives a sample; for `megatron`
     `rgb (N,D)`, `depth (N,D)`, `mask`, `label`; for `clips` `clips (n_clips, clip, …)`, `label`
@@ -331,6 +332,9 @@ class ShardDataset(IterableDataset):
                 "positions": _torch(s.positions),
                 "mask": _torch(s.mask),
                 "identities_mask": _torch(s.identities_mask),
+                # which faces the slots hold: (frame, face) of each, -1 on padding
+                "frame": _torch(np.where(s.mask, view["frame"][s.rows], -1).astype(np.int64)),
+                "face": _torch(np.where(s.mask, view["face"][s.rows], -1).astype(np.int64)),
                 "index": torch.tensor(s.index),
                 "label": torch.tensor(s.label),
             }

@@ -361,6 +361,8 @@ def test_shard_dataset_gives_every_video_a_sample_with_its_index_and_forward(tmp
         picked = emb[video][np.round(np.linspace(start, stop, 16)).astype(int)]
         assert np.array_equal(samples[video]["features"][:, 0].numpy(), picked)
         assert samples[video]["positions"][:, 0].tolist() == (np.arange(16) + 1).tolist()
+        frames = (np.round(np.linspace(start, stop, 16)).astype(int) * 25).tolist()  # fake rows: frame k·25
+        assert samples[video]["frame"].tolist() == frames and (samples[video]["face"] == 0).all()
     batch = next(iter(DataLoader(dataset, batch_size=3)))
     shapes = {k: (tuple(v.shape), v.dtype) for k, v in batch["forward"].items()}
     assert shapes == {
