@@ -76,14 +76,14 @@ class SampleOptions:
 
     num_frames: int = 16
     max_identities: int = 2
-    video_index: Mapping[str, int] | None = None
-    mintime_forward: bool = True
     megatron_length: int = 20
     clip_frames: int = 32
     clip: int = 8
     # DeepfakeBench resizes every face to its `resolution` (256) before a clip is stacked; None keeps
     # stored crops as they are (then they must all share one size: `--set crop.store=pad:S`).
     clip_size: int | None = 256
+    video_index: Mapping[str, int] | None = None
+    mintime_forward: bool = True
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_identities <= max(QUOTA_FRACTIONS):
