@@ -146,6 +146,11 @@ class EmbedConfig(_Section):
         description="what the model sees: timm (its eval transform: resize, centre crop) | "
         "isotropic:S (MINTIME) | pad:max (Megatron) | pad:S | native",
     )
+    normalise: Literal["model", "bgr255"] = Field(
+        "model",
+        description="pixels the model gets: model (RGB /255, then its mean/std) | bgr255 (BGR 0-255, no "
+        "mean/std: MINTIME's loader and train.py)",
+    )
 
     @field_validator("input")
     @classmethod
@@ -183,6 +188,11 @@ ROW_NEUTRAL: dict[str, Any] = {
 }
 
 
+# Row-affecting fields added after outputs were built: at these values they describe the rows those
+# outputs already hold, so they are left out of the fingerprint there (older outputs keep theirs).
+ADDED_DEFAULTS: dict[str, dict[str, Any]] = {"embed": {"normalise": "model"}}
+
+
 class BuildConfig(_Section):
     """The whole build: one instance is resolved up front and travels to every worker."""
 
@@ -203,7 +213,12 @@ class BuildConfig(_Section):
         same file at another path (a moved cache, another machine) needs no --rebuild. `shard_size`
         is left out too: it only sizes the shards of videos not yet committed.
         """
-        return self.model_dump(mode="json", exclude=ROW_NEUTRAL)
+        tree = self.model_dump(mode="json", exclude=ROW_NEUTRAL)
+        for section, defaults in ADDED_DEFAULTS.items():
+            for name, default in defaults.items():
+                if tree.get(section, {}).get(name) == default:
+                    del tree[section][name]
+        return tree
 
 
 class ConfigError(ValueError):

@@ -4,8 +4,11 @@
 model is shown of a crop is `input` (models/inputs.py), set by each preset to what its pipeline fed:
 MINTIME `isotropic:224` (longest side → 224, zero-padded square), Megatron `pad:max` (the run's crops
 zero-padded to the largest of them, never resized), or `timm`, the model's own eval transform (resize,
-then centre crop: it cuts the edges of the face crop). Normalisation is always the model's own mean/std
-from its pretrained data config. Megatron ran RepViT in train mode on /255 pixels without mean/std; that
+then centre crop: it cuts the edges of the face crop). `normalise` says what the pixels become: `model`,
+RGB /255 then the model's own mean/std from its pretrained data config, or `bgr255`, MINTIME's input: its
+loader reads crops with `cv2.imread` (BGR) and its train.py hands the backbone `torch.tensor(images)
+.float()`, 0–255, no mean/std (deepfakes_dataset.py:257, :339; train.py:341-346), so a MINTIME
+checkpoint only ever saw that. Megatron ran RepViT in train mode on /255 pixels without mean/std; that
 is not copied.
 
 Weights, in order:
@@ -288,8 +291,17 @@ class Embedder:
         allow_random: bool = False,
         batch_size: int = 32,
         input_spec: str = "timm",
+        normalise: str = "model",
     ) -> None:
         from timm.data import create_transform, resolve_data_config
+
+        if normalise not in ("model", "bgr255"):
+            raise ValueError(f"normalise must be 'model' or 'bgr255', got {normalise!r}")
+        if normalise != "model" and input_spec == "timm":
+            raise ValueError(
+                f"normalise {normalise!r} needs a canvas input (isotropic:S, pad:S, pad:max, native)"
+            )
+        self.normalise = normalise
 
         if output not in ("pooled", "tokens"):
             raise ValueError(f"output must be 'pooled' or 'tokens', got {output!r}")
@@ -337,9 +349,14 @@ class Embedder:
         return [placed.canvas for placed in place(images, self.input)]
 
     def preprocess(self, images: list[np.ndarray]) -> list[torch.Tensor]:
-        """One normalised (3, h, w) float tensor per (h, w, 3) uint8 RGB image, for the model."""
+        """One (3, h, w) float tensor per (h, w, 3) uint8 RGB image, as the model is fed (`normalise`)."""
         if self.input == "timm":
             return [self.transform(Image.fromarray(np.ascontiguousarray(img))) for img in images]
+        if self.normalise == "bgr255":  # MINTIME: BGR channel order, 0–255 floats
+            return [
+                torch.from_numpy(np.ascontiguousarray(canvas[:, :, ::-1])).permute(2, 0, 1).float()
+                for canvas in self.canvases(images)
+            ]
         return [
             (torch.from_numpy(np.ascontiguousarray(canvas)).permute(2, 0, 1).float() / 255 - self._mean)
             / self._std

@@ -30,10 +30,12 @@ from faceshard.config import IdentityConfig
 from faceshard.models.registry import (
     WeightsInfo,
     WeightsUnavailableError,
+    build_random,
     cached_model,
     combine_fingerprints,
     fingerprint_file,
     model_card,
+    random_weights_info,
     resolve_device,
 )
 from faceshard.records import Face
@@ -104,14 +106,21 @@ def facenet_weights_file(weights: str | None) -> Path:
             f"FaceNet (InceptionResnetV1 vggface2) weights not found; looked for: {looked}. "
             f"Download {FACENET.weights} from facenet-pytorch's releases and pass it with "
             "--set identity.weights=/path/to/file, or place it in $TORCH_HOME/checkpoints/; "
-            "nothing is downloaded. The dlib embedder (identity.embedder=dlib) runs offline."
+            "nothing is downloaded. The dlib embedder (identity.embedder=dlib) runs offline "
+            "(or set runtime.allow_random_weights=true for a demo with random weights)."
         )
     return path
 
 
-def facenet_weights(weights: str | None) -> WeightsInfo:
-    """The file's content hash (never its location: the same file elsewhere is the same weights)."""
-    path = facenet_weights_file(weights)
+def facenet_weights(weights: str | None, allow_random: bool = False) -> WeightsInfo:
+    """The file's content hash (never its location: the same file elsewhere is the same weights), or
+    `random` when the file is missing and random weights are allowed."""
+    try:
+        path = facenet_weights_file(weights)
+    except WeightsUnavailableError:
+        if allow_random:
+            return random_weights_info("facenet")
+        raise
     return WeightsInfo("facenet", str(path.resolve()), fingerprint_file(path))
 
 
@@ -145,6 +154,21 @@ def _load_facenet(path: Path, device: str) -> torch.nn.Module:
     return model.eval().to(device)
 
 
+def _random_facenet(weights: str | None, device: str) -> tuple[torch.nn.Module, WeightsInfo]:
+    """Seeded random InceptionResnetV1, warned about and marked random (runtime.allow_random_weights)."""
+    from facenet_pytorch import InceptionResnetV1
+
+    model, info = build_random(
+        "facenet",
+        lambda: InceptionResnetV1(pretrained=None, classify=False),
+        allow_random=True,
+        tried=[str(p) for p in facenet_weight_candidates(weights)],
+        how=f"Put {FACENET.weights} in $TORCH_HOME/checkpoints/ or pass --set identity.weights=FILE",
+        what="FaceNet (InceptionResnetV1 vggface2)",
+    )
+    return model.eval().to(device), info
+
+
 class FaceNetEmbedder:
     """MINTIME's identity embedder: L2-normalised 512-d InceptionResnetV1 (vggface2), batched."""
 
@@ -152,11 +176,23 @@ class FaceNetEmbedder:
     default_threshold = 0.45
     dim = FACENET.dim or 512
 
-    def __init__(self, weights: str | None = None, device: str = "cpu", batch_size: int = 64) -> None:
-        path = facenet_weights_file(weights)
+    def __init__(
+        self,
+        weights: str | None = None,
+        device: str = "cpu",
+        batch_size: int = 64,
+        allow_random: bool = False,
+    ) -> None:
         self.device = resolve_device(device)
         self.batch_size = batch_size
-        self.weights = facenet_weights(weights)
+        self.weights = facenet_weights(weights, allow_random)
+        if self.weights.random:
+            self.model, _ = cached_model(
+                ("facenet", "random", self.device),
+                lambda: _random_facenet(weights, self.device),
+            )
+            return
+        path = facenet_weights_file(weights)
         self.model = cached_model(
             ("facenet", str(path.resolve()), self.weights.fingerprint, self.device),
             lambda: _load_facenet(path, self.device),
@@ -310,9 +346,11 @@ def dlib_rectangle(box: np.ndarray | None, shape: tuple[int, ...]) -> object:
 
 # -------------------------------------------------------------------------------------------- registry
 
-IDENTITY_EMBEDDERS: dict[str, Callable[[IdentityConfig, str], IdentityEmbedder]] = {
-    "facenet": lambda cfg, device: FaceNetEmbedder(cfg.weights, device),
-    "dlib": lambda cfg, device: DlibEmbedder(device),
+IDENTITY_EMBEDDERS: dict[str, Callable[[IdentityConfig, str, bool], IdentityEmbedder]] = {
+    "facenet": lambda cfg, device, allow_random: FaceNetEmbedder(
+        cfg.weights, device, allow_random=allow_random
+    ),
+    "dlib": lambda cfg, device, allow_random: DlibEmbedder(device),
 }
 
 
@@ -322,19 +360,22 @@ IDENTITY_CLASSES: dict[str, type[FaceNetEmbedder] | type[DlibEmbedder]] = {
 }
 
 
-def identity_weights(cfg: IdentityConfig) -> WeightsInfo:
+def identity_weights(cfg: IdentityConfig, allow_random: bool = False) -> WeightsInfo:
     """What `build_identity_embedder(cfg)` will run with, from the files alone (no model loaded)."""
     if cfg.embedder == "facenet":
-        return facenet_weights(cfg.weights)
+        return facenet_weights(cfg.weights, allow_random)
     return dlib_identity_weights()
 
 
-def build_identity_embedder(cfg: IdentityConfig, device: str = "cpu") -> IdentityEmbedder:
-    """The identity embedder named by `cfg.embedder`, with its weights loaded once per process."""
+def build_identity_embedder(
+    cfg: IdentityConfig, device: str = "cpu", allow_random: bool = False
+) -> IdentityEmbedder:
+    """The identity embedder named by `cfg.embedder`, with its weights loaded once per process
+    (FaceNet: seeded random init, marked random, when its file is missing and `allow_random`)."""
     try:
         factory = IDENTITY_EMBEDDERS[cfg.embedder]
     except KeyError:
         raise ValueError(
             f"unknown identity embedder {cfg.embedder!r}; choose one of {', '.join(IDENTITY_EMBEDDERS)}"
         ) from None
-    return factory(cfg, device)
+    return factory(cfg, device, allow_random)

@@ -62,6 +62,10 @@ class ModelCard:
     dim: int | None = None
     license: str = ""
     notes: str = ""
+    # Where the weights are looked for, in order (settings, files, caches); nothing is downloaded
+    # offline. Missing everywhere: the build refuses before it starts, or runs seeded random weights
+    # marked `random` when runtime.allow_random_weights is set.
+    looked_for: tuple[str, ...] = ()
 
 
 MODELS: dict[str, ModelCard] = {}
@@ -94,6 +98,11 @@ register(
         dim=512,
         license="MIT (facenet-pytorch)",
         notes="InceptionResnetV1 vggface2; file from --set identity.weights or $TORCH_HOME/checkpoints",
+        looked_for=(
+            "--set identity.weights=/path/to/20180402-114759-vggface2.pt",
+            "$TORCH_HOME/checkpoints/20180402-114759-vggface2.pt (TORCH_HOME defaults to ~/.cache/torch)",
+            "$TORCH_HOME/hub/checkpoints/20180402-114759-vggface2.pt (torch.hub's cache)",
+        ),
     )
 )
 register(
@@ -104,6 +113,7 @@ register(
         dim=128,
         license="CC0 (dlib models)",
         notes="ships in face_recognition_models, with shape_predictor_5_face_landmarks.dat",
+        looked_for=("the installed face_recognition_models package's models/ folder",),
     )
 )
 register(
@@ -116,6 +126,10 @@ register(
         std=IMAGENET_STD,
         license="Apache-2.0 (Base/Large are CC-BY-NC)",
         notes="keep aspect, multiple of 14, bicubic",
+        looked_for=(
+            "--set depth.model=/path/to/local/dir (save_pretrained layout)",
+            "Hugging Face cache ($HF_HOME/hub): depth-anything/Depth-Anything-V2-Small-hf",
+        ),
     )
 )
 register(
@@ -129,6 +143,10 @@ register(
         dim=384,
         license="Apache-2.0",
         notes="Megatron's RGB and depth embedder; crop_pct 0.95, bicubic",
+        looked_for=(
+            "--set embed.checkpoint=/path/to/file_or_dir",
+            "Hugging Face cache ($HF_HOME/hub): timm/repvit_m0_9.dist_300e_in1k",
+        ),
     )
 )
 register(
@@ -142,6 +160,10 @@ register(
         dim=1280,
         license="Apache-2.0",
         notes="MINTIME's backbone; its DFDC-trained checkpoint (efficientnet_pytorch names) is accepted",
+        looked_for=(
+            "--set embed.checkpoint=/path/to/file_or_dir (MINTIME's own DFDC-trained B0 accepted)",
+            "Hugging Face cache ($HF_HOME/hub): timm/efficientnet_b0.ra_in1k",
+        ),
     )
 )
 

@@ -18,8 +18,10 @@ hands the new epoch to its workers).
 
 from __future__ import annotations
 
+import math
 import warnings
-from collections.abc import Iterator, Sequence
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -33,7 +35,14 @@ from faceshard.errors import StorageError
 from faceshard.storage import fsio
 from faceshard.storage.commit import OutputState, locate, read_state
 from faceshard.storage.reader import MissingColumnsError, fixed_list_to_numpy, how_to_add
-from faceshard.storage.sequences import clip_rows, deepfakebench_clip_rows, megatron_sample, mintime_sample
+from faceshard.storage.sequences import (
+    QUOTA_FRACTIONS,
+    MintimeSample,
+    clip_rows,
+    deepfakebench_clip_rows,
+    megatron_sample,
+    mintime_sample,
+)
 
 Kind = Literal["mintime", "megatron", "clips"]
 KINDS: tuple[str, ...] = ("mintime", "megatron", "clips")
@@ -41,7 +50,18 @@ KINDS: tuple[str, ...] = ("mintime", "megatron", "clips")
 
 @dataclass(frozen=True)
 class SampleOptions:
-    """Shape of the samples: MINTIME slots, Megatron sequence length, DeepfakeBench clips."""
+    """Shape of the samples: MINTIME slots, Megatron sequence length, DeepfakeBench clips.
+
+    `video_index` gives MINTIME's dataset index per video_id: the parity of the index its loader was
+    called with picks the faces within an identity (`storage.sequences.linspace_picks`). MINTIME's
+    index is the video's row in the list its train.py builds (its CSV shuffled with
+    `random_state`, videos without crops dropped, then `max_videos`): pass
+    `mintime_video_index(that list)` to get its picks. A video not in the mapping (or every video,
+    without one) gets `zlib.crc32(video_id)`: stable across builds, shards, workers and epochs, one
+    parity per video as in MINTIME. The index used is in each sample (`index`).
+    `mintime_forward` adds the `forward` dict (MINTIME's forward arguments, float32 `x`; 4 MB a sample
+    at 16 × 49 × 1280): set it False to save memory when only our own model reads the samples.
+    """
 
     num_frames: int = 16
     max_identities: int = 2
@@ -54,6 +74,38 @@ class SampleOptions:
     # `deepfakebench`: its loader's clips (first clip_frames faces, n // clip clips, none repeated);
     # `repeat`: always clip_frames // clip clips over linspace-spaced faces (short videos repeat faces).
     clip_rule: Literal["deepfakebench", "repeat"] = "deepfakebench"
+    video_index: Mapping[str, int] | None = None
+    mintime_forward: bool = True
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_identities <= max(QUOTA_FRACTIONS):
+            raise ValueError(
+                f"max_identities must be 1…{max(QUOTA_FRACTIONS)}: MINTIME has slot quotas for up to "
+                f"{max(QUOTA_FRACTIONS)} identities, got {self.max_identities}"
+            )
+
+    def index_of(self, video_id: str) -> int:
+        """The dataset index of `video_id` whose parity MINTIME's picking uses (see the class doc)."""
+        if self.video_index is not None and video_id in self.video_index:
+            return int(self.video_index[video_id])
+        return zlib.crc32(video_id.encode())
+
+
+def mintime_video_id(path: str) -> str:
+    """Our ForgeryNet video_id of an entry of MINTIME's lists (`train/…`, `val/…`, `test/…`).
+
+    MINTIME renamed the release folders by split: its `train/` and `val/` (carved from Training) are
+    `train_video_release/`, its `test/` is `val_video_release/`; the rest of the path (`…/video.mp4`,
+    extension kept) is the same as ours. Other paths are returned as they are.
+    """
+    head, sep, rest = path.removeprefix("./").partition("/")
+    release = {"train": "train_video_release", "val": "train_video_release", "test": "val_video_release"}
+    return f"{release[head]}/{rest}" if sep and head in release else path
+
+
+def mintime_video_index(videos: Sequence[str]) -> dict[str, int]:
+    """{our video_id: MINTIME's dataset index} from the video list its train.py builds (its order)."""
+    return {mintime_video_id(video): index for index, video in enumerate(videos)}
 
 
 def consumer_slot(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
@@ -75,7 +127,11 @@ class ShardDataset(IterableDataset):
     """Training samples of one kind over the committed shards of some splits (see module doc).
 
     Each item is a dict of tensors (plus `video_id` and `method` strings): for `mintime`
-    `features (F,P,C)`, `size_bucket`, `identity`, `positions (F,P)`, `mask`, `label`; for `megatron`
+    `features (F,P,C)`, `size_bucket`, `identity`, `positions (F,P)`, `mask`, `identities_mask (F,F)`,
+    `frame` and `face` (the face in each slot, -1 on padding), `index` (the dataset index whose parity
+    picked the faces), `label`, and `forward`: MINTIME's forward
+    arguments (`mintime_forward`); a video whose faces have no identity is one identity of all its
+    faces (MINTIME's rule), so every video with a face gives a sample; for `megatron`
     `rgb (N,D)`, `depth (N,D)`, `mask`, `label`; for `clips` `clips (n_clips, clip, …)`, `label`
     (stored crops resized to `options.clip_size`, as DeepfakeBench does).
     `feature` picks the MINTIME input column (default: `tokens` when stored, else `emb_rgb`).
@@ -230,7 +286,7 @@ class ShardDataset(IterableDataset):
             view = {
                 c: a[rows] if not isinstance(a, list) else [a[r] for r in rows] for c, a in arrays.items()
             }
-            sample = self._build(view, int(label), ranks.get(video_id))
+            sample = self._build(view, int(label), ranks.get(video_id), video_id)
             if sample is None:
                 continue
             sample["video_id"] = video_id
@@ -251,23 +307,31 @@ class ShardDataset(IterableDataset):
             ranks.setdefault(video_id, {})[identity] = identity if rank is None else rank
         return ranks
 
-    def _build(self, view: dict[str, Any], label: int, ranks: dict[int, int] | None) -> dict[str, Any] | None:
+    def _build(
+        self, view: dict[str, Any], label: int, ranks: dict[int, int] | None, video_id: str = ""
+    ) -> dict[str, Any] | None:
         opts = self.options
         if self.kind == "mintime":
-            if not (view["identity"] >= 0).any():
-                return None
             s = mintime_sample(
                 view["frame"], view["identity"], view["size_bucket"], view[self.feature], label,
-                ranks, opts.num_frames, opts.max_identities,
+                ranks, opts.num_frames, opts.max_identities, opts.index_of(video_id), view["face"],
             )  # fmt: skip
-            return {
+            sample = {
                 "features": _torch(s.features),
                 "size_bucket": _torch(s.size_bucket),
                 "identity": _torch(s.identity),
                 "positions": _torch(s.positions),
                 "mask": _torch(s.mask),
+                "identities_mask": _torch(s.identities_mask),
+                # which faces the slots hold: (frame, face) of each, -1 on padding
+                "frame": _torch(np.where(s.mask, view["frame"][s.rows], -1).astype(np.int64)),
+                "face": _torch(np.where(s.mask, view["face"][s.rows], -1).astype(np.int64)),
+                "index": torch.tensor(s.index),
                 "label": torch.tensor(s.label),
             }
+            if opts.mintime_forward:
+                sample["forward"] = mintime_forward(s)
+            return sample
         if self.kind == "megatron":
             m = megatron_sample(
                 view["frame"], view["identity"], view["emb_rgb"], view["emb_depth"], label,
@@ -289,6 +353,27 @@ class ShardDataset(IterableDataset):
         else:
             clips = values[rows.reshape(-1)]
         return {"clips": _torch(clips.reshape(*rows.shape, *clips.shape[1:])), "label": torch.tensor(label)}
+
+
+def mintime_forward(s: MintimeSample) -> dict[str, torch.Tensor]:
+    """The keyword arguments of MINTIME's `SizeInvariantTimeSformer.forward`, for one sample.
+
+    `x` (F, C, h, w) float32 (its backbone's output layout; 49 tokens are the 7 × 7 grid, row-major
+    as `rearrange('b f c h w -> b (f h w) c')` reads them), `mask` bool (F,) False on padding,
+    `identities_mask` bool (F, F), `size_embedding` int32 (F,), `positions` int64 (F·P + 1,) with CLS's
+    0 first. Batched by the DataLoader: `model(**batch["forward"])`.
+    """
+    f, p, c = s.features.shape
+    side = math.isqrt(p)
+    h, w = (side, side) if side * side == p else (p, 1)
+    x = s.features.astype(np.float32).reshape(f, h, w, c).transpose(0, 3, 1, 2)
+    return {
+        "x": _torch(x),
+        "mask": _torch(s.mask),
+        "identities_mask": _torch(s.identities_mask),
+        "size_embedding": _torch(s.size_bucket.astype(np.int32)),
+        "positions": _torch(s.forward_positions),
+    }
 
 
 def _read_file(fs: Any, root: str, entry: dict[str, Any], columns: list[str]) -> pa.Table:

@@ -2,9 +2,11 @@
 
 Three consumers of the cache:
   * MINTIME: up to `max_identities` identities in rank order share `num_frames` slots
-    (`assign_slots`); each slot is one face (49 tokens or one pooled vector) with its size bucket,
-    identity index and temporal positions; padding slots are marked in `mask` so the model can
-    mask them (MINTIME's own loader never did).
+    (`assign_slots`, MINTIME's rule); faces are picked within an identity with the parity of the
+    video's dataset index (`linspace_picks`); identity 0 is completed with unassigned faces. Each slot
+    is one face (49 tokens or one pooled vector) with its size bucket, identity index, temporal
+    positions and identity-mask block; padding slots are marked in `mask` so the model can mask
+    them (MINTIME's own loader never did).
   * Megatron: N consecutive faces of the top identity, RGB and depth embeddings [N, D].
   * DeepfakeBench / StA: 32 uniformly spaced faces cut into clips of 8.
 """
@@ -34,54 +36,64 @@ def slot_quotas(num_frames: int, n_identities: int) -> list[int]:
 def assign_slots(face_counts: list[int], num_frames: int = 16, max_identities: int = 2) -> list[int]:
     """Slots per identity (rank order, at most `max_identities`), summing to exactly `num_frames`.
 
-    An identity short of its quota (not the last) passes its unused slots to the next one; one
-    with more faces than its quota keeps the surplus as "available". Slots still missing are taken
-    from the available surplus in rank order, and what remains pads the last identity (so its
-    slot count may exceed its faces: the sample builder pads those slots).
+    MINTIME's rule (SPEC §8 step 2): one identity takes every slot. Otherwise, in rank order, an
+    identity short of its quota (not the last) adds its shortfall to the next identity's face *count*,
+    before that one is capped at its own quota; a count over its quota is capped and the excess kept
+    as "available". Slots still missing are taken from the available excess in rank order from
+    identity 0, and what remains pads the last identity. A grown count can exceed the faces an
+    identity has: the sample builder pads those slots.
     """
     counts = [int(c) for c in face_counts[:max_identities]]
     if not counts:
         return []
     if any(c < 1 for c in counts):
         raise ValueError(f"every identity needs at least one face, got {face_counts}")
+    if len(counts) == 1:
+        return [num_frames]
     quotas = slot_quotas(num_frames, len(counts))
-    taken, available, passed = [], [], 0
-    for index, (count, quota) in enumerate(zip(counts, quotas, strict=True)):
-        budget = quota + passed
-        last = index == len(counts) - 1
-        take = min(count, budget)
-        passed = 0 if last else budget - take
-        taken.append(take)
-        available.append(count - take)
-    missing = num_frames - sum(taken)
-    for index, extra in enumerate(available):
+    available = []
+    for i, quota in enumerate(quotas):
+        if counts[i] < quota and i < len(counts) - 1:
+            counts[i + 1] += quota - counts[i]
+            available.append(0)
+        elif counts[i] > quota:
+            available.append(counts[i] - quota)
+            counts[i] = quota
+        else:
+            available.append(0)
+    missing = num_frames - sum(counts)
+    for i, extra in enumerate(available):
+        if missing <= 0:
+            break
         give = min(extra, missing)
-        taken[index] += give
+        counts[i] += give
         missing -= give
-    taken[-1] += missing
-    return taken
+    counts[-1] += max(missing, 0)
+    return counts
 
 
-def linspace_picks(n: int, k: int) -> np.ndarray:
-    """`k` indices into `n` temporally ordered faces, `round(linspace(0, n-1, k))` (all n when k ≥ n).
+def linspace_picks(n: int, k: int, index: int = 0) -> np.ndarray:
+    """`k` of `n` temporally ordered faces, MINTIME's alternate uniform picks (all n when k ≥ n).
 
-    Computed as numpy's linspace does (i · step, rounded half to even) without its overhead: this
-    runs once per identity per sample.
+    `round(linspace(1, n-1, k))` at an even dataset `index`, `round(linspace(0, n-2, k))` at an odd
+    one (numpy's round: half to even): two neighbouring videos never start at the same offset.
     """
     if k >= n:
         return np.arange(n)
-    if k == 1:
-        return np.zeros(1, np.int64)
-    return np.rint(np.arange(k) * ((n - 1) / (k - 1))).astype(np.int64)
+    start, stop = (0, n - 2) if index % 2 else (1, n - 1)
+    return np.rint(np.linspace(start, stop, k)).astype(np.int64)
 
 
 @dataclass
 class MintimeSample:
     """One MINTIME input: F slots, each a face of P tokens (P=49 tokens, or 1 pooled vector).
 
-    `size_bucket` and `identity` use 0 for padding (real identities are 1…K in rank order);
-    `positions` are temporal position ids per token (1…, CLS takes 0, padding 0); `mask` is True on
-    real faces. `rows` gives each slot's index into the video's face rows (-1 for padding).
+    `size_bucket` and `identity` use 0 for padding (real identities are 1…K in rank order); `mask` is
+    True on real faces. `positions` are MINTIME's token position ids, (F, P): the slot whose frame has
+    rank r among the sample's distinct frames gets (r−1)·P+1 … r·P, a padding slot the positions of
+    the largest frame read before it (its forward's `positions` is these flattened after a 0 for CLS:
+    `forward_positions`). `identities_mask` (F, F) is True where two slots belong to one identity's
+    block of slots. `rows` gives each slot's index into the video's face rows (-1 for padding).
     """
 
     features: np.ndarray  # (F, P, C)
@@ -91,6 +103,13 @@ class MintimeSample:
     mask: np.ndarray  # (F,) bool
     rows: np.ndarray  # (F,) int64
     label: int
+    identities_mask: np.ndarray | None = None  # (F, F) bool
+    index: int = 0  # the dataset index whose parity chose the picks
+
+    @property
+    def forward_positions(self) -> np.ndarray:
+        """(F·P + 1,) int64: CLS's 0 first, then every slot's token positions (MINTIME's `positions`)."""
+        return np.concatenate([np.zeros(1, np.int64), self.positions.reshape(-1)])
 
 
 def identity_order(identity: np.ndarray, identity_rank: dict[int, int] | None = None) -> list[int]:
@@ -99,6 +118,38 @@ def identity_order(identity: np.ndarray, identity_rank: dict[int, int] | None = 
     if identity_rank is None:
         return present
     return sorted(present, key=lambda i: (identity_rank.get(i, len(identity_rank) + i), i))
+
+
+def mintime_members(
+    frame: np.ndarray,
+    identity: np.ndarray,
+    identity_rank: dict[int, int] | None = None,
+    max_identities: int = 2,
+    face: np.ndarray | None = None,
+) -> tuple[list[np.ndarray], list[int]]:
+    """Face rows of each kept identity in frame order, and the face counts the slot rule sees.
+
+    SPEC §8 steps 1 and 3: the first `max_identities` identities by rank; when no face has an identity,
+    all the video's faces are one identity. Identity 0 is then completed with faces no identity took
+    (identity -1): for each frame where it has no face, the first such face of that frame (lowest
+    `face` index, else row order; MINTIME took the first in its directory listing). The counts are taken before that
+    completion, as MINTIME counts the identity's own folder.
+    """
+    within = np.arange(len(frame)) if face is None else face
+    rows = np.lexsort((np.arange(len(frame)), within, frame))  # frame order, then face index
+    order = identity_order(identity, identity_rank)[:max_identities]
+    if not order:
+        return [rows], [len(rows)]
+    members = [rows[identity[rows] == i] for i in order]
+    counts = [len(m) for m in members]
+    unassigned = rows[identity[rows] == -1]
+    if len(unassigned):
+        first = unassigned[np.unique(frame[unassigned], return_index=True)[1]]
+        extra = first[~np.isin(frame[first], frame[members[0]])]
+        if len(extra):
+            merged = np.concatenate([members[0], extra])
+            members[0] = merged[np.lexsort((merged, within[merged], frame[merged]))]
+    return members, counts
 
 
 def mintime_sample(
@@ -110,41 +161,47 @@ def mintime_sample(
     identity_rank: dict[int, int] | None = None,
     num_frames: int = 16,
     max_identities: int = 2,
+    index: int = 0,
+    face: np.ndarray | None = None,
 ) -> MintimeSample:
-    """MINTIME's identity-aware sequence of one video's faces (SPEC §8).
+    """MINTIME's identity-aware sequence of one video's faces (SPEC §8), as its loader builds it.
 
-    `features` is (N, P, C) tokens or (N, C) pooled vectors of the video's N face rows; faces of
-    unassigned identity (-1) are left out. A video without an assigned face gives an all-padding
-    sample (every slot masked).
+    `features` is (N, P, C) tokens or (N, C) pooled vectors of the video's N face rows. `index` is the
+    video's dataset index: its parity picks the faces within an identity (`linspace_picks`). `face`
+    (the rows' face index in their frame) orders faces of one frame; without it, row order does. Padding
+    slots (an identity given more slots than faces) hold zeros and are False in `mask`.
     """
     feats = features if features.ndim == 3 else features[:, None, :]
     n_tokens, channels = feats.shape[1], feats.shape[2]
-    order = identity_order(identity, identity_rank)[:max_identities]
-    members = [np.flatnonzero(identity == i) for i in order]
-    members = [m[np.argsort(frame[m], kind="stable")] for m in members]
-    slots = assign_slots([len(m) for m in members], num_frames, max_identities)
+    members, counts = mintime_members(frame, identity, identity_rank, max_identities, face)
+    slots = assign_slots(counts, num_frames, max_identities)
 
     rows = np.full(num_frames, -1, np.int64)
     ident = np.zeros(num_frames, np.int64)
-    cursor = 0
+    slot_frame = np.zeros(num_frames, np.int64)
+    identities_mask = np.zeros((num_frames, num_frames), bool)
+    cursor, latest = 0, None  # latest: the largest frame of a face read so far
     for k, (member, n_slots) in enumerate(zip(members, slots, strict=True)):
-        chosen = member[linspace_picks(len(member), n_slots)]
+        chosen = member[linspace_picks(len(member), n_slots, index)]
         rows[cursor : cursor + len(chosen)] = chosen
-        ident[cursor : cursor + n_slots] = k + 1
+        ident[cursor : cursor + len(chosen)] = k + 1
+        if len(chosen):
+            top = int(frame[chosen].max())
+            latest = top if latest is None else max(latest, top)
+        slot_frame[cursor : cursor + len(chosen)] = frame[chosen]
+        # a padding slot takes the largest frame read so far (0 before any), as MINTIME's loader does
+        slot_frame[cursor + len(chosen) : cursor + n_slots] = 0 if latest is None else latest
+        identities_mask[cursor : cursor + n_slots, cursor : cursor + n_slots] = True
         cursor += n_slots
     mask = rows >= 0
-    ident[~mask] = 0
 
     out = np.zeros((num_frames, n_tokens, channels), feats.dtype)
     out[mask] = feats[rows[mask]]
     sizes = np.zeros(num_frames, np.int64)
     sizes[mask] = size_bucket[rows[mask]]
-    positions = np.zeros((num_frames, n_tokens), np.int64)
-    if mask.any():
-        frames = frame[rows[mask]]
-        frame_rank = np.unique(frames, return_inverse=True)[1] + 1  # faces of one frame share a rank
-        positions[mask] = (frame_rank[:, None] - 1) * n_tokens + 1 + np.arange(n_tokens)[None, :]
-    return MintimeSample(out, sizes, ident, positions, mask, rows, int(label))
+    frame_rank = np.unique(slot_frame, return_inverse=True)[1].reshape(-1) + 1  # a frame's faces share it
+    positions = (frame_rank[:, None] - 1) * n_tokens + 1 + np.arange(n_tokens)[None, :]
+    return MintimeSample(out, sizes, ident, positions, mask, rows, int(label), identities_mask, int(index))
 
 
 @dataclass

@@ -24,6 +24,7 @@ from faceshard.config import BuildConfig
 from faceshard.errors import VideoError
 from faceshard.models.detectors import build_detector, detector_weights, resolve_device
 from faceshard.models.identity import IDENTITY_CLASSES, build_identity_embedder, identity_weights
+from faceshard.models.registry import WeightsUnavailableError
 from faceshard.records import Face, Frame, VideoTask
 from faceshard.storage.schema import video_row
 from faceshard.tasks.crops import CropEncoder, Cropper, encode_image
@@ -85,7 +86,17 @@ def weights_manifest(cfg: BuildConfig) -> dict[str, dict[str, Any]]:
     """
     check_config(cfg)
     allow_random = cfg.runtime.allow_random_weights
-    return {role: asdict(find(allow_random)) for role, find in weight_roles(cfg).items()}
+    roles, missing = {}, []
+    for role, find in weight_roles(cfg).items():  # every missing model is named at once, not one per try
+        try:
+            roles[role] = find(allow_random)
+        except WeightsUnavailableError as exc:
+            missing.append(f"[{role}] {exc}")
+    if len(missing) == 1:
+        raise WeightsUnavailableError(missing[0].partition("] ")[2])
+    if missing:
+        raise WeightsUnavailableError(f"{len(missing)} models have no weights:\n" + "\n".join(missing))
+    return {role: asdict(info) for role, info in roles.items()}
 
 
 def weight_roles(cfg: BuildConfig) -> dict[str, Callable[[bool], Any]]:
@@ -94,7 +105,7 @@ def weight_roles(cfg: BuildConfig) -> dict[str, Callable[[bool], Any]]:
     WeightsUnavailableError naming every place looked at and how to provide the weights."""
     roles: dict[str, Callable[[bool], Any]] = {"detector": lambda allow: detector_weights(cfg.detect)}
     if cfg.identity.enabled:
-        roles["identity"] = lambda allow: identity_weights(cfg.identity)
+        roles["identity"] = lambda allow: identity_weights(cfg.identity, allow)
     if cfg.depth.enabled:
         from faceshard.models.depth import depth_weights
 
@@ -124,7 +135,11 @@ class VideoProcessor:
         self.size = SizeStage()
         self.encoder = CropEncoder(cfg.crop)
         check_config(cfg)
-        self.identity = build_identity_embedder(cfg.identity, self.device) if cfg.identity.enabled else None
+        self.identity = (
+            build_identity_embedder(cfg.identity, self.device, cfg.runtime.allow_random_weights)
+            if cfg.identity.enabled
+            else None
+        )
         if self.identity is not None:
             self.metric, self.threshold = clustering_rule(
                 cfg.identity, self.identity.metric, self.identity.default_threshold
@@ -163,6 +178,7 @@ class VideoProcessor:
                 allow_random=allow_random,
                 batch_size=cfg.embed.batch_size,
                 input_spec=cfg.embed.input,
+                normalise=cfg.embed.normalise,
             )
         return depth, embedder
 

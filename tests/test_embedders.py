@@ -249,13 +249,20 @@ def normalised(model: torch.nn.Module, canvases: list[np.ndarray]) -> torch.Tens
 
 
 def test_mintime_preset_embeds_mintimes_isotropic_padded_crop(tmp_path: Path) -> None:
-    """MINTIME fed its EfficientNet-B0 the whole crop, longest side 224, zero-padded: not timm's centre crop."""
+    """MINTIME fed its EfficientNet-B0 the whole crop, longest side 224, zero-padded: not timm's centre
+    crop; BGR (cv2.imread) 0–255 floats without mean/std (deepfakes_dataset.py:257, :339; train.py:341)."""
     cfg = load_config("mintime")
     assert cfg.embed.input == "isotropic:224" and cfg.embed.output == "tokens"
+    assert cfg.embed.normalise == "bgr255" and cfg.embed.dtype == "float32"
     reference = seeded(cfg.embed.model, 3, num_classes=0)
     torch.save(reference.state_dict(), tmp_path / "b0.pth")
     embedder = Embedder(
-        cfg.embed.model, str(tmp_path / "b0.pth"), cfg.embed.output, "float32", input_spec=cfg.embed.input
+        cfg.embed.model,
+        str(tmp_path / "b0.pth"),
+        cfg.embed.output,
+        cfg.embed.dtype,
+        input_spec=cfg.embed.input,
+        normalise=cfg.embed.normalise,
     )
     crops = face_crops()
     expected = [mintime_val_transform(crop, 224) for crop in crops]
@@ -263,10 +270,28 @@ def test_mintime_preset_embeds_mintimes_isotropic_padded_crop(tmp_path: Path) ->
         np.testing.assert_array_equal(canvas, oracle)
     assert int(expected[0].any(axis=(1, 2)).sum()) == 221  # 99 rows · 2.24, truncated
     tokens = embedder.embed(crops)
+    # MINTIME's tensor: its images are cv2.imread's BGR, torch.tensor(images).float(), b f h w c → c h w
+    bgr = torch.stack(
+        [torch.tensor(canvas[:, :, ::-1].copy()).float().permute(2, 0, 1) for canvas in expected]
+    )
     with torch.no_grad():
-        grid = reference.forward_features(normalised(reference, expected))  # (n, 1280, 7, 7)
-    assert tokens.shape == (len(crops), 49, 1280)
+        grid = reference.forward_features(bgr)  # (n, 1280, 7, 7)
+    assert tokens.shape == (len(crops), 49, 1280) and tokens.dtype == np.float32
     np.testing.assert_allclose(tokens, grid.flatten(2).transpose(1, 2).numpy(), atol=1e-3)
+    # our richer variant (RGB, ImageNet mean/std) stays available under its own setting
+    ours = Embedder(
+        cfg.embed.model,
+        str(tmp_path / "b0.pth"),
+        "tokens",
+        "float32",
+        input_spec="isotropic:224",
+        normalise="model",
+    )
+    with torch.no_grad():
+        grid = reference.forward_features(normalised(reference, expected))
+    np.testing.assert_allclose(ours.embed(crops), grid.flatten(2).transpose(1, 2).numpy(), atol=1e-3)
+    with pytest.raises(ValueError, match="canvas input"):
+        Embedder(cfg.embed.model, str(tmp_path / "b0.pth"), input_spec="timm", normalise="bgr255")
 
 
 def test_megatron_preset_embeds_the_run_padded_to_its_largest_crop(tmp_path: Path) -> None:

@@ -85,7 +85,9 @@ def train(
     device = resolve_device(settings.device)
     status = dataset_status(uri)
     fingerprint = status.get("fingerprint")
-    options = SampleOptions(settings.num_frames, settings.max_identities, settings.megatron_length)
+    options = SampleOptions(  # our model reads our keys: no copy of MINTIME's forward arguments
+        settings.num_frames, settings.max_identities, settings.megatron_length, mintime_forward=False
+    )
     common = {"kind": settings.model, "options": options, "seed": settings.seed}
     train_set = ShardDataset(uri, settings.train_split, shuffle_buffer=settings.shuffle_buffer, **common)
     val_splits = validation_splits(uri, settings)
