@@ -42,7 +42,7 @@ atexit.register(lambda: print(f"BENCH seconds={time.perf_counter() - _started:.2
 """
 
 CLI_DRY_RUN = """
-from faceshard.cli import app
+from faceshard.app.cli import app
 app(["build", MANIFEST, "--out", OUT, "--shard-size", "256", "--dry-run", "--json"])
 """
 

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from faceshard.storage.intake import build_manifest, write_manifest
+from faceshard.intake import build_manifest, write_manifest
 
 LINES = 221_247
 TARGET_S = 10.0

@@ -7,8 +7,8 @@ identities, a few unassigned faces, area ratios spread like small faces in big f
 float16 embedding and a small JPEG crop per face, 1 % failed videos with a few reasons, fakes
 linked to a `source`. Then, each in a fresh process (so peak RSS is its own):
   * imports only (the baseline every command pays);
-  * `faceshard report --html` (faceshard.report_html.write_report);
-  * the terminal report (faceshard.report.dataset_report) for comparison.
+  * `faceshard report --html` (faceshard.app.report_html.write_report);
+  * the terminal report (faceshard.app.report.dataset_report) for comparison.
 Prints seconds, peak RSS (VmHWM) and the output's size.
 
     .venv/bin/python benchmarks/bench_report.py [--videos 221247] [--out /tmp/bench-report]
@@ -54,14 +54,14 @@ def hwm():
         if line.startswith('VmHWM:'):
             return int(line.split()[1]) / 1024
 what, uri, page = sys.argv[1:4]
-import faceshard.report, faceshard.report_html
+import faceshard.app.report, faceshard.app.report_html
 base = hwm()
 started = time.perf_counter()
 if what == 'html':
-    faceshard.report_html.write_report(uri, page)
+    faceshard.app.report_html.write_report(uri, page)
 elif what == 'terminal':
     from rich.console import Console
-    Console(file=open('/dev/null', 'w')).print(faceshard.report.dataset_report(uri))
+    Console(file=open('/dev/null', 'w')).print(faceshard.app.report.dataset_report(uri))
 print(json.dumps({'seconds': round(time.perf_counter() - started, 2), 'imports_mib': round(base),
                   'peak_mib': round(hwm())}))
 """

@@ -3,7 +3,7 @@
 One pass over small `videos` columns (one row per video), one streamed pass over three narrow
 `faces` columns (record batches: an area-ratio histogram and unassigned faces per video), the
 commit markers' stats for time and throughput, and crops read only for the few sampled videos'
-shards. Shared by `faceshard report --html` (`faceshard.report_html`) and the Prefect artifact.
+shards. Shared by `faceshard report --html` (`faceshard.app.report_html`) and the Prefect artifact.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ def shared_fixtures() -> Path:
 @pytest.fixture(scope="session")
 def synth_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small synthetic corpus (manifest + truth) shared by the end-to-end tests."""
-    from faceshard.synth import make_corpus
+    from faceshard.app.synth import make_corpus
 
     return make_corpus(tmp_path_factory.mktemp("corpus"), n_videos=4, seed=0)
 

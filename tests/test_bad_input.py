@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from faceshard.app.synth import write_broken_samples
 from faceshard.config import load_config
 from faceshard.records import VideoTask
 from faceshard.storage.commit import Output
 from faceshard.storage.manifest import plan_shards, read_manifest
 from faceshard.storage.reader import read_table
-from faceshard.synth import write_broken_samples
 from faceshard.tasks.pipeline import VideoProcessor
 from faceshard.tasks.shard import process_shard
 

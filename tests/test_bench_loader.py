@@ -7,7 +7,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from faceshard.cli import app
+from faceshard.app.cli import app
 
 
 def test_bench_loader_reports_loader_and_raw_rates(tmp_path: Path) -> None:

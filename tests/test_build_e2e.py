@@ -12,13 +12,13 @@ import numpy as np
 import pyarrow.dataset as pds
 import pytest
 
+from faceshard.app.synth import load_truth
 from faceshard.config import load_config
 from faceshard.errors import FingerprintMismatch
 from faceshard.flows.local import run_build
 from faceshard.flows.plan import dry_run
 from faceshard.storage.reader import load_faces
 from faceshard.storage.status import dataset_status
-from faceshard.synth import load_truth
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ import typer.main
 from conftest import faceshard_cli
 from typer.testing import CliRunner
 
-from faceshard.cli import app
+from faceshard.app.cli import app
 
 COMMANDS = ("synth", "manifest", "build", "status", "report", "preview", "train", "export", "demo", "weights")
 # No colours, no wrapping: messages are checked as the words a user reads.

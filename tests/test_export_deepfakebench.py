@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from skimage import transform as sktransform
 from typer.testing import CliRunner
 
-from faceshard.cli import app
+from faceshard.app.cli import app
 from faceshard.config import CropConfig
 from faceshard.records import Detections, Frame, VideoTask
 from faceshard.storage.commit import Output

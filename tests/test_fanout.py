@@ -10,11 +10,11 @@ from concurrent.futures import Future
 import pytest
 from rich.console import Console
 
+from faceshard.app.progress_bar import BuildProgressBar
 from faceshard.config import RuntimeConfig
 from faceshard.flows import fanout
 from faceshard.flows.fanout import bounded_as_completed, in_flight_limit
 from faceshard.flows.progress import BuildProgress, shard_row
-from faceshard.progress_bar import BuildProgressBar
 from faceshard.storage.manifest import ShardPlan
 from faceshard.storage.testing import fake_videos
 

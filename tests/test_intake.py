@@ -17,9 +17,9 @@ import pytest
 from conftest import faceshard_cli
 
 from faceshard.errors import ManifestError
-from faceshard.storage.intake import FORMATS, build_manifest, write_manifest
-from faceshard.storage.intake.registry import make_frame
-from faceshard.storage.intake.splits import assign_splits
+from faceshard.intake import FORMATS, build_manifest, write_manifest
+from faceshard.intake.registry import make_frame
+from faceshard.intake.splits import assign_splits
 from faceshard.storage.manifest import read_manifest
 
 PLAIN = {"NO_COLOR": "1", "COLUMNS": "200", "TERM": "dumb"}  # messages checked as the words a user reads

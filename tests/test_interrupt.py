@@ -304,8 +304,8 @@ def _plain(text: str) -> str:
 def test_ctrl_c_mid_build_commits_what_runs_stops_everything_and_the_next_build_resumes(
     tmp_path: Path,
 ) -> None:
+    from faceshard.app.synth import make_corpus
     from faceshard.storage.status import dataset_status
-    from faceshard.synth import make_corpus
 
     manifest = make_corpus(tmp_path / "corpus", n_videos=6, seed=1)
     out = tmp_path / "out"
@@ -366,8 +366,8 @@ def test_ctrl_c_during_start_up_stops_the_servers_and_writes_no_shard(
 def test_sigterm_to_the_process_group_mid_build_exits_130_and_leaves_nothing_failed(tmp_path: Path) -> None:
     """`kill -TERM -PGID` (a supervisor stopping the job) also reaches Ray's own processes: the running
     shards die with the cluster, so they are left pending, not recorded as failed, and nothing outlives it."""
+    from faceshard.app.synth import make_corpus
     from faceshard.storage.status import dataset_status
-    from faceshard.synth import make_corpus
 
     manifest = make_corpus(tmp_path / "corpus", n_videos=4, seed=2)
     out = tmp_path / "out"

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from faceshard.app.synth import make_corpus
 from faceshard.config import load_config
 from faceshard.records import VideoTask
-from faceshard.synth import make_corpus
 from faceshard.tasks.pipeline import ModelsUnavailable, VideoProcessor
 
 

@@ -23,26 +23,13 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "ground",
         ("faceshard", "faceshard.records", "faceshard.config", "faceshard.errors", "faceshard.faults"),
     ),
+    ("intake", ("faceshard.intake",)),
     ("storage", ("faceshard.storage",)),
     ("models", ("faceshard.models",)),
     ("tasks", ("faceshard.tasks",)),
     ("flows", ("faceshard.flows",)),
     ("deployments", ("faceshard.deployments",)),
-    (
-        "app",
-        (
-            "faceshard.cli",
-            "faceshard.report",
-            "faceshard.report_html",
-            "faceshard.preview",
-            "faceshard.export",
-            "faceshard.probe",
-            "faceshard.synth",
-            "faceshard.training",
-            "faceshard.progress_bar",
-            "faceshard.bench",
-        ),
-    ),
+    ("app", ("faceshard.app", "faceshard.training", "faceshard.bench")),
 ]
 CARD_FOLDERS = ("flows", "tasks", "storage", "models", "deployments")
 PACKAGE_DIR = Path(faceshard.__file__).parent

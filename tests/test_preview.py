@@ -14,8 +14,8 @@ import pytest
 from conftest import faceshard_cli
 from PIL import Image
 
+from faceshard.app.preview import COLOURS
 from faceshard.config import load_config
-from faceshard.preview import COLOURS
 from faceshard.storage.reader import read_table
 
 pytestmark = pytest.mark.slow

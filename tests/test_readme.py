@@ -20,7 +20,7 @@ from conftest import REPO, faceshard_cli
 from test_intake import ffpp_tree
 from typer.testing import CliRunner
 
-from faceshard.cli import app
+from faceshard.app.cli import app
 
 README = REPO / "README.md"
 

@@ -20,8 +20,8 @@ from conftest import faceshard_cli
 from PIL import Image
 from stub_build import StubProcessor, stub_build
 
+from faceshard.app.report_html import CSP, write_report
 from faceshard.config import load_config
-from faceshard.report_html import CSP, write_report
 from faceshard.storage.summary import summarize, summary_markdown
 
 FAST = ["depth.enabled=false", "embed.depth=false"]

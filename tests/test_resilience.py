@@ -49,7 +49,7 @@ BUILD_TIMEOUT_S = 600
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Six synthetic clips: with one video a shard, enough shards for three kills to leave work over."""
-    from faceshard.synth import make_corpus
+    from faceshard.app.synth import make_corpus
 
     return make_corpus(tmp_path_factory.mktemp("corpus"), n_videos=N_VIDEOS, seed=0)
 

@@ -667,7 +667,7 @@ def test_soak_concurrent_writer_processes_with_random_kills_then_one_clean_resum
 def test_cli_status_names_the_damage_and_repair_fixes_it(tmp_path: Path, reference) -> None:
     from typer.testing import CliRunner
 
-    from faceshard.cli import app
+    from faceshard.app.cli import app
 
     root = tmp_path / "out"
     _build_with_one_shard_left(root)

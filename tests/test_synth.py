@@ -12,7 +12,7 @@ import av
 import numpy as np
 import pytest
 
-from faceshard.synth import FAKE_METHOD, FPS, load_truth, make_corpus, write_broken_samples
+from faceshard.app.synth import FAKE_METHOD, FPS, load_truth, make_corpus, write_broken_samples
 
 SAMPLE_EVERY = 6  # frames checked by the (slow, CPU) detector and identity model
 

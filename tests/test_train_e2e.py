@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from faceshard.app.probe import auc
+from faceshard.app.synth import make_corpus
 from faceshard.config import load_config
 from faceshard.flows.local import run_build
-from faceshard.probe import auc
 from faceshard.storage.reader import read_table
 from faceshard.storage.status import dataset_status
-from faceshard.synth import make_corpus
 from faceshard.training.loop import TrainSettings, train
 
 pytestmark = pytest.mark.slow

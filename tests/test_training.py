@@ -12,7 +12,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from faceshard.cli import app
+from faceshard.app.cli import app
 from faceshard.storage.commit import Output
 from faceshard.storage.datasets import MissingColumnsError, ShardDataset
 from faceshard.storage.manifest import plan_shards

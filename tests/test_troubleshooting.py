@@ -19,7 +19,7 @@ import pytest
 from conftest import REPO, faceshard_cli
 from typer.testing import CliRunner
 
-from faceshard.cli import app
+from faceshard.app.cli import app
 from faceshard.errors import ExitCode
 from faceshard.storage.commit import Output
 from faceshard.storage.manifest import plan_shards

@@ -14,7 +14,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from faceshard.cli import app
+from faceshard.app.cli import app
 from faceshard.errors import ExitCode
 
 

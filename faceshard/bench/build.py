@@ -52,7 +52,9 @@ def decode_only(paths: list[Path]) -> float:
 def _faceshard_command() -> list[str]:
     script = Path(sys.executable).with_name("faceshard")
     return (
-        [str(script)] if script.exists() else [sys.executable, "-c", "from faceshard.cli import app; app()"]
+        [str(script)]
+        if script.exists()
+        else [sys.executable, "-c", "from faceshard.app.cli import app; app()"]
     )
 
 

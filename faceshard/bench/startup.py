@@ -77,7 +77,7 @@ def _clips(fixtures: Path | None, work: Path, limit: int | None) -> list[Path]:
     else:
         import csv
 
-        from faceshard.synth import make_corpus
+        from faceshard.app.synth import make_corpus
 
         manifest = make_corpus(work / "synth", n_videos=limit or 6, seed=0)
         with manifest.open() as handle:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from faceshard.probe import auc
+from faceshard.app.probe import auc
 from faceshard.storage.datasets import SampleOptions, ShardDataset
 from faceshard.storage.reader import read_table
 from faceshard.storage.status import dataset_status

@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from faceshard.app.cli_errors import FrontDoorGroup, fail
 from faceshard.bench import app as bench_app
-from faceshard.cli_errors import FrontDoorGroup, fail
 from faceshard.config import PRESETS, BuildConfig, ConfigError, load_config
 from faceshard.errors import ExitCode
 from faceshard.storage.fsio import absolute_uri, check_writable_folder
@@ -38,7 +38,7 @@ stdout = Console()
 
 
 def _fail(message: str, code: ExitCode | None = None) -> NoReturn:
-    """Refuse with one line (faceshard.cli_errors prints it and picks the exit code)."""
+    """Refuse with one line (faceshard.app.cli_errors prints it and picks the exit code)."""
     fail(message, code)
 
 
@@ -50,7 +50,7 @@ def synth(
     as_json: Annotated[bool, typer.Option("--json", help="print what was written as JSON")] = False,
 ) -> None:
     """Generate a labelled synthetic corpus from real face photos shipped in installed packages."""
-    from faceshard.synth import make_corpus
+    from faceshard.app.synth import make_corpus
 
     manifest = make_corpus(out, n_videos=videos, seed=seed)
     if as_json:
@@ -101,7 +101,7 @@ def manifest(
     as_json: Annotated[bool, typer.Option("--json", help="print what was written as JSON")] = False,
 ) -> None:
     from faceshard.errors import ManifestError
-    from faceshard.storage.intake import SPLIT_MODES, build_manifest, outside, write_manifest
+    from faceshard.intake import SPLIT_MODES, build_manifest, outside, write_manifest
 
     if split not in SPLIT_MODES:
         _fail(f"--split {split!r}: one of {', '.join(SPLIT_MODES)}")
@@ -236,11 +236,11 @@ def _build_with_progress(
     import shlex
     import sys
 
+    from faceshard.app.progress_bar import BuildProgressBar
     from faceshard.flows import interrupt
     from faceshard.flows.interrupt import BuildInterrupted, Interrupts
     from faceshard.flows.local import run_build
     from faceshard.flows.runtime import StartupError
-    from faceshard.progress_bar import BuildProgressBar
 
     resume = shlex.join(["faceshard", *sys.argv[1:]])
     with BuildProgressBar(console) as bar:
@@ -408,14 +408,14 @@ def report(
 
     try:
         if html is None:
-            from faceshard.report import dataset_report, report_data
+            from faceshard.app.report import dataset_report, report_data
 
             if as_json:
                 print(json.dumps(report_data(uri), indent=2, default=str))
             else:
                 stdout.print(dataset_report(uri))
             return
-        from faceshard.report_html import write_report
+        from faceshard.app.report_html import write_report
 
         started = time.perf_counter()
         summary = write_report(uri, str(html))
@@ -447,8 +447,8 @@ def preview(
     crops per identity, size buckets and what was dropped and why, plus the same as JSON.
     """
     cfg = resolve_build_config(preset, config, set_, None)
+    from faceshard.app.preview import preview_videos
     from faceshard.models.registry import WeightsUnavailableError
-    from faceshard.preview import preview_videos
 
     try:
         written = preview_videos([str(v) for v in videos], cfg, out)
@@ -533,7 +533,7 @@ def _train_probe(
     uri: str, train_split: str, val_split: list[str] | None, epochs: int, seed: int
 ) -> dict[str, Any]:
     """The linear probe, reported with the same keys as the sequence models."""
-    from faceshard.probe import train_probe
+    from faceshard.app.probe import train_probe
 
     if val_split and len(val_split) > 1:
         _fail("--model probe validates on one --val-split")
@@ -569,8 +569,8 @@ def export(
     as_json: Annotated[bool, typer.Option("--json", help="print what was written as JSON")] = False,
 ) -> None:
     """Export crops as DeepfakeBench's preprocessing lays them out: frames/, landmarks/, dataset_json/."""
+    from faceshard.app.export import export_deepfakebench
     from faceshard.errors import StorageError
-    from faceshard.export import export_deepfakebench
 
     try:
         result = export_deepfakebench(uri, out, run_from=run_from, dataset=dataset, compression=compression)
@@ -600,10 +600,10 @@ def demo(
     as_json: Annotated[bool, typer.Option("--json", help="print the build summary as JSON")] = False,
 ) -> None:
     """Synthesise a small corpus, build it with the demo preset, and print a summary."""
+    from faceshard.app.progress_bar import BuildProgressBar
+    from faceshard.app.synth import make_corpus
     from faceshard.flows.local import run_build
-    from faceshard.progress_bar import BuildProgressBar
     from faceshard.storage.status import dataset_status
-    from faceshard.synth import make_corpus
 
     started = time.perf_counter()
     out = out.resolve()  # the workers resolve paths in their own working directory
@@ -659,7 +659,7 @@ def weights(
     random init, outputs marked random), download (missing; the hub is reachable, the first build
     fetches it) or missing (the build would refuse: the line says where to put it).
     """
-    from faceshard.weights import cache_locations, weights_report
+    from faceshard.app.weights import cache_locations, weights_report
 
     names = preset or list(PRESETS)
     reports = [weights_report(resolve_build_config(name, config, set_, None)) for name in names]

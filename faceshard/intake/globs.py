@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from faceshard.errors import ManifestError
-from faceshard.storage.intake.registry import Intake, make_frame, register_format, sample
+from faceshard.intake.registry import Intake, make_frame, register_format, sample
 
 LABEL_WORDS = {"0": 0, "1": 1, "real": 0, "fake": 1}
 

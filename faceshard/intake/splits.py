@@ -22,7 +22,7 @@ import polars as pl
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from faceshard.storage.intake.registry import STRATUM, sample
+from faceshard.intake.registry import STRATUM, sample
 
 SPLIT_MODES = ("auto", "mintime", "none")
 MINTIME_SEED = 42

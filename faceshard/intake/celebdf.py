@@ -14,7 +14,7 @@ from pathlib import Path
 
 import polars as pl
 
-from faceshard.storage.intake.registry import Intake, make_frame, not_like, register_format, sample
+from faceshard.intake.registry import Intake, make_frame, not_like, register_format, sample
 
 FOLDERS = {"Celeb-real": 0, "YouTube-real": 0, "Celeb-synthesis": 1}
 TEST_LIST = "List_of_testing_videos.txt"

@@ -16,7 +16,7 @@ from pathlib import Path
 import polars as pl
 
 from faceshard.errors import ManifestError
-from faceshard.storage.intake.registry import STRATUM, Intake, conform, not_like, register_format, sample
+from faceshard.intake.registry import STRATUM, Intake, conform, not_like, register_format, sample
 
 REAL_CLASSES = (0, 16, 17, 18, 19)
 DEFAULT_LISTS = (("Training/video_list.txt", "train"), ("Validation/video_list.txt", "test"))

@@ -17,7 +17,7 @@ from pathlib import Path
 import polars as pl
 
 from faceshard.errors import ManifestError
-from faceshard.storage.intake.registry import Intake, make_frame, not_like, register_format, sample
+from faceshard.intake.registry import Intake, make_frame, not_like, register_format, sample
 
 COMPRESSIONS = {"c0": ("raw", "c0"), "raw": ("raw", "c0"), "c23": ("c23",), "c40": ("c40",)}
 SPLIT_FILES = ("train", "val", "test")

@@ -14,8 +14,8 @@ from typing import Any
 import polars as pl
 
 from faceshard.errors import ManifestError
-from faceshard.storage.intake import celebdf, dfdc, ffpp, forgerynet, globs  # noqa: F401  (registers)
-from faceshard.storage.intake.registry import (
+from faceshard.intake import celebdf, dfdc, ffpp, forgerynet, globs  # noqa: F401  (registers)
+from faceshard.intake.registry import (
     FORMATS,
     MANIFEST_COLUMNS,
     Intake,
@@ -23,7 +23,7 @@ from faceshard.storage.intake.registry import (
     register_format,
     sample,
 )
-from faceshard.storage.intake.splits import MINTIME_SEED, SPLIT_MODES, assign_splits
+from faceshard.intake.splits import MINTIME_SEED, SPLIT_MODES, assign_splits
 
 __all__ = [
     "FORMATS",

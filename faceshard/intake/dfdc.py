@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from faceshard.errors import ManifestError
-from faceshard.storage.intake.registry import Intake, make_frame, not_like, register_format, sample
+from faceshard.intake.registry import Intake, make_frame, not_like, register_format, sample
 
 LABELS = {"REAL": 0, "FAKE": 1}
 
