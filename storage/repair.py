@@ -19,6 +19,7 @@ for the TTL), in this order:
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 from collections import Counter
@@ -82,6 +83,7 @@ class _Repair:
         self.actions: list[str] = []
         self.left: list[str] = []
         self.log = output_log.LogState()
+        self.quarantine = f"_faceshard/quarantine/{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}"
 
     def run(self) -> None:
         self._identity()
@@ -90,6 +92,7 @@ class _Repair:
         self._metadata()
         self._plan()
         self._missing_files()
+        self._set_aside_unreferenced()
         removed = collector.collect(self.fs, self.root, self._refresh())
         if removed:
             self.actions.append(
@@ -291,6 +294,25 @@ class _Repair:
                     f"shard {shard}: committed files missing ({', '.join(missing[:3])}); retired it"
                 )
                 self.left.append(f"shard {shard}: the next build redoes it")
+
+    def _set_aside_unreferenced(self) -> None:
+        """Data files no record names (a lost record's, a retired shard's remains) are moved under
+        `_faceshard/quarantine/<time>/` for the user to inspect, not deleted: a record was damaged,
+        so what its files held is the user's call."""
+        log = self._refresh()
+        referenced = log.referenced()
+        moved = []
+        for relative in collector.candidates(self.fs, self.root):
+            if DATA_FILE_RE.match(relative) and relative not in referenced:
+                target = fsio.join(self.root, self.quarantine, relative)
+                fsio.retrying(self.fs.makedirs, target.rsplit("/", 1)[0], exist_ok=True)
+                fsio.retrying(self.fs.mv, fsio.join(self.root, relative), target)
+                moved.append(relative)
+        if moved:
+            self.actions.append(
+                f"set aside {len(moved)} data file(s) no record names under {self.quarantine}"
+            )
+            self.left.append(f"{self.quarantine}: inspect or delete it yourself (faceshard never does)")
 
     # -- helpers
 
