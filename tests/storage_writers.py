@@ -103,3 +103,29 @@ def hammer(uri: str, seed: int, stop_at: float, errors: str) -> None:
             with open(errors, "a") as log:
                 log.write(f"--- writer {seed}\n{traceback.format_exc()}")
         time.sleep(rng.uniform(0, 0.2))
+
+
+def main(argv: list[str]) -> None:
+    """`python tests/storage_writers.py URI OPTIONS_JSON TTL_S WAIT_S [retry] [delay=S]`: one build in
+    a real process (the fencing tests pause it with SIGSTOP or a `step:` fault and see how it ends)."""
+    import json
+    import sys
+
+    uri, options, ttl_s, wait_s = argv[0], json.loads(argv[1]), float(argv[2]), float(argv[3])
+    delay = next((float(a.split("=", 1)[1]) for a in argv[4:] if a.startswith("delay=")), 0.0)
+    done = build(
+        uri,
+        options or None,
+        ttl_s=ttl_s,
+        wait_s=wait_s,
+        retry_failed="retry" in argv[4:],
+        commit_delay_s=delay,
+    )
+    print(json.dumps(done))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])
