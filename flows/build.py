@@ -82,6 +82,8 @@ def build_dataset(
         rebuild=rebuild,
         storage_options=storage_options,
         wait_s=wait_s,
+        lease_ttl_s=cfg.runtime.lease_ttl_s,
+        lease_heartbeat_s=cfg.runtime.lease_heartbeat_s,
     )
     with output:
         return _build_under_lease(output, videos, cfg, config, weights, retry_failed, prune, started)

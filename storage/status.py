@@ -102,7 +102,18 @@ def lease_holder(fs: Any, root: str) -> dict[str, Any] | None:
     if found is None:
         return None
     _, record = found
-    keys = ("owner", "host", "pid", "epoch", "acquired_at", "heartbeat_at", "expires_at", "ttl_s")
+    keys = (
+        "owner",
+        "host",
+        "pid",
+        "epoch",
+        "acquired_at",
+        "heartbeat_at",
+        "expires_at",
+        "ttl_s",
+        "heartbeat_s",
+        "beat",
+    )
     return {k: record.get(k) for k in keys} | {
         "state": lease.lease_state(record),
         "holder": lease.describe(record),
