@@ -386,6 +386,9 @@ class Output:
         fresh = not is_output(fs, root)
         if fresh:
             out._refuse_unexplained_state()  # before the lease: write nothing into a foreign directory
+        else:  # an invalid record refuses before anything is written (the lease included)
+            out._log = output_log.replay(fs, root)
+            out._check_plan_file()
         held = Lease.acquire(
             fs, root, owner=owner, ttl_s=lease_ttl_s, heartbeat_s=lease_heartbeat_s, wait_s=wait_s, uri=uri
         )

@@ -43,6 +43,8 @@ def dataset_status(
         raise StorageError(f"{uri}: not a faceshard output (no {METADATA_FILE})")
     log = output_log.replay(fs, root, tolerant=True)
     problems = [{"file": p.path, "error": p.message, "shard": p.shard} for p in log.problems]
+    if log.metadata is None and problems:  # nothing can be vouched for: say why
+        raise StorageError(" ".join(p["error"] for p in problems))
     state = state_view(log, root)
     meta = state.metadata
     markers = state.markers
