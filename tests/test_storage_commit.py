@@ -484,7 +484,11 @@ def test_marker_holds_checksums_and_stats(tmp_path) -> None:
     victim.write_bytes(victim.read_bytes()[:-10] + b"0123456789")
     verified = dataset_status(uri, verify=True)
     problem = verified["corrupt_files"][0]["problem"]  # footer + row count + size (issue 19)
-    assert problem.startswith("unreadable footer") and verified["ok"] is False and verified["unvouched_shards"] == [0]
+    assert (
+        problem.startswith("unreadable footer")
+        and verified["ok"] is False
+        and verified["unvouched_shards"] == [0]
+    )
 
 
 def test_fingerprint_helpers_are_order_independent() -> None:
