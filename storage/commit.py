@@ -386,8 +386,11 @@ class Output:
         fresh = not is_output(fs, root)
         if fresh:
             out._refuse_unexplained_state()  # before the lease: write nothing into a foreign directory
-        else:  # an invalid record refuses before anything is written (the lease included)
-            out._log = output_log.replay(fs, root)
+        else:  # the whole log is validated (read afresh) before anything is written, the lease included
+            out._log = output_log.shared(fs, root)
+            with out._log.lock:
+                out._log.reset()
+                out._refresh()
             out._check_plan_file()
         held = Lease.acquire(
             fs, root, owner=owner, ttl_s=lease_ttl_s, heartbeat_s=lease_heartbeat_s, wait_s=wait_s, uri=uri
@@ -523,7 +526,7 @@ class Output:
         if self._log is None:
             if not is_output(self.fs, self.root) and self.lease is None:
                 raise StorageError(f"{self.uri}: not a faceshard output (no {METADATA_FILE})")
-            self._log = LogState()
+            self._log = output_log.shared(self.fs, self.root)
         return output_log.refresh(self.fs, self.root, self._log)
 
     def _append(self, kind: str, payload: dict[str, Any]) -> int:

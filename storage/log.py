@@ -25,8 +25,10 @@ is what makes the collector's one delete safe even when run by a paused, superse
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import re
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,6 +95,13 @@ class LogState:
     lost: list[tuple[int, int, str]] = field(default_factory=list)  # (seq, epoch, kind)
     problems: list[Problem] = field(default_factory=list)
     beginners: dict[int, dict[str, Any]] = field(default_factory=dict)  # epoch → its begin entry
+    head_digest: str = ""  # of the entry at `head`: a log replaced under us (rmtree, restore) is noticed
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
+
+    def reset(self) -> None:
+        lock = self.lock
+        self.__init__()  # type: ignore[misc]
+        self.lock = lock
 
     def apply(self, entry: Any) -> bool:
         """Fold one validated entry; False when it lost (an older epoch than one already seen)."""
@@ -202,6 +211,15 @@ def refresh(fs: AbstractFileSystem, root: str, state: LogState, *, tolerant: boo
     one from the head (a GET is consistent where a listing may lag). `tolerant` (status, repair)
     records unreadable entries as problems and goes on; otherwise the first one is a StorageError.
     """
+    with state.lock:
+        return _refresh(fs, root, state, tolerant)
+
+
+def _refresh(fs: AbstractFileSystem, root: str, state: LogState, tolerant: bool) -> LogState:
+    if state.head and state.head_digest:
+        data = fsio.read_optional(fs, fsio.join(root, entry_path(state.head)))
+        if data is None or _digest(data) != state.head_digest:
+            state.reset()  # not the log this state was read from: read it again
     batch: dict[str, bytes] = {}
     listed: list[int] = []
     if state.head == 0:
@@ -233,7 +251,24 @@ def refresh(fs: AbstractFileSystem, root: str, state: LogState, *, tolerant: boo
             state.head = seq
         else:
             state.apply(entry)
+        state.head_digest = _digest(data)
         seq += 1
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+_SHARED: dict[tuple[str, str], LogState] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared(fs: AbstractFileSystem, root: str) -> LogState:
+    """One replayed state per output and process (a Ray worker commits many shards: it reads the
+    log once, then only new entries). Every use refreshes it first; see `refresh`."""
+    key = (str(fs.protocol), root)
+    with _SHARED_LOCK:
+        return _SHARED.setdefault(key, LogState())
 
 
 def replay(fs: AbstractFileSystem, root: str, *, tolerant: bool = False) -> LogState:
@@ -250,6 +285,13 @@ def append(
     """Append one entry after the newest (create-if-absent; on a lost race, read on and try the next
     seq) and fold it in. Raises Superseded when the entry lost: a newer epoch began before it."""
     maybe_fault("step", "record")
+    with state.lock:
+        return _append(fs, root, state, epoch, kind, payload)
+
+
+def _append(
+    fs: AbstractFileSystem, root: str, state: LogState, epoch: int, kind: str, payload: dict[str, Any]
+) -> int:
     refresh(fs, root, state)
     while True:
         seq = state.head + 1
@@ -260,7 +302,9 @@ def append(
         if fsio.create_if_absent(fs, path, data):
             if state.head != seq - 1:  # someone else's entries arrived meanwhile: fold them first
                 refresh(fs, root, state)
-            if not state.apply(parsed):
+            won = state.apply(parsed)
+            state.head_digest = _digest(data)
+            if not won:
                 raise superseded(root, epoch, state)
             return seq
         refresh(fs, root, state)
