@@ -333,3 +333,28 @@ def test_a_users_files_of_every_shape_survive_every_command(tmp_path: Path) -> N
 
 def _users_left(root: Path, expected: dict[str, Any]) -> dict[str, tuple[bytes, int]]:
     return {name: ((root / name).read_bytes(), (root / name).stat().st_mtime_ns) for name in expected}
+
+
+def test_an_output_of_the_older_layout_is_refused_until_repair_converts_it(tmp_path: Path) -> None:
+    """Layout 2 (per-shard markers under `_faceshard/commits`, metadata in `_faceshard.json`)."""
+    root = tmp_path / "out"
+    writers.manifest_build(str(root), IDS[:6])
+    state = read_state(*fsio.open_fs(str(root)))
+    (root / "_faceshard" / "commits").mkdir()
+    for shard, marker in state.markers.items():
+        old = {k: v for k, v in marker.items() if k != "staging"}
+        (root / "_faceshard" / "commits" / f"shard-{shard:06d}.json").write_text(json.dumps(old))
+    (root / "_faceshard.json").write_text(json.dumps({**state.metadata, "plan": None}))
+    shutil.rmtree(root / "_faceshard" / "log")
+    data = {p: p.read_bytes() for name in TABLES for p in (root / name).rglob("*.parquet")}
+
+    with pytest.raises(StorageError, match=r"older faceshard.*faceshard repair"):
+        Output.open(str(root), config=writers.CONFIG, weights=writers.WEIGHTS)
+    with pytest.raises(StorageError, match="older faceshard"):
+        dataset_status(str(root))
+    report = repair_output(str(root))
+    assert any("converted the older layout" in a for a in report["actions"]), report
+    assert {p: p.read_bytes() for p in data} == data
+    assert dataset_status(str(root))["committed"] == len(state.markers)
+    writers.manifest_build(str(root), IDS)
+    assert sorted(read_table(str(root), "videos")["video_id"].to_pylist()) == IDS
