@@ -942,7 +942,11 @@ class Output:
             self._delete([p for p in old.get(name, []) if p not in keep], f"shard {shard} replaced")
             maybe_fault("step", "publish")
             for entry in marker["files"][name]:
-                self._move_into_place(f"{marker['staging']}/{entry['path']}", entry["path"])
+                try:
+                    self._move_into_place(f"{marker['staging']}/{entry['path']}", entry["path"])
+                except FileNotFoundError:
+                    self.check_not_superseded()  # the new holder took it from here: say so
+                    raise
         self._append("published", {"shard": shard, "attempt": marker["attempt"]})
         garbage = [marker["staging"]]
         if previous is not None and previous.get("staging") and not previous.get("published", True):
@@ -955,11 +959,12 @@ class Output:
         already is fine. Not a deletion: the content lives on at its final path."""
         fs, src, dst = self.fs, self._path(staged), self._path(final)
         if fsio.is_local(fs):
-            if os.path.exists(src):
+            try:
                 os.makedirs(os.path.dirname(dst), exist_ok=True)
                 os.replace(src, dst)
-            elif not os.path.exists(dst):
-                raise FileNotFoundError(f"committed file lost before publishing: {src}")
+            except FileNotFoundError:  # moved already (a roll-forward by the next holder)
+                if not os.path.exists(dst):
+                    raise FileNotFoundError(f"committed file lost before publishing: {src}") from None
             return
         try:
             fsio.retrying(fs.copy, src, dst)
