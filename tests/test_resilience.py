@@ -168,9 +168,10 @@ def wait_for(
 
 
 def progress_reached(out: Path, anchor: str, started_ns: int, markers_before: int) -> Callable[[], bool]:
-    """'plan': this run wrote its shard plan (flow running); 'first new marker': it committed a shard."""
+    """'plan': this run opened the output (its `begin` log entry: the flow is running; an unchanged
+    plan is not written again); 'first new marker': it committed a shard."""
     if anchor == "plan":
-        return lambda: any(p.stat().st_mtime_ns >= started_ns for p in out.glob("_faceshard/plan-*.parquet"))
+        return lambda: any(p.stat().st_mtime_ns >= started_ns for p in out.glob("_faceshard/log/*.json"))
     return lambda: out.exists() and len(markers(out)) > markers_before
 
 
@@ -233,7 +234,7 @@ def s3_build(
 ) -> S3Build:
     """`faceshard build` to S3 (endpoint and keys from the environment, as a user passes them) with
     two transient write errors injected: the build's first write (its lease record, in the driver)
-    and shard 1's commit marker (in a Ray worker). Retried writes change no rows, so this build is
+    and the first commit's log entry (in a Ray worker). Retried writes change no rows, so this build is
     also the uninterrupted reference the interrupted builds must end up equal to."""
     import s3fs
 
@@ -246,7 +247,8 @@ def s3_build(
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
     }
-    faults = f"put:shard-000001.json=fail-once:{marker_flag},put:*=fail-once:{driver_flag}"
+    # Log entry 4 is the first commit (1 begin, 2 metadata, 3 plan), created by a Ray worker.
+    faults = f"put:0000000004.json=fail-once:{marker_flag},put:*=fail-once:{driver_flag}"
     uri = "s3://bucket/ds"
     done = faceshard_cli(
         "build", str(corpus), "--out", uri, *FAST, "--json", env={**env, "FACESHARD_FAULTS": faults}
