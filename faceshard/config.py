@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PRESETS = ("demo", "mintime", "megatron", "deepfakebench")
 # What a model is shown of a crop (models/inputs.py): native | timm | isotropic:S | pad:S | pad:max
@@ -175,6 +175,24 @@ class RuntimeConfig(_Section):
         ge=1,
         description="shards submitted to the cluster at once; None = twice the shards it runs at once",
     )
+    lease_ttl_s: float = Field(
+        60.0,
+        gt=0,
+        description="another build takes the output over only after it saw this build's heartbeat stop"
+        " for this long (raise it where nodes pause longer: VM migrations, long GC pauses)",
+    )
+    lease_heartbeat_s: float | None = Field(
+        None, gt=0, description="seconds between heartbeats; None = a quarter of lease_ttl_s"
+    )
+
+    @model_validator(mode="after")
+    def _heartbeat_below_ttl(self) -> RuntimeConfig:
+        if self.lease_heartbeat_s is not None and self.lease_heartbeat_s >= self.lease_ttl_s:
+            raise ValueError(
+                f"runtime.lease_heartbeat_s ({self.lease_heartbeat_s}) must be below runtime.lease_ttl_s"
+                f" ({self.lease_ttl_s})"
+            )
+        return self
 
 
 # Sections/fields that never change rows: how the build runs, and where weights files are located.

@@ -2,14 +2,17 @@
 
 Off unless `FACESHARD_FAULTS` is set, e.g. `commit:2=raise,video:clip_003=sleep:1.5`:
 `site:key=action` items, where site is `video` (key: video id), `commit` (key: shard id) or `put`
-(key: the file name a storage write publishes), and action is `raise`, `sleep:SECONDS`, or
-`fail-once:FLAGFILE` (a transient ConnectionError the first time, across processes: the flag file
-records that it fired). `*` as key matches every key.
+(key: the file name a storage write publishes) or `step` (key: a step of a commit, see
+storage/commit.py: lease, check, data, commit, publish, plan, record, delete), and action is `raise`,
+`sleep:SECONDS`, `fail-once:FLAGFILE` (a transient ConnectionError the first time, across processes:
+the flag file records that it fired) or `stop-once:FLAGFILE` (the process SIGSTOPs itself the first
+time: a pause that outlives the lease, for a test to SIGCONT). `*` as key matches every key.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -47,3 +50,9 @@ def maybe_fault(site: str, key: str) -> None:
         except FileExistsError:
             return
         raise ConnectionError(f"injected transient fault at {site}:{key}")
+    if action.startswith("stop-once:"):
+        try:
+            Path(action.split(":", 1)[1]).open("x").close()
+        except FileExistsError:
+            return
+        os.kill(os.getpid(), signal.SIGSTOP)

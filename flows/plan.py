@@ -142,7 +142,14 @@ def prepare_build(
     clock = time.perf_counter()
     with whole():
         output = Output.open(
-            out, config=cfg, weights=weights, rebuild=rebuild, storage_options=storage_options, wait_s=wait_s
+            out,
+            config=cfg,
+            weights=weights,
+            rebuild=rebuild,
+            storage_options=storage_options,
+            wait_s=wait_s,
+            lease_ttl_s=cfg.runtime.lease_ttl_s,
+            lease_heartbeat_s=cfg.runtime.lease_heartbeat_s,
         )
     tell("lease", time.perf_counter() - clock, f"{out} held by this build")
     try:

@@ -1,37 +1,27 @@
-"""The shard commit protocol: the single source of truth for what is done in an output.
+"""Writing an output: the `Output` a build holds, and reading its committed state.
 
 Layout under the output root (any fsspec URL):
 
-    _faceshard.json                                  dataset metadata (schema version, config,
-                                                     fingerprint, weights, plan summary)
-    _faceshard/metadata.backup.json                  the last metadata written (`faceshard repair`)
+    _faceshard.json                                  identity, written once: {"format", "layout", "log"}
+    _faceshard/log/0000000042.json                   the log: every change, create-if-absent (storage/log.py)
     _faceshard/lease/epoch-00000007.json             the writer's lease (storage/lease.py)
-    _faceshard/rebuild.json                          a --rebuild in progress: {"from", "to"}
-    _faceshard/plan.json                             shards_total and each shard's fingerprint
-    _faceshard/commits/shard-000042.json             commit marker: files, rows, sha256, stats
-    _faceshard/failures/shard-000042.json            a shard whose whole task failed
+    _faceshard/plan-<attempt>.parquet                a plan's (shard, video_id) rows, named by a log entry
     _faceshard/staging/<attempt>/<table>/...         files of a commit not yet moved into place
     _faceshard/staging/tmp-e000007/                  local atomic-write temporaries of epoch 7
     {videos,faces,identities}/split=<s>/shard=000042/part-<attempt>.parquet
 
-One writer at a time: `Output.open` takes the output's lease (owner, host, pid, heartbeat, epoch)
-and every attempt id carries its epoch (`20260101T000000-e000007-<hex>`). Whatever an older epoch
-left unreferenced is provably dead (its build was superseded and fenced); anything else is
-deleted only when named by our own markers, never because a listing lacks a file.
-
-Commit of one shard (every data file name carries a unique attempt id):
+Commit of one shard (every data file name carries a unique attempt id with the writer's epoch):
   1. each file is written under `_faceshard/staging/<attempt>/` (local: temp file, fsync, rename;
      object stores: one atomic PUT);
-  2. the lease is checked (fencing) and the marker is written: THE commit point (one atomic
-     rename / PUT). Before it nothing of the attempt is visible anywhere; after it readers
-     following markers see the whole shard;
-  3. publishing, table by table in PUBLISH_ORDER (`videos` last): the superseded commit's file of
-     the table is deleted and the staged ones are moved in (rename locally, server-side copy on
-     object stores); then the marker is rewritten with `published: true`.
+  2. the `commit` log entry (the marker: files, rows, sha256, stats) is appended: THE commit
+     point, a create-if-absent that a superseded writer's entry loses by construction;
+  3. publishing, table by table in PUBLISH_ORDER (`videos` last): the replaced commit's files of
+     the table are deleted (collector) and the staged ones moved in (rename locally, server-side
+     copy on object stores); then a `published` entry.
 A plain `pyarrow.dataset` listing of `{URI}/{table}` therefore only ever sees committed files, and
 a shard's `videos` rows only once its faces and identities are in place. A crash before 2 leaves
-staging junk, a crash in 3 a committed-but-unpublished shard: `Output.open` deletes the first
-and rolls the second forward.
+staging junk (the collector deletes it once its epoch is older than the current one), a crash in 3
+a committed-but-unpublished shard: the next `Output.open` rolls it forward.
 """
 
 from __future__ import annotations
@@ -40,11 +30,10 @@ import datetime as dt
 import hashlib
 import json
 import os
-import re
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -55,11 +44,20 @@ import pyarrow.parquet as pq
 from fsspec import AbstractFileSystem
 
 from faceshard.errors import DamagedOutput, FingerprintMismatch, StorageError
+from faceshard.faults import maybe_fault
 from faceshard.records import VideoTask
-from faceshard.storage import fsio
-from faceshard.storage.lease import DEFAULT_TTL_S, Lease, LeaseRef
-from faceshard.storage.lease import check as check_lease
+from faceshard.storage import collector, fsio
+from faceshard.storage import log as output_log
+from faceshard.storage.lease import DEFAULT_TTL_S, Lease, LeaseRef, host_id
+from faceshard.storage.log import LogState, Superseded, marker_paths, repair_hint
 from faceshard.storage.manifest import ShardPlan
+from faceshard.storage.records import (
+    DATA_FILE_RE,
+    LAYOUT,
+    STATE_DIR,
+    Identity,
+    validate,
+)
 from faceshard.storage.schema import (
     PARTITION_COLUMNS,
     SCHEMA_VERSION,
@@ -72,30 +70,18 @@ from faceshard.storage.schema import (
 if TYPE_CHECKING:  # planning needs polars; workers importing this module must not
     from faceshard.storage.plan import BuildPlan, PriorPlan
 
+__all__ = ["Output", "OutputState", "Superseded", "locate", "read_files", "read_state"]
+
 METADATA_FILE = "_faceshard.json"
-STATE_DIR = "_faceshard"
-PLAN_FILE = f"{STATE_DIR}/plan.json"
-PLAN_FORMAT = 2
-COMMITS_DIR = f"{STATE_DIR}/commits"
-FAILURES_DIR = f"{STATE_DIR}/failures"
 STAGING_DIR = f"{STATE_DIR}/staging"
-METADATA_BACKUP = f"{STATE_DIR}/metadata.backup.json"
-REBUILD_FILE = f"{STATE_DIR}/rebuild.json"
+LEGACY_COMMITS_DIR = f"{STATE_DIR}/commits"  # layout 2 (per-shard markers), see storage/repair.py
+PLAN_FORMAT = 3
 # Tables in the order a commit moves their files into place: a shard shows up in `videos` (the
 # table readers start from) only when its faces and identities are there already.
 PUBLISH_ORDER = ("identities", "faces", "videos")
-# Unreferenced files of ours whose writer is unknown (no epoch in the name) must be this old
-# before cleanup deletes them: a writer of an older faceshard may still be publishing them.
-ORPHAN_GRACE_S = 3600.0
 FORMAT = "faceshard"
 ROW_GROUP_TARGET_BYTES = 64 << 20
 MAX_ERROR_CHARS = 20_000
-_DATA_FILE = re.compile(r"part-[0-9A-Za-z_-]+\.parquet$")
-_OUR_DATA_PATH = re.compile(r"^(videos|faces|identities)/split=[^/]+/shard=\d+/part-[0-9A-Za-z_-]+\.parquet$")
-_EPOCH_TAG = re.compile(r"(?:^|-)e(\d{6,})(?:-|$)")
-_NAME_TIME = re.compile(r"(\d{8}T\d{6})")
-_MARKER_FILE = re.compile(r"shard-(\d+)\.json$")
-_PLAN_VIDEOS_FILE = re.compile(r"plan-[0-9a-f]+\.parquet$")
 _DICTIONARY_COLUMNS = ("video_id", "path", "method", "status", "error")
 
 
@@ -174,25 +160,18 @@ def now_iso() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
-def new_attempt_id(epoch: int | None = None) -> str:
+def new_attempt_id(epoch: int) -> str:
     """Sortable and unique: UTC time, the writer's lease epoch, a random suffix.
 
-    A retried shard never reuses a file name, and cleanup can tell a dead writer's files (an
+    A retried shard never reuses a file name, and the collector can tell a dead writer's files (an
     older epoch) from a live one's without trusting listings or clocks.
     """
-    tag = "" if epoch is None else f"-e{epoch:06d}"
-    return f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}{tag}-{uuid.uuid4().hex[:12]}"
-
-
-def epoch_of(name: str) -> int | None:
-    """The lease epoch in an attempt id / staging entry name, None for names without one."""
-    match = _EPOCH_TAG.search(name)
-    return int(match.group(1)) if match else None
+    return f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-e{epoch:06d}-{uuid.uuid4().hex[:12]}"
 
 
 def is_our_data_file(relative: str) -> bool:
     """`{table}/split=…/shard=…/part-<attempt>.parquet`: the only data files faceshard writes."""
-    return bool(_OUR_DATA_PATH.match(relative))
+    return bool(DATA_FILE_RE.match(relative))
 
 
 def faceshard_version() -> str:
@@ -202,24 +181,9 @@ def faceshard_version() -> str:
         return "unknown"
 
 
-def marker_name(shard_id: int) -> str:
-    return f"shard-{shard_id:06d}.json"
-
-
 def data_file_path(table: str, split: str, shard_id: int, attempt: str) -> str:
     """Relative path of one data file; the split is URI-encoded as pyarrow's hive partitioning expects."""
     return f"{table}/split={quote(split, safe='')}/shard={shard_id:06d}/part-{attempt}.parquet"
-
-
-def load_json_object(data: bytes | None) -> dict[str, Any] | None:
-    """The JSON object in `data`; None for no data, unreadable JSON or anything but an object."""
-    if data is None:
-        return None
-    try:
-        value = json.loads(data)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def _dump_json(value: Any) -> bytes:
@@ -234,6 +198,7 @@ class OutputState:
     plan: dict[str, Any] | None
     markers: dict[int, dict[str, Any]]
     failures: dict[int, dict[str, Any]]
+    log: LogState = field(default_factory=LogState, repr=False)
 
     @property
     def fingerprint(self) -> str:
@@ -267,115 +232,66 @@ def locate(fs: AbstractFileSystem, root: str, entry: Mapping[str, Any]) -> str:
     return final
 
 
-def parse_record(data: bytes, path: str, what: str, recovery: str) -> dict[str, Any]:
-    """A JSON object read from `path`, or a StorageError saying what is wrong and how to recover."""
-    try:
-        value = json.loads(data)
-    except ValueError as exc:
-        problem = f"not valid JSON ({exc})"
-    else:
-        if isinstance(value, dict):
-            return value
-        problem = f"a JSON {type(value).__name__}, not an object"
-    raise DamagedOutput(f"{path}: the {what} is unreadable: {problem}. Nothing was changed. {recovery}")
-
-
-def _repair_hint(root: str) -> str:
-    return (
-        f"Run `faceshard repair {root}` (it restores or rebuilds the metadata and sets aside, never"
-        " deletes, what it cannot read), or restore the file from a backup."
-    )
-
-
-def read_metadata(fs: AbstractFileSystem, root: str) -> dict[str, Any] | None:
-    """`_faceshard.json` of the output at `root`, or None when there is none.
-
-    Unreadable metadata is a StorageError, never "no output": treating it as absent would accept
-    any configuration and let cleanup delete every committed file.
-    """
+def read_identity(fs: AbstractFileSystem, root: str) -> dict[str, Any] | None:
+    """`_faceshard.json`, None when absent; an older layout or an invalid file is a StorageError."""
     path = fsio.join(root, METADATA_FILE)
     data = fsio.read_optional(fs, path)
     if data is None:
         return None
-    meta = parse_record(data, path, "output's metadata", _repair_hint(root))
-    if meta.get("format") != FORMAT or not isinstance(meta.get("fingerprint"), str):
+    try:
+        legacy = json.loads(data)
+    except ValueError:
+        legacy = None
+    if isinstance(legacy, dict) and legacy.get("format") == FORMAT and "layout" not in legacy:
         raise DamagedOutput(
-            f"{path} is not a faceshard metadata file (no format/fingerprint). {_repair_hint(root)}"
+            f"{root} was written by an older faceshard (per-shard markers under {LEGACY_COMMITS_DIR});"
+            f" nothing was changed. Run `faceshard repair {root}` to convert it to the log (it deletes"
+            " nothing), then build again."
         )
-    return meta
+    identity = validate(Identity, data, path, "output identity", repair_hint(root)).model_dump()
+    if identity["layout"] != LAYOUT:
+        raise StorageError(
+            f"{path}: output layout {identity['layout']}, this faceshard reads layout {LAYOUT}"
+        )
+    return identity
 
 
-def require_metadata(fs: AbstractFileSystem, root: str) -> dict[str, Any]:
-    """The metadata of an existing output; StorageError for no output or one that lost its metadata."""
-    metadata = read_metadata(fs, root)
-    if metadata is not None:
-        return metadata
-    if fsio.list_files(fs, fsio.join(root, COMMITS_DIR)):
+def is_output(fs: AbstractFileSystem, root: str) -> bool:
+    """Whether `root` holds a faceshard output (identity file or log); older layouts raise."""
+    return read_identity(fs, root) is not None or output_log.exists(fs, root)
+
+
+def state_view(log: LogState, root: str) -> OutputState:
+    """The committed view of a replayed log: markers that match the dataset (and plan)."""
+    if log.metadata is None:
         raise DamagedOutput(
-            f"{fsio.join(root, METADATA_FILE)} is missing but the output has commit markers: its"
-            f" metadata was lost. Nothing was changed. {_repair_hint(root)}"
+            f"{root}: the output's log holds no metadata (its entries are missing or damaged)."
+            f" Nothing was changed. {repair_hint(root)}"
         )
-    raise StorageError(f"{root}: not a faceshard output (no {METADATA_FILE})")
+    fingerprint = log.metadata["fingerprint"]
+    plan = log.plan if log.plan is not None and log.plan["dataset_fingerprint"] == fingerprint else None
+    planned = None if plan is None else {int(s): fp for s, fp, _ in plan["shards"]}
 
+    def visible(record: dict[str, Any]) -> bool:
+        return planned is None or planned.get(record["shard"]) == record["fingerprint"]
 
-def read_plan(fs: AbstractFileSystem, root: str) -> dict[str, Any] | None:
-    """`_faceshard/plan.json`, None when absent; StorageError when unreadable."""
-    path = fsio.join(root, PLAN_FILE)
-    data = fsio.read_optional(fs, path)
-    if data is None:
-        return None
-    hint = (
-        f"The plan is derived from the manifest: `faceshard repair {root}` sets it aside and the next"
-        " build writes it again; no committed data is touched."
-    )
-    plan = parse_record(data, path, "shard plan", hint)
-    if not isinstance(plan.get("shards"), list):
-        raise DamagedOutput(f"{path}: the shard plan has no list of shards. Nothing was changed. {hint}")
-    return plan
+    markers = {shard: m for shard, m in log.markers.items() if visible(m)}
+    failures = {shard: f for shard, f in log.failures.items() if visible(f)}
+    return OutputState(log.metadata, plan, markers, failures, log)
 
 
 def read_state(fs: AbstractFileSystem, root: str) -> OutputState:
-    """The committed view of an output: only markers that match the dataset (and plan) are kept."""
-    metadata = require_metadata(fs, root)
-    fingerprint = metadata["fingerprint"]
-    plan = read_plan(fs, root)
-    if plan is not None and plan.get("dataset_fingerprint") != fingerprint:
-        plan = None
-    planned = _planned_fingerprints(plan)
-    markers = {
-        shard: marker
-        for shard, marker in _read_records(fs, fsio.join(root, COMMITS_DIR)).items()
-        if marker.get("dataset_fingerprint") == fingerprint
-        and (planned is None or planned.get(shard) == marker.get("fingerprint"))
-    }
-    failures = {
-        shard: record
-        for shard, record in _read_records(fs, fsio.join(root, FAILURES_DIR)).items()
-        if record.get("dataset_fingerprint") == fingerprint
-        and (planned is None or planned.get(shard) == record.get("fingerprint"))
-    }
-    return OutputState(metadata, plan, markers, failures)
+    """The committed view of the output at `root` (one replay of its log)."""
+    if not is_output(fs, root):
+        raise StorageError(f"{root}: not a faceshard output (no {METADATA_FILE})")
+    return state_view(output_log.replay(fs, root), root)
 
 
-def _planned_fingerprints(plan: dict[str, Any] | None) -> dict[int, str] | None:
-    if plan is None:
+def read_metadata(fs: AbstractFileSystem, root: str) -> dict[str, Any] | None:
+    """The output's metadata, or None when `root` is no output; damage is a StorageError."""
+    if not is_output(fs, root):
         return None
-    return {int(shard): fp for shard, fp, _ in plan["shards"]}
-
-
-def _read_records(fs: AbstractFileSystem, directory: str) -> dict[int, dict[str, Any]]:
-    """Every `shard-N.json` under `directory`, parsed.
-
-    An unreadable record is a StorageError: skipping a commit marker would turn its shard's files
-    into "orphans" for cleanup to delete.
-    """
-    paths = {p: int(m.group(1)) for p in fsio.list_files(fs, directory) if (m := _MARKER_FILE.search(p))}
-    out: dict[int, dict[str, Any]] = {}
-    root = directory.rsplit(f"/{STATE_DIR}/", 1)[0]
-    for path, data in fsio.read_many(fs, list(paths)).items():
-        if path in paths:
-            out[paths[path]] = parse_record(data, path, "shard record", _repair_hint(root))
-    return out
+    return read_state(fs, root).metadata
 
 
 def read_files(
@@ -414,10 +330,11 @@ def _read_committed_file(
 class Output:
     """One output URI being built. Small and picklable: workers re-open the filesystem lazily.
 
-    `Output.open` (driver, once per run) takes the output's lease, checks the fingerprint and
-    cleans crashed writes; workers receive the pickled object (uri, fingerprint, storage options,
-    lease epoch and token) and never re-validate, but every commit checks the lease (fencing).
-    `close()` (or leaving a `with` block) releases the lease.
+    `Output.open` (driver, once per run) takes the output's lease, appends `begin` for its epoch,
+    checks the fingerprint and collects what dead writers left; workers receive the pickled object
+    (uri, fingerprint, storage options, lease epoch and token) and append their commits to the log
+    with that epoch. Leaving a `with` block releases the lease and raises Superseded if another
+    build took it over meanwhile (whatever this one wrote after that did not count).
     """
 
     def __init__(
@@ -434,6 +351,7 @@ class Output:
         self._held: Lease | None = None  # the driver's heartbeating lease; never pickled
         self._fs: AbstractFileSystem | None = None
         self._root: str | None = None
+        self._log: LogState | None = None  # the replayed log, read on incrementally
 
     # -- construction
 
@@ -448,6 +366,7 @@ class Output:
         storage_options: dict[str, Any] | None = None,
         wait_s: float = 0.0,
         lease_ttl_s: float = DEFAULT_TTL_S,
+        lease_heartbeat_s: float | None = None,
         owner: str | None = None,
     ) -> Output:
         """Take the output's lease, then create or resume the output at `uri` for this configuration.
@@ -455,51 +374,69 @@ class Output:
         `config` is the row-affecting config dict (`BuildConfig.row_affecting()`), or a BuildConfig
         (its full resolved config is then recorded too). Another live build holding the output
         raises OutputBusy naming it (after waiting up to `wait_s`). A different dataset fingerprint
-        raises FingerprintMismatch naming the changed keys unless `rebuild`, which discards every
-        committed shard first; an interrupted rebuild is finished by a later open with the new
-        configuration (no flag needed) or cancelled by one with the original configuration.
-        Files that dead writers left behind are deleted; unreadable metadata is a StorageError.
+        raises FingerprintMismatch naming the changed keys unless `rebuild`, which switches the
+        output to the new fingerprint in one log entry (every shard of the old one is discarded at
+        once; their files are collected). Any invalid record is a StorageError: nothing starts.
         """
         row_config, resolved = _config_views(config)
         weights = {name: dict(info) for name, info in weights.items()}
         fingerprint = dataset_fingerprint(row_config, weights)
         out = cls(uri, fingerprint, storage_options)
         fs, root = out.fs, out.root
-        if read_metadata(fs, root) is None:
+        fresh = not is_output(fs, root)
+        if fresh:
             out._refuse_unexplained_state()  # before the lease: write nothing into a foreign directory
-        held = Lease.acquire(fs, root, owner=owner, ttl_s=lease_ttl_s, wait_s=wait_s, uri=uri)
+        else:  # the whole log is validated (read afresh) before anything is written, the lease included
+            out._log = output_log.shared(fs, root)
+            with out._log.lock:
+                out._log.reset()
+                out._refresh()
+            out._check_plan_file()
+        held = Lease.acquire(
+            fs, root, owner=owner, ttl_s=lease_ttl_s, heartbeat_s=lease_heartbeat_s, wait_s=wait_s, uri=uri
+        )
         out._held, out.lease = held, held.ref
         try:
-            existing = read_metadata(fs, root)
-            if existing is None:
-                out._refuse_unexplained_state()
-            read_plan(fs, root)  # an unreadable plan stops the build here, before anything is written
-            intent = out._rebuild_intent()
+            maybe_fault("step", "lease")
+            log = out._refresh()  # an invalid entry stops the build here, before anything is written
+            if fresh:
+                if log.head == 0:
+                    out._refuse_unexplained_state()
+                fsio.create_if_absent(
+                    fs,
+                    fsio.join(root, METADATA_FILE),
+                    _dump_json({"format": FORMAT, "layout": LAYOUT, "log": output_log.LOG_DIR}),
+                )
+            elif read_identity(fs, root) is None:
+                raise DamagedOutput(
+                    f"{root}: {METADATA_FILE} is missing but the output has a log. {repair_hint(root)}"
+                )
+            out._append("begin", {"owner": held.record["owner"], "host": host_id(), "pid": os.getpid()})
+            existing = log.metadata
+            if existing is None and log.markers:
+                raise DamagedOutput(f"{root}: the log has commits but no metadata. {repair_hint(root)}")
             metadata = {
                 "format": FORMAT,
                 "schema_version": SCHEMA_VERSION,
                 "fingerprint": fingerprint,
                 "created_at": now_iso(),
-                "opened_at": now_iso(),
                 "faceshard_version": faceshard_version(),
                 "row_affecting": row_config,
                 "config": resolved,
                 "weights": weights,
                 "random_weights": sorted(n for n, w in weights.items() if w.get("random")),
-                "plan": None,
             }
-            if existing is None:
-                out._write_metadata(metadata)
-            elif existing["fingerprint"] == fingerprint and intent is None:
-                keep = {k: existing.get(k) for k in ("created_at", "plan")}
-                out._write_metadata(metadata | keep)
-            else:
-                resuming = intent is not None and fingerprint in (intent.get("from"), intent.get("to"))
-                if existing["fingerprint"] != fingerprint and not (rebuild or resuming):
+            if existing is not None and existing["fingerprint"] != fingerprint:
+                if not rebuild:
                     raise FingerprintMismatch(
                         _mismatch_message(uri, existing, row_config, weights, fingerprint)
                     )
-                out._rebuild(existing, metadata)
+                out._refuse_foreign_rows()
+            if existing is not None and existing["fingerprint"] == fingerprint:
+                metadata["created_at"] = existing["created_at"]
+            if existing is None or canonical_json(existing) != canonical_json(metadata):
+                out._append("metadata", {"metadata": metadata})
+            out._check_plan_file()
             out.cleanup()
         except BaseException:
             out.close()
@@ -538,11 +475,23 @@ class Output:
         if held is not None:
             held.release()
 
+    def check_not_superseded(self) -> None:
+        """Superseded if another build took the output over: nothing written since then counted."""
+        if self.lease is None:
+            return
+        log = self._refresh()
+        if log.epoch > self.lease.epoch:
+            raise output_log.superseded(self.uri, self.lease.epoch, log)
+
     def __enter__(self) -> Output:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        try:
+            if exc_type is None:
+                self.check_not_superseded()
+        finally:
+            self.close()
 
     def __getstate__(self) -> dict[str, Any]:
         return {
@@ -570,6 +519,41 @@ class Output:
             self._fs, self._root = fsio.open_fs(self.uri, self.storage_options)
         return self._root
 
+    # -- the log
+
+    def _refresh(self) -> LogState:
+        """The replayed log, brought up to date (only new entries are read)."""
+        if self._log is None:
+            if not is_output(self.fs, self.root) and self.lease is None:
+                raise StorageError(f"{self.uri}: not a faceshard output (no {METADATA_FILE})")
+            self._log = output_log.shared(self.fs, self.root)
+        return output_log.refresh(self.fs, self.root, self._log)
+
+    def _append(self, kind: str, payload: dict[str, Any]) -> int:
+        """Append one entry with this writer's epoch; Superseded when it lost."""
+        if self.lease is None:
+            raise StorageError(f"{self.uri}: this writer holds no lease; open the output with Output.open")
+        self._refresh()
+        assert self._log is not None
+        return output_log.append(self.fs, self.root, self._log, self.lease.epoch, kind, payload)
+
+    def _delete(self, paths: Iterable[str], why: str) -> list[str]:
+        """Every deletion goes through the collector's one guarded delete."""
+        return collector.delete(self.fs, self.root, self._refresh(), paths, why)
+
+    def _check_current(self) -> LogState:
+        """Fail fast (not the fence: the log is): superseded, or the output rebuilt meanwhile."""
+        log = self._refresh()
+        if self.lease is not None and log.epoch > self.lease.epoch:
+            raise output_log.superseded(self.uri, self.lease.epoch, log)
+        found = (log.metadata or {}).get("fingerprint")
+        if found != self.fingerprint:
+            raise StorageError(
+                f"{self.uri}: the output now has fingerprint {found} (rebuilt while this shard ran?);"
+                f" refusing to commit rows of fingerprint {self.fingerprint}"
+            )
+        return log
+
     # -- plan and state
 
     def shard_fingerprint(self, plan: ShardPlan) -> str:
@@ -595,8 +579,8 @@ class Output:
     def prior_plan(self) -> PriorPlan:
         """The recorded plan, which of its shards are committed, and the next unused shard id.
 
-        An output written before plans recorded video ids (or one whose plan was lost) has its
-        committed shards adopted: their ids are read from their committed `videos` files.
+        An output whose plan was lost (or set aside by `faceshard repair`) has its committed shards
+        adopted: their ids are read from their committed `videos` files.
         """
         import polars as pl
 
@@ -605,13 +589,7 @@ class Output:
         state = self.state()
         doc = state.plan
         if doc is not None and doc.get("videos_file"):
-            data = fsio.read_optional(self.fs, self._path(doc["videos_file"]))
-            if data is None:
-                raise DamagedOutput(
-                    f"{self.uri}: {doc['videos_file']} (named by {PLAN_FILE}) is missing; the plan"
-                    " cannot be read, so nothing can be skipped safely"
-                )
-            shards = pl.from_arrow(pq.read_table(pa.BufferReader(data))).cast(PLAN_SCHEMA)
+            shards = pl.from_arrow(self._read_plan_file(doc["videos_file"])).cast(PLAN_SCHEMA)
             fingerprints = {int(s): fp for s, fp, _ in doc["shards"]}
             shards = shards.filter(pl.col("shard").is_in(list(fingerprints)))
         else:
@@ -621,7 +599,7 @@ class Output:
             ]
             shards = pl.from_arrow(pa.concat_tables(parts)).cast(PLAN_SCHEMA) if parts else empty_plan_frame()
             fingerprints = {shard: marker["fingerprint"] for shard, marker in state.markers.items()}
-        used = [*fingerprints, *self._record_ids(COMMITS_DIR), *self._record_ids(FAILURES_DIR)]
+        used = [*fingerprints, *state.log.markers, *state.log.failures]
         return PriorPlan(
             shards=shards,
             fingerprints=fingerprints,
@@ -629,28 +607,44 @@ class Output:
             next_shard=max(used, default=-1) + 1,
         )
 
+    def _read_plan_file(self, relative: str) -> pa.Table:
+        data = fsio.read_optional(self.fs, self._path(relative))
+        problem = "is missing" if data is None else None
+        if data is not None:
+            try:
+                table = pq.read_table(pa.BufferReader(data))
+                if table.column_names[:2] != ["shard", "video_id"]:
+                    raise ValueError(f"columns {table.column_names}, not shard, video_id")
+                return table
+            except (pa.ArrowException, ValueError) as exc:
+                problem = f"is unreadable ({exc})"
+        raise DamagedOutput(
+            f"{self.uri}: {relative} (the plan's video ids) {problem}; nothing can be skipped safely."
+            f" Nothing was changed. {repair_hint(self.uri)}"
+        )
+
+    def _check_plan_file(self) -> None:
+        plan = self._refresh().plan
+        if plan is not None and plan.get("videos_file"):
+            self._read_plan_file(plan["videos_file"])
+
     def apply_plan(self, plan: BuildPlan) -> None:
         """Record a build's plan and carry out its pruning (the only deletion a plan can cause).
 
-        Order keeps every step safe to crash in: shards pruned whole lose their marker (and then the
-        files it names) first; then the plan is written; then shards pruned in part are recommitted
-        with their remaining videos' rows (until then the plan shows them pending, never twice).
+        Order keeps every step safe to crash in: shards pruned whole are retired (one entry each,
+        then the files they named are collected); then the plan is written; then shards pruned in
+        part are recommitted with their remaining videos' rows (until then the plan shows them
+        pending, never twice).
         """
         for shard in plan.prune_drop:
-            marker = self.marker(shard)
-            if marker is not None:
-                self.retire_shard(shard, marker)
+            self.retire_shard(shard, self.marker(shard), "pruned")
         notes = {"not_in_manifest": plan.not_in_manifest, "manifest_videos": plan.videos_total}
         self._write_plan(plan.shards.to_arrow(), plan.fingerprints(self.fingerprint), notes)
         for shard, keep in plan.prune_keep.items():
             self._recommit_without_others(shard, keep)
         # Dropped shards never committed under the plan; a stale marker's files would linger in listings.
-        for shard in plan.dropped:
-            marker = self.marker(shard)
-            if marker is not None:
-                self.retire_shard(shard, marker)
-        failures = [*plan.dropped, *plan.prune_drop]
-        fsio.remove_files(self.fs, [self._path(FAILURES_DIR, marker_name(s)) for s in failures])
+        for shard in [*plan.dropped, *plan.prune_drop]:
+            self.retire_shard(shard, self.marker(shard), "dropped from the plan")
 
     def _recommit_without_others(self, shard_id: int, keep: list[str]) -> None:
         """Commit the shard again holding only the rows of `keep` (prune): a new attempt, atomically."""
@@ -675,64 +669,55 @@ class Output:
         self.commit_shard(plan, tables, stats)
 
     def _write_plan(self, shards: pa.Table, fingerprints: dict[int, str], notes: dict[str, Any]) -> None:
-        """The plan's video ids (content-named Parquet) first, then `plan.json` naming it: one switch.
+        """The plan's video ids (a new Parquet file) first, then the `plan` entry naming it: one switch.
 
-        Arrow only (no polars): workers and forked writers call `set_plan` too.
+        Arrow only (no polars): workers and forked writers call `set_plan` too. An unchanged plan
+        writes nothing.
         """
+        self._check_current()
         shards = shards.select(["shard", "video_id"]).cast(
             pa.schema([("shard", pa.int64()), ("video_id", pa.string())])
         )
         sink = pa.BufferOutputStream()
         pq.write_table(shards, sink, compression="zstd")
         data = sink.getvalue().to_pybytes()
-        videos_file = f"{STATE_DIR}/plan-{hashlib.sha256(data).hexdigest()[:16]}.parquet"
-        if not fsio.retrying(self.fs.exists, self._path(videos_file)):  # named by its content
-            self._put(videos_file, data)
         counts = {row["values"]: row["counts"] for row in pc.value_counts(shards["shard"]).to_pylist()}
+        rows = [[shard, fp, counts.get(shard, 0)] for shard, fp in fingerprints.items()]
+        digest = _digest({"rows": rows, "notes": notes, "ids": hashlib.sha256(data).hexdigest()})
+        current = self._refresh().plan
+        if current is not None and current.get("digest") == digest:
+            return
+        assert self.lease is not None
+        videos_file = f"{STATE_DIR}/plan-{new_attempt_id(self.lease.epoch)}.parquet"
+        self._put(videos_file, data)
         plan_doc = {
             "format": PLAN_FORMAT,
             "dataset_fingerprint": self.fingerprint,
             "shards_total": len(fingerprints),
             "videos_total": shards.num_rows,
-            "shards": [[shard, fp, counts.get(shard, 0)] for shard, fp in fingerprints.items()],
+            "shards": rows,
             "videos_file": videos_file,
+            "digest": digest,
             **notes,
         }
-        self._put(PLAN_FILE, _dump_json(plan_doc))
-        metadata = self.metadata()
-        metadata["plan"] = {k: plan_doc[k] for k in ("shards_total", "videos_total")}
-        self._write_metadata(metadata)
-        try:
-            listed = fsio.retrying(self.fs.ls, self._path(STATE_DIR), detail=False)
-        except FileNotFoundError:
-            listed = []
-        stale = [p for p in listed if _PLAN_VIDEOS_FILE.search(p) and not p.endswith(videos_file)]
-        fsio.remove_files(self.fs, stale)
-
-    def _record_ids(self, directory: str) -> list[int]:
-        """Shard ids of the marker/failure files present (listing only, no reads)."""
-        found = fsio.list_files(self.fs, self._path(directory))
-        return [int(m.group(1)) for p in found if (m := _MARKER_FILE.search(p))]
+        maybe_fault("step", "plan")
+        self._append("plan", {"plan": plan_doc})
+        if current is not None and current.get("videos_file"):
+            self._delete([current["videos_file"]], "replaced plan")
 
     def metadata(self) -> dict[str, Any]:
-        """The current `_faceshard.json`."""
-        meta = read_metadata(self.fs, self.root)
-        if meta is None:
-            raise StorageError(f"{self.uri}: not a faceshard output (no {METADATA_FILE})")
-        return meta
+        """The output's current metadata."""
+        return self.state().metadata
 
     def state(self) -> OutputState:
-        """The committed view (metadata, plan, visible markers, failures) in one pass."""
-        return read_state(self.fs, self.root)
+        """The committed view (metadata, plan, visible markers, failures)."""
+        return state_view(self._refresh(), self.uri)
 
     def marker(self, shard_id: int) -> dict[str, Any] | None:
-        """The shard's commit marker if it belongs to this dataset fingerprint."""
-        path = self._path(COMMITS_DIR, marker_name(shard_id))
-        data = fsio.read_optional(self.fs, path)
-        if data is None:
-            return None
-        marker = parse_record(data, path, "shard record", _repair_hint(self.root))
-        return marker if marker.get("dataset_fingerprint") == self.fingerprint else None
+        """The shard's current commit (marker) if it belongs to this dataset fingerprint."""
+        log = self._refresh()
+        marker = log.markers.get(shard_id)
+        return marker if marker is not None and marker["dataset_fingerprint"] == self.fingerprint else None
 
     def is_committed(self, plan: ShardPlan) -> bool:
         """The shard's marker exists and was written for exactly these videos and this fingerprint."""
@@ -740,14 +725,14 @@ class Output:
         return marker is not None and marker.get("fingerprint") == self.shard_fingerprint(plan)
 
     def pending(self, plans: list[ShardPlan]) -> list[ShardPlan]:
-        """The plans not committed yet, from one listing of the markers (cheap for 10⁴+ shards)."""
-        markers = self._all_records(COMMITS_DIR)
+        """The plans not committed yet (one read of the log)."""
+        markers = self._refresh().markers
         return [
             plan
             for plan in plans
             if (m := markers.get(plan.shard_id)) is None
-            or m.get("dataset_fingerprint") != self.fingerprint
-            or m.get("fingerprint") != self.shard_fingerprint(plan)
+            or m["dataset_fingerprint"] != self.fingerprint
+            or m["fingerprint"] != self.shard_fingerprint(plan)
         ]
 
     def shards_with_errors(self) -> list[int]:
@@ -788,19 +773,22 @@ class Output:
     def commit_shard(
         self, plan: ShardPlan, tables: Mapping[str, pa.Table], stats: Mapping[str, Any] | None = None
     ) -> dict[str, Any]:
-        """Publish the shard's three tables and then its marker; returns the marker.
+        """Stage the shard's three tables, append its `commit` entry (the commit point), publish.
 
         `tables` are the logical tables of `storage.schema` (partition columns included or not).
         The videos table must hold exactly one row per planned video. Files of a previous commit
-        of this shard are deleted after the new marker is in place.
+        of this shard are deleted (collector) once the new commit is in the log.
         """
         shard_fp = self.shard_fingerprint(plan)
-        self._check_writable()
+        maybe_fault("step", "check")
+        self._check_current()
+        assert self.lease is not None
         prepared = _prepare_tables(plan, tables)
-        attempt = new_attempt_id(self.lease.epoch if self.lease else None)
+        attempt = new_attempt_id(self.lease.epoch)
         staging = f"{STAGING_DIR}/{attempt}"
         files: dict[str, list[dict[str, Any]]] = {name: [] for name in TABLES}
         total_bytes = 0
+        maybe_fault("step", "data")
         for name in TABLES:
             for split, part in prepared[name]:
                 data = _parquet_bytes(part)
@@ -825,7 +813,7 @@ class Output:
             "fingerprint": shard_fp,
             "dataset_fingerprint": self.fingerprint,
             "attempt": attempt,
-            "epoch": self.lease.epoch if self.lease else None,
+            "epoch": self.lease.epoch,
             "committed_at": now_iso(),
             "published": False,
             "staging": staging,
@@ -833,12 +821,11 @@ class Output:
             "rows": {name: sum(f["rows"] for f in files[name]) for name in TABLES},
             "bytes": total_bytes,
             "status_counts": dict(Counter(prepared["videos_status"])),
-            "stats": dict(stats or {}),
-            "history": history[-10:],
+            "stats": json.loads(canonical_json(dict(stats or {}))),
+            "history": json.loads(canonical_json(history[-10:])),
         }
-        self._check_writable()  # fencing: right before the commit point
-        self._write_marker(plan.shard_id, marker)
-        fsio.remove_files(self.fs, [self._path(FAILURES_DIR, marker_name(plan.shard_id))])
+        maybe_fault("step", "commit")
+        self._append("commit", {"marker": marker})  # THE commit point
         return self._publish(marker, previous)
 
     def replace_videos(
@@ -865,7 +852,7 @@ class Output:
 
     def record_failure(self, plan: ShardPlan, error: str) -> None:
         """Record that the shard's whole task failed; status counts it failed until it commits."""
-        self._check_writable()
+        self._check_current()
         text = error if len(error) <= MAX_ERROR_CHARS else error[:MAX_ERROR_CHARS] + " …(truncated)"
         record = {
             "shard": plan.shard_id,
@@ -875,102 +862,50 @@ class Output:
             "videos": len(plan.videos),
             "at": now_iso(),
         }
-        self._put(fsio.join(FAILURES_DIR, marker_name(plan.shard_id)), _dump_json(record))
+        self._append("failure", {"failure": record})
 
     # -- maintenance
 
     def cleanup(self) -> dict[str, int]:
-        """Finish interrupted publishing and delete what provably dead writers left behind.
+        """Collect what is dead, then roll interrupted publishing forward.
 
-        Under the lease (no other writer is live; older epochs are fenced): markers of another
-        fingerprint are retired, committed-but-unpublished shards are rolled forward, and a data
-        or staging file is deleted only if it follows our naming, no marker names it, and its
-        writer is dead (an older epoch in its name; without one, older than ORPHAN_GRACE_S). A
-        file absent from a listing is never a reason to delete anything: committed files are not
-        checked here at all (`status --verify` and `faceshard repair` do that).
+        The collector deletes only faceshard-named files that no winning record names and that no
+        live lease can still write (see storage/collector.py); released files go before any
+        roll-forward moves files in, so an interrupted replacement's old files vanish before its
+        new ones appear and a listing never sees a video twice.
         """
-        self._check_writable()
-        # Listed before the markers are read: a file published after the listing is not in it,
-        # and one published before it has its marker written already (the marker goes first).
-        listed = {
-            path: age
-            for name in TABLES
-            for path, age in fsio.list_files_with_age(self.fs, self._path(name)).items()
-        }
-        markers: dict[int, dict[str, Any]] = {}
-        dropped = rolled_forward = 0
-        for shard, marker in sorted(self._all_records(COMMITS_DIR).items()):
-            if marker.get("dataset_fingerprint") == self.fingerprint:
-                markers[shard] = marker
-            else:
-                self.retire_shard(shard, marker)
-                dropped += 1
-        referenced = {self._path(p) for marker in markers.values() for p in _marker_paths(marker)}
-        candidates = [
-            path
-            for path, age in sorted(listed.items())
-            if path not in referenced
-            and is_our_data_file(self._relative(path))
-            and self._writer_is_dead(path.rsplit("/", 1)[-1], age)
-        ]
-        staged = self._dead_staging()
-        # The marker listing may lag too: before anything goes, the marker of every shard it
-        # concerns is read directly, and what that marker names (or stages) stays.
-        shards = {shard for path in [*candidates, *staged.values()] for shard in _shards_in(path)}
-        for shard in sorted(shards - set(markers)):
-            marker = self._read_any_marker(shard)
-            if marker is not None and marker.get("dataset_fingerprint") == self.fingerprint:
-                markers[shard] = marker
-        keep = {self._path(p) for marker in markers.values() for p in _marker_paths(marker)}
-        keep |= {
-            self._path(m["staging"])
-            for m in markers.values()
-            if not m.get("published", True) and m.get("staging")
-        }
-        orphans = [path for path in candidates if path not in keep]
-        # Unreferenced files go before any roll-forward moves files in: an interrupted replacement's
-        # old files must vanish before its new ones appear, or a listing would see videos twice.
-        fsio.remove_files(self.fs, orphans)
-        for shard, marker in sorted(markers.items()):
-            if not marker.get("published", True):
+        self._check_current()
+        removed = collector.collect(self.fs, self.root, self._refresh())
+        rolled_forward = 0
+        for shard, marker in sorted(self._refresh().markers.items()):
+            if not marker["published"]:
                 try:
                     self._publish(marker, None)
                 except FileNotFoundError as exc:
                     raise DamagedOutput(
                         f"{self.uri}: shard {shard} is committed but its file is missing ({exc}; checked"
-                        f" directly, not by listing). Nothing was deleted. {_repair_hint(self.root)}"
+                        f" directly, not by listing). Nothing was deleted. {repair_hint(self.root)}"
                     ) from None
                 rolled_forward += 1
-        dead = [entry for entry in staged if entry not in keep]
-        for entry in dead:
-            fsio.remove_tree(self.fs, entry)
-        for shard, record in self._all_records(FAILURES_DIR).items():
-            if record.get("dataset_fingerprint") != self.fingerprint:
-                fsio.remove_files(self.fs, [self._path(FAILURES_DIR, marker_name(shard))])
         return {
-            "orphan_files": len(orphans),
-            "dropped_markers": dropped,
+            "orphan_files": sum(1 for p in removed if is_our_data_file(p)),
             "rolled_forward": rolled_forward,
-            "staging_removed": len(dead),
+            "staging_removed": sum(1 for p in removed if p.startswith(f"{STAGING_DIR}/")),
+            "removed": len(removed),
         }
 
-    def retire_shard(self, shard_id: int, marker: Mapping[str, Any] | None) -> None:
-        """Un-commit one shard: its marker goes first (status and reader drop it at once), then
-        exactly the files that marker names, `videos` first (plain hive readers drop it next).
-
-        Deletes nothing the marker does not name: the one way to discard committed rows
-        (--rebuild, --prune) without touching files faceshard never wrote.
-        """
-        fsio.remove_files(self.fs, [self._path(COMMITS_DIR, marker_name(shard_id))])
+    def retire_shard(self, shard_id: int, marker: Mapping[str, Any] | None, reason: str = "retired") -> None:
+        """Un-commit one shard (--prune, a shard dropped from the plan): one `retire` entry (status and
+        readers drop it at once), then the collector deletes exactly the files that marker named,
+        `videos` first (plain hive readers drop it next). A shard with only a failure loses that."""
+        log = self._refresh()
+        if marker is None and shard_id not in log.failures:
+            return
+        self._append("retire", {"shard": shard_id, "reason": reason})
         if marker is not None:
-            fsio.remove_files(
-                self.fs, [self._path(p) for p in _marker_paths(marker, reversed(PUBLISH_ORDER))]
-            )
-            if not marker.get("published", True) and marker.get("staging"):
-                fsio.remove_tree(self.fs, self._path(marker["staging"]))
-
-    def _remove_marker(self, shard_id: int, marker: Mapping[str, Any] | None) -> None:
-        self.retire_shard(shard_id, marker)
+            paths = marker_paths(dict(marker), tuple(reversed(PUBLISH_ORDER)))
+            staging = [marker["staging"]] if marker.get("staging") else []
+            self._delete([*paths, *staging], f"shard {shard_id} {reason}")
 
     # -- internals
 
@@ -981,18 +916,10 @@ class Output:
         return path[len(self.root) + 1 :] if path.startswith(self.root + "/") else path
 
     def _put(self, relative: str, data: bytes) -> None:
-        tmp_dir = f"{STAGING_DIR}/tmp-e{self.lease.epoch:06d}" if self.lease else f"{STAGING_DIR}/tmp"
-        fsio.put_bytes(self.fs, self._path(relative), data, self._path(tmp_dir))
-
-    def _write_metadata(self, metadata: dict[str, Any]) -> None:
-        """`_faceshard.json`, then its backup copy (what `faceshard repair` restores from)."""
-        data = _dump_json(metadata)
-        self._put(METADATA_FILE, data)
-        self._put(METADATA_BACKUP, data)
-
-    def _write_marker(self, shard_id: int, marker: dict[str, Any]) -> None:
-        """The commit point: once this PUT/rename lands the shard is visible, not a moment before."""
-        self._put(fsio.join(COMMITS_DIR, marker_name(shard_id)), _dump_json(marker))
+        assert self.lease is not None
+        fsio.put_bytes(
+            self.fs, self._path(relative), data, self._path(f"{STAGING_DIR}/tmp-e{self.lease.epoch:06d}")
+        )
 
     def _publish(self, marker: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:
         """Step 3 of a commit (idempotent, so `cleanup` can roll it forward after a crash).
@@ -1001,38 +928,43 @@ class Output:
         only once its faces and identities are in place. A replacement (retry-failed) first takes
         the superseded `videos` files away, then swaps each table's files (old out, then new in),
         so a reader starting from `videos` sees the old shard, no shard, or the new shard, never a
-        mix, and no table ever holds a video twice.
+        mix, and no table ever holds a video twice. A commit no longer current (replaced or retired
+        since, by anyone) publishes nothing.
         """
         shard = marker["shard"]
-        paths = _marker_paths(marker)
-        keep = set(paths)
-        old = {} if previous is None else {name: _marker_paths(previous, (name,)) for name in TABLES}
-        fsio.remove_files(self.fs, [self._path(p) for p in old.get("videos", []) if p not in keep])
-        for name in PUBLISH_ORDER:
-            fsio.remove_files(self.fs, [self._path(p) for p in old.get(name, []) if p not in keep])
-            for entry in marker["files"][name]:
-                self._move_into_place(f"{marker['staging']}/{entry['path']}", entry["path"])
-        if previous is not None and not previous.get("published", True) and previous.get("staging"):
-            fsio.remove_tree(self.fs, self._path(previous["staging"]))
-        current = self.marker(shard)
-        if current is None or current.get("attempt") != marker["attempt"]:
-            # A concurrent commit of the same shard (a zombie retry) won: ours are now orphans.
-            fsio.remove_files(self.fs, [self._path(p) for p in paths])
+        current = self._refresh().markers.get(shard)
+        if current is None or current["attempt"] != marker["attempt"]:
             return current or marker
-        published = {k: v for k, v in marker.items() if k != "staging"} | {"published": True}
-        self._write_marker(shard, published)
-        fsio.remove_tree(self.fs, self._path(marker["staging"]))
-        return published
+        keep = set(marker_paths(marker))
+        old = {} if previous is None else {name: marker_paths(previous, (name,)) for name in TABLES}
+        self._delete([p for p in old.get("videos", []) if p not in keep], f"shard {shard} replaced")
+        for name in PUBLISH_ORDER:
+            self._delete([p for p in old.get(name, []) if p not in keep], f"shard {shard} replaced")
+            maybe_fault("step", "publish")
+            for entry in marker["files"][name]:
+                try:
+                    self._move_into_place(f"{marker['staging']}/{entry['path']}", entry["path"])
+                except FileNotFoundError:
+                    self.check_not_superseded()  # the new holder took it from here: say so
+                    raise
+        self._append("published", {"shard": shard, "attempt": marker["attempt"]})
+        garbage = [marker["staging"]]
+        if previous is not None and previous.get("staging") and not previous.get("published", True):
+            garbage.append(previous["staging"])
+        self._delete(garbage, f"shard {shard} published")
+        return {k: v for k, v in marker.items() if k != "staging"} | {"published": True}
 
     def _move_into_place(self, staged: str, final: str) -> None:
-        """Rename (local) or server-side copy + delete (object stores); done already is fine."""
+        """Rename (local) or server-side copy and removal of the staged copy (object stores); done
+        already is fine. Not a deletion: the content lives on at its final path."""
         fs, src, dst = self.fs, self._path(staged), self._path(final)
         if fsio.is_local(fs):
-            if os.path.exists(src):
+            try:
                 os.makedirs(os.path.dirname(dst), exist_ok=True)
                 os.replace(src, dst)
-            elif not os.path.exists(dst):
-                raise FileNotFoundError(f"committed file lost before publishing: {src}")
+            except FileNotFoundError:  # moved already (a roll-forward by the next holder)
+                if not os.path.exists(dst):
+                    raise FileNotFoundError(f"committed file lost before publishing: {src}") from None
             return
         try:
             fsio.retrying(fs.copy, src, dst)
@@ -1041,97 +973,28 @@ class Output:
                 raise FileNotFoundError(f"committed file lost before publishing: {src}") from None
         fsio.remove_files(fs, [src])
 
-    def _all_records(self, directory: str) -> dict[int, dict[str, Any]]:
-        return _read_records(self.fs, self._path(directory))
-
-    def _check_writable(self) -> None:
-        """Fencing: this writer's lease is still the output's, and the fingerprint unchanged."""
-        if self._held is not None and self._held.lost:
-            raise StorageError(f"{self.uri}: this build lost its lease: {self._held.lost}")
-        check_lease(self.fs, self.root, self.lease)
-        meta = read_metadata(self.fs, self.root)
-        if meta is None or meta["fingerprint"] != self.fingerprint:
-            found = None if meta is None else meta["fingerprint"]
+    def _refuse_foreign_rows(self) -> None:
+        """--rebuild never deletes a file faceshard did not write; a Parquet file of someone else's
+        inside a table folder would be read as rows beside the rebuilt ones, so it refuses."""
+        foreign = [
+            rel
+            for name in TABLES
+            for rel in (self._relative(p) for p in fsio.list_files(self.fs, self._path(name)))
+            if rel.endswith(".parquet") and not is_our_data_file(rel)
+        ]
+        if foreign:
             raise StorageError(
-                f"{self.uri}: the output now has fingerprint {found} (rebuilt while this shard ran?);"
-                f" refusing to commit rows of fingerprint {self.fingerprint}"
+                f"{self.uri}: refusing --rebuild: these files in the table folders are not faceshard's and"
+                f" would be read as rows beside the rebuilt ones: {', '.join(foreign[:10])}. faceshard never"
+                " deletes them: move them out of the output, then run again. Nothing was changed."
             )
 
-    def _writer_is_dead(self, name: str, age: float | None) -> bool:
-        """Provably dead: an older lease epoch in the name; without one, older than the grace period."""
-        epoch = epoch_of(name)
-        if epoch is not None:
-            return self.lease is not None and epoch < self.lease.epoch
-        stamped = _NAME_TIME.search(name)
-        if age is None and stamped:
-            written = dt.datetime.strptime(stamped.group(1), "%Y%m%dT%H%M%S").replace(tzinfo=dt.UTC)
-            age = (dt.datetime.now(dt.UTC) - written).total_seconds()
-        return age is not None and age > ORPHAN_GRACE_S
-
-    def _dead_staging(self) -> dict[str, str]:
-        """Top-level staging entries (attempt dirs, temp dirs, stray files) of dead writers, each
-        with its files' paths joined (they say which shards the entry stages)."""
-        staging = self._path(STAGING_DIR)
-        youngest: dict[str, float | None] = {}
-        files: dict[str, list[str]] = {}
-        for path, age in fsio.list_files_with_age(self.fs, staging).items():
-            entry = fsio.join(staging, path[len(staging) + 1 :].split("/", 1)[0])
-            files.setdefault(entry, []).append(path)
-            ages = [a for a in (youngest.get(entry), age) if a is not None]
-            youngest[entry] = min(ages) if ages else None
-        return {
-            entry: "\n".join(files[entry])
-            for entry, age in sorted(youngest.items())
-            if self._writer_is_dead(entry.rsplit("/", 1)[-1], age)
-        }
-
-    def _read_any_marker(self, shard_id: int) -> dict[str, Any] | None:
-        """The shard's marker read directly (a GET, consistent where listings are not), any fingerprint."""
-        path = self._path(COMMITS_DIR, marker_name(shard_id))
-        data = fsio.read_optional(self.fs, path)
-        return None if data is None else parse_record(data, path, "shard record", _repair_hint(self.root))
-
-    def _rebuild_intent(self) -> dict[str, Any] | None:
-        data = fsio.read_optional(self.fs, self._path(REBUILD_FILE))
-        if data is None:
-            return None
-        return parse_record(
-            data, self._path(REBUILD_FILE), "record of a --rebuild in progress", _repair_hint(self.root)
-        )
-
-    def _rebuild(self, existing: dict[str, Any], metadata: dict[str, Any]) -> None:
-        """Discard every shard of another fingerprint, resumably, then switch the metadata.
-
-        The intent (`rebuild.json`: from, to) is written first and removed last. Until the metadata
-        is switched the output stays a valid output of the old fingerprint with fewer shards, so a
-        kill anywhere leaves: status and readers consistent, an open with the new configuration
-        that finishes the rebuild (no flag needed), and one with the original configuration that
-        cancels it (the shards not yet discarded are kept).
-        """
-        intent = {"from": existing["fingerprint"], "to": self.fingerprint, "started_at": now_iso()}
-        self._put(REBUILD_FILE, _dump_json(intent))
-        for shard, marker in sorted(self._all_records(COMMITS_DIR).items()):
-            if marker.get("dataset_fingerprint") != self.fingerprint:
-                self.retire_shard(shard, marker)
-        for shard, record in self._all_records(FAILURES_DIR).items():
-            if record.get("dataset_fingerprint") != self.fingerprint:
-                fsio.remove_files(self.fs, [self._path(FAILURES_DIR, marker_name(shard))])
-        plan = load_json_object(fsio.read_optional(self.fs, self._path(PLAN_FILE)))
-        if plan is None or plan.get("dataset_fingerprint") != self.fingerprint:
-            fsio.remove_files(self.fs, [self._path(PLAN_FILE)])
-        elif existing["fingerprint"] == self.fingerprint:
-            metadata = metadata | {k: existing.get(k) for k in ("created_at", "plan")}
-        self._write_metadata(metadata)
-        fsio.remove_files(self.fs, [self._path(REBUILD_FILE)])
-
     def _refuse_unexplained_state(self) -> None:
-        """No metadata: refuse faceshard state that lost it, and any file faceshard did not write.
+        """No output here: refuse any file faceshard did not write.
 
         The whole tree is checked (not only top-level names): a user's `videos/*.mp4` must never
-        be adopted, and so never deleted by a later --rebuild.
+        be adopted into an output.
         """
-        if fsio.list_files(self.fs, self._path(COMMITS_DIR)):
-            require_metadata(self.fs, self.root)  # raises: markers without metadata
         foreign = [
             rel
             for rel in (self._relative(p) for p in fsio.list_files(self.fs, self.root))
@@ -1162,25 +1025,14 @@ def _mismatch_message(
     }
     new = {"schema_version": SCHEMA_VERSION, **config, "weights": row_affecting_weights(weights)}
     changes = describe_differences(old, new)
-    changes.sort(key=lambda line: not line.startswith("schema_version"))  # a version change first
     shown = "\n".join(f"  {line}" for line in changes[:20])
     if len(changes) > 20:
         shown += f"\n  … {len(changes) - 20} more"
     return (
-        f"{uri} was built with another configuration or faceshard version (fingerprint"
-        f" {existing['fingerprint']} → {fingerprint}), so its rows would not match: build into a new"
-        " output path, or pass --rebuild (rebuild=True) to discard it. What differs:\n"
-        f"{shown or '  (differences not derivable)'}"
+        f"{uri} was built with another configuration (fingerprint {existing['fingerprint']} →"
+        f" {fingerprint}); its rows would not match:\n{shown or '  (differences not derivable)'}\n"
+        "use --rebuild (rebuild=True) to discard it, or a new output path"
     )
-
-
-def _shards_in(paths: str) -> set[int]:
-    return {int(m) for m in re.findall(r"/shard=(\d+)/", paths)}
-
-
-def _marker_paths(marker: Mapping[str, Any], tables: Iterable[str] = TABLES) -> list[str]:
-    files = marker.get("files", {})
-    return [entry["path"] for name in tables for entry in files.get(name, [])]
 
 
 def _prepare_tables(plan: ShardPlan, tables: Mapping[str, pa.Table]) -> dict[str, Any]:

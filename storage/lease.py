@@ -1,17 +1,19 @@
-"""One writer per output: a lease taken by atomic create-if-absent, heartbeated, fenced by epoch.
+"""One writer per output: a lease taken by atomic create-if-absent, heartbeated, taken over only
+after its heartbeat was seen to stop.
 
 Lease records live at `_faceshard/lease/epoch-00000007.json`; the highest epoch is the current
 lease. Taking the lease (first time, after a release, or over a stale holder) is creating the file
 of the next epoch with a create-if-absent write (`fsio.create_if_absent`: local `link()`, S3
-`If-None-Match: *`), so of two builds racing for epoch N+1 exactly one wins, and the epoch counts
-every change of hands. Only the holder rewrites its own epoch file (heartbeat, release); nobody
-ever overwrites another epoch's file, so taking over never races a heartbeat.
+`If-None-Match: *`), so of two builds racing for epoch N+1 exactly one wins. Only the holder
+rewrites its own epoch file (heartbeat: `beat` counts up every `heartbeat_s`; release).
 
-Fencing: a writer (the driver or any worker holding a pickled `LeaseRef`) checks right before its
-commit point that its epoch is still the newest, its token still the holder's, and the lease
-still valid for at least `COMMIT_MARGIN` of its TTL. A build whose lease was taken over (expired,
-or its process died) therefore cannot commit; the residual window is the one PUT between the
-check and the marker, which a takeover of a live-looking holder waits out (`TAKEOVER_SETTLE_S`).
+Takeover trusts no clock but the taker's own: a held lease is taken over only after the taker has
+watched the holder's record not change for the holder's TTL by its own monotonic clock (or the
+holder is a dead process on the same host, or released). A holder whose clock runs minutes ahead or
+behind therefore keeps its lease while it beats. The lease only says who should write; the fence
+that makes a superseded writer harmless is the log (storage/log.py): the taker appends `begin` for
+its epoch, and every later entry of an older epoch loses.
+
 """
 
 from __future__ import annotations
@@ -32,14 +34,11 @@ from fsspec import AbstractFileSystem
 
 from faceshard.errors import DamagedOutput, OutputBusy, StorageError
 from faceshard.storage import fsio
+from faceshard.storage.records import LeaseRecord, validate
 
 LEASE_DIR = "_faceshard/lease"
 DEFAULT_TTL_S = 60.0
-COMMIT_MARGIN = 0.25  # a commit needs this fraction of the TTL left on the lease
-CLOCK_SKEW_S = 5.0  # hosts' clocks may disagree this much before a lease counts as expired
-TAKEOVER_SETTLE_S = 2.0
-POLL_S = 0.5
-KEEP_EPOCHS = 3
+POLL_S = 0.2
 _EPOCH_FILE = re.compile(r"epoch-(\d+)\.json$")
 
 
@@ -89,28 +88,28 @@ class LeaseRef:
 
 
 def describe(record: dict[str, Any], now: float | None = None) -> str:
-    """'alice on host-a pid 4242 (epoch 7), heartbeat 3 s ago, expires in 57 s'."""
+    """'alice on host-a pid 4242 (epoch 7), heartbeat 3 s ago by its clock, TTL 60 s'."""
     now = time.time() if now is None else now
     beat = now - float(record.get("heartbeat_at", 0))
-    left = float(record.get("expires_at", 0)) - now
-    when = f"expires in {left:.0f} s" if left > 0 else f"expired {-left:.0f} s ago"
     return (
         f"{record.get('owner', '?')} on {record.get('host', '?')} pid {record.get('pid', '?')}"
-        f" (epoch {record.get('epoch', '?')}, heartbeat {beat:.0f} s ago, {when})"
+        f" (epoch {record.get('epoch', '?')}, heartbeat {beat:.0f} s ago by its clock, TTL"
+        f" {record.get('ttl_s', '?')} s)"
     )
 
 
 def lease_state(record: dict[str, Any], now: float | None = None) -> str:
-    """'released', 'expired' (heartbeat older than its TTL plus clock skew), 'dead' or 'held'."""
+    """'released', 'dead' (a dead process on this host), 'quiet' (its clock says no heartbeat for a
+    TTL: a hint only, takeover needs the heartbeat seen stopped) or 'held'."""
     now = time.time() if now is None else now
     if record.get("released"):
         return "released"
-    if now > float(record.get("expires_at", 0)) + CLOCK_SKEW_S:
-        return "expired"
     if record.get("host") == host_id() and not _process_alive(
         int(record.get("pid", -1)), record.get("pid_start")
     ):
         return "dead"
+    if now > float(record.get("heartbeat_at", 0)) + float(record.get("ttl_s", DEFAULT_TTL_S)):
+        return "quiet"
     return "held"
 
 
@@ -118,7 +117,7 @@ def current(fs: AbstractFileSystem, root: str) -> tuple[int, dict[str, Any]] | N
     """The newest lease (epoch, record), or None when the output never had one.
 
     The listing is only a hint: the epochs after the newest listed one are probed directly, so a
-    listing that lags behind a takeover cannot hide it.
+    listing that lags behind a takeover cannot hide it. An invalid record is a StorageError.
     """
     listed = [
         int(m.group(1))
@@ -135,17 +134,12 @@ def current(fs: AbstractFileSystem, root: str) -> tuple[int, dict[str, Any]] | N
 
 def read_record(fs: AbstractFileSystem, root: str, epoch: int) -> dict[str, Any]:
     path = fsio.join(root, epoch_file(epoch))
-    data = fsio.read_bytes(fs, path)
-    try:
-        record = json.loads(data)
-    except ValueError as exc:
-        raise DamagedOutput(
-            f"{path}: the output's lease record is unreadable ({exc}); if no build is running on this"
-            f" output, run `faceshard repair {root}` to retire it"
-        ) from None
-    if not isinstance(record, dict):
-        raise DamagedOutput(f"{path}: the output's lease record is not a JSON object")
-    return record
+    hint = (
+        f"If no build is running on this output, `faceshard repair {root}` takes the lease over once it"
+        " has seen the record unchanged for the TTL."
+    )
+    record = validate(LeaseRecord, fsio.read_bytes(fs, path), path, "lease record", hint)
+    return record.model_dump()
 
 
 class Lease:
@@ -155,6 +149,7 @@ class Lease:
         self.fs, self.root, self.record = fs, root, record
         self.ref = LeaseRef(int(record["epoch"]), str(record["token"]), float(record["ttl_s"]))
         self.lost: str | None = None
+        self.took_over: dict[str, Any] | None = None  # the record of the holder this lease replaced
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -166,33 +161,59 @@ class Lease:
         *,
         owner: str | None = None,
         ttl_s: float = DEFAULT_TTL_S,
+        heartbeat_s: float | None = None,
         wait_s: float = 0.0,
         uri: str | None = None,
+        unreadable_ok: bool = False,
     ) -> Lease:
-        """Take the lease, waiting up to `wait_s` for a live holder; OutputBusy names the holder."""
+        """Take the lease; OutputBusy names a live holder after `wait_s`.
+
+        A holder whose heartbeat looks stopped by its own timestamps (or, with `unreadable_ok`, whose
+        record cannot be read: repair) is watched for its TTL whatever `wait_s` says, and taken over
+        only if its record did not change meanwhile, by this process's monotonic clock.
+        """
+        heartbeat_s = ttl_s / 4 if heartbeat_s is None else heartbeat_s
+        if not 0 < heartbeat_s < ttl_s:
+            raise ValueError(
+                f"lease heartbeat ({heartbeat_s} s) must be positive and below the TTL ({ttl_s} s)"
+            )
         deadline = time.monotonic() + wait_s
+        seen: tuple[int, bytes] | None = None  # (epoch, raw record) as first seen unchanged
+        seen_since = 0.0
+        changed = False  # the record changed while watched: its holder is alive
         while True:
-            found = current(fs, root)
-            previous_state = None if found is None else lease_state(found[1])
-            if found is None or previous_state != "held" or _same_process(found[1]):
-                epoch = 1 if found is None else found[0] + 1
-                record = _new_record(epoch, owner, ttl_s)
-                data = json.dumps(record, indent=1, sort_keys=True).encode()
-                if fsio.create_if_absent(fs, fsio.join(root, epoch_file(epoch)), data):
-                    if previous_state in ("expired", "dead"):
-                        time.sleep(TAKEOVER_SETTLE_S)  # let a fenced writer's last check-then-PUT land
-                    lease = cls(fs, root, record)
-                    lease._forget_old_epochs()
+            epoch, raw, record = _newest(fs, root, unreadable_ok)
+            now = time.monotonic()
+            if (epoch, raw) != seen:
+                changed = seen is not None and seen[0] == epoch
+                seen, seen_since = (epoch, raw), now
+            holder_ttl = float(record["ttl_s"]) if record else ttl_s
+            state = None if epoch == 0 else ("unreadable" if record is None else lease_state(record))
+            stopped = now - seen_since >= holder_ttl
+            if (
+                epoch == 0
+                or state in ("released", "dead")
+                or (record is not None and _same_process(record))
+                or stopped
+            ):
+                new = _new_record(epoch + 1, owner, ttl_s, heartbeat_s)
+                data = json.dumps(new, indent=1, sort_keys=True).encode()
+                if fsio.create_if_absent(fs, fsio.join(root, epoch_file(epoch + 1)), data):
+                    lease = cls(fs, root, new)
+                    lease.took_over = record if state not in (None, "released") else None
                     lease.start_heartbeat()
                     return lease
                 continue  # another build took this epoch first: look again
-            if time.monotonic() >= deadline:
+            watching = state in ("quiet", "unreadable") and not changed
+            if now >= deadline and not watching:
+                if record is None:
+                    raise DamagedOutput(f"{uri or root}: the lease record of epoch {epoch} is unreadable")
                 raise OutputBusy(
-                    f"{uri or root} is being built by {describe(found[1])}; wait for it (build --wait"
-                    " SECONDS), or, if that build is gone, run again once its lease expires"
-                    " (a stale lease is taken over automatically)"
+                    f"{uri or root} is being built by {describe(record)}; wait for it (build --wait"
+                    " SECONDS), or, if that build is gone, run again: a lease whose heartbeat has"
+                    " stopped for its TTL is taken over automatically"
                 )
-            time.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
+            time.sleep(POLL_S)
 
     # -- heartbeat
 
@@ -203,20 +224,25 @@ class Lease:
         self._thread.start()
 
     def _beat(self) -> None:
-        while not self._stop.wait(self.ref.ttl_s / 4):
+        while not self._stop.wait(float(self.record["heartbeat_s"])):
             try:
                 self.renew()
             except StorageError as exc:
                 self.lost = str(exc)
                 return
-            except Exception:  # a transient outage: the next beat tries again, expiry bounds the damage
+            except Exception:  # a transient outage: the next beat tries again
                 continue
 
     def renew(self) -> None:
-        """Push the expiry forward; StorageError once another build took over."""
-        check(self.fs, self.root, self.ref, for_commit=False)
+        """Beat: count up and stamp the record; StorageError once another build took over."""
+        check(self.fs, self.root, self.ref)
         now = time.time()
-        self.record = {**self.record, "heartbeat_at": now, "expires_at": now + self.ref.ttl_s}
+        self.record = {
+            **self.record,
+            "beat": int(self.record["beat"]) + 1,
+            "heartbeat_at": now,
+            "expires_at": now + self.ref.ttl_s,
+        }
         self._write()
 
     def release(self) -> None:
@@ -225,7 +251,7 @@ class Lease:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
         try:
-            check(self.fs, self.root, self.ref, for_commit=False)
+            check(self.fs, self.root, self.ref)
         except StorageError:
             return
         self.record = {**self.record, "released": True, "released_at": time.time()}
@@ -237,38 +263,42 @@ class Lease:
             self.fs, fsio.join(self.root, epoch_file(self.ref.epoch)), data, fsio.join(self.root, LEASE_DIR)
         )
 
-    def _forget_old_epochs(self) -> None:
-        old = [
-            p
-            for p in fsio.list_files(self.fs, fsio.join(self.root, LEASE_DIR))
-            if (m := _EPOCH_FILE.search(p)) and int(m.group(1)) <= self.ref.epoch - KEEP_EPOCHS
-        ]
-        fsio.remove_files(self.fs, old)
 
-
-def check(fs: AbstractFileSystem, root: str, ref: LeaseRef | None, *, for_commit: bool = True) -> None:
-    """Fencing: raise StorageError unless `ref` is the newest, unreleased lease and, `for_commit`,
-    still valid for COMMIT_MARGIN of its TTL (a renewal may revive an expired lease nobody took)."""
+def check(fs: AbstractFileSystem, root: str, ref: LeaseRef | None) -> None:
+    """Whether `ref` is still the newest, unreleased lease (heartbeat and release use it; commits
+    are fenced by the log, not by this check)."""
     if ref is None:
         raise StorageError(f"{root}: this writer holds no lease; open the output with Output.open")
     if fsio.retrying(fs.exists, fsio.join(root, epoch_file(ref.epoch + 1))):
-        newer = current(fs, root)
-        holder = describe(newer[1]) if newer else "another build"
-        raise StorageError(
-            f"{root}: this build's lease (epoch {ref.epoch}) was taken over by {holder};"
-            " refusing to commit (a superseded build must not write)"
-        )
+        raise StorageError(f"{root}: superseded: this build's lease (epoch {ref.epoch}) was taken over")
     record = read_record(fs, root, ref.epoch)
     if record.get("token") != ref.token:
-        raise StorageError(f"{root}: lease epoch {ref.epoch} belongs to another build; refusing to commit")
+        raise StorageError(f"{root}: lease epoch {ref.epoch} belongs to another build")
     if record.get("released"):
-        raise StorageError(f"{root}: this build's lease (epoch {ref.epoch}) was released; refusing to commit")
-    left = float(record["expires_at"]) - time.time()
-    if for_commit and left < ref.ttl_s * COMMIT_MARGIN:
-        raise StorageError(
-            f"{root}: this build's lease (epoch {ref.epoch}) has {left:.0f} s left (heartbeats stopped?);"
-            " refusing to commit, another build may take it over"
-        )
+        raise StorageError(f"{root}: this build's lease (epoch {ref.epoch}) was released")
+
+
+def _newest(
+    fs: AbstractFileSystem, root: str, unreadable_ok: bool
+) -> tuple[int, bytes, dict[str, Any] | None]:
+    """(epoch, raw bytes, validated record or None if unreadable and `unreadable_ok`); epoch 0: none."""
+    listed = [
+        int(m.group(1))
+        for p in fsio.list_files(fs, fsio.join(root, LEASE_DIR))
+        if (m := _EPOCH_FILE.search(p))
+    ]
+    epoch = max(listed, default=0)
+    while fsio.retrying(fs.exists, fsio.join(root, epoch_file(epoch + 1))):
+        epoch += 1
+    if epoch == 0:
+        return 0, b"", None
+    raw = fsio.read_optional(fs, fsio.join(root, epoch_file(epoch))) or b""
+    try:
+        return epoch, raw, read_record(fs, root, epoch)
+    except StorageError:
+        if unreadable_ok:
+            return epoch, raw, None
+        raise
 
 
 def _same_process(record: dict[str, Any]) -> bool:
@@ -276,7 +306,7 @@ def _same_process(record: dict[str, Any]) -> bool:
     return record.get("host") == host_id() and int(record.get("pid", -1)) == os.getpid()
 
 
-def _new_record(epoch: int, owner: str | None, ttl_s: float) -> dict[str, Any]:
+def _new_record(epoch: int, owner: str | None, ttl_s: float, heartbeat_s: float) -> dict[str, Any]:
     now = time.time()
     pid = os.getpid()
     return {
@@ -289,7 +319,9 @@ def _new_record(epoch: int, owner: str | None, ttl_s: float) -> dict[str, Any]:
         "acquired_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "heartbeat_at": now,
         "expires_at": now + ttl_s,
-        "ttl_s": ttl_s,
+        "ttl_s": float(ttl_s),
+        "heartbeat_s": float(heartbeat_s),
+        "beat": 0,
         "released": False,
     }
 

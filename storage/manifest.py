@@ -184,7 +184,9 @@ def load_manifest(
     located = _locate_all(frame["path"], base, protocol)
     shown_roots = ", ".join(r.url() for r in allowed)
     frame = pl.concat([frame, located], how="horizontal").select(
-        pl.col("video_id").fill_null(pl.col("relative")),
+        # One Unicode form (NFC) for every id: "é" typed or decomposed is one video, so two
+        # spellings of one id are a duplicate, and a re-typed manifest matches the output's ids.
+        pl.col("video_id").fill_null(pl.col("relative")).str.normalize("NFC"),
         pl.col("url").alias("path"),
         pl.col("label_value").alias("label"),
         pl.col("method"),

@@ -2,7 +2,7 @@
 
 A video is known to an output by its `video_id`; its path may change (a corpus copied to another
 mount) without it being processed again. Every shard an output ever planned is recorded with its
-video ids (`_faceshard/plan-<digest>.parquet`, named by `_faceshard/plan.json`), so a build of any
+video ids (`_faceshard/plan-<attempt>.parquet`, named by the log's `plan` entry), so a build of any
 manifest into an existing output:
 
 * skips every video already committed, wherever its row now sits in the manifest;

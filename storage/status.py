@@ -1,21 +1,33 @@
-"""`dataset_status`: what is committed, failed and pending, read from the commit markers.
+"""`dataset_status`: what is committed, failed and pending, read from the output's log.
 
-Everything but the failed videos comes from the markers' stats; only shards whose marker counts
-`error` videos are opened (four small columns) to list those videos and their reasons.
+Everything but the failed videos comes from the commits' stats; only shards whose commit counts
+`error` videos are opened (four small columns) to list those videos and their reasons. The log is
+read tolerantly: an entry that does not validate is reported (file and field) with the shards it
+concerned, which status cannot vouch for, and `ok` is False (the CLI exits non-zero).
+`verify` re-reads every committed file's Parquet footer and checks its row count and size against
+its record.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections import Counter
 from typing import Any
 
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from faceshard.errors import StorageError
 from faceshard.storage import fsio, lease
-from faceshard.storage.commit import REBUILD_FILE, OutputState, file_entry, locate, read_files, read_state
+from faceshard.storage import log as output_log
+from faceshard.storage.commit import (
+    METADATA_FILE,
+    OutputState,
+    file_entry,
+    is_output,
+    locate,
+    read_files,
+    state_view,
+)
 
 
 def dataset_status(
@@ -27,7 +39,13 @@ def dataset_status(
     matches its sha256): the CLI exits non-zero on it. Raises StorageError for a non-output URI.
     """
     fs, root = fsio.open_fs(uri, storage_options)
-    state = read_state(fs, root)
+    if not is_output(fs, root):
+        raise StorageError(f"{uri}: not a faceshard output (no {METADATA_FILE})")
+    log = output_log.replay(fs, root, tolerant=True)
+    problems = [{"file": p.path, "error": p.message, "shard": p.shard} for p in log.problems]
+    if log.metadata is None and problems:  # nothing can be vouched for: say why
+        raise StorageError(" ".join(p["error"] for p in problems))
+    state = state_view(log, root)
     meta = state.metadata
     markers = state.markers
     failures = {shard: rec for shard, rec in state.failures.items() if shard not in markers}
@@ -64,11 +82,16 @@ def dataset_status(
         "random_weights": list(meta.get("random_weights") or []),
         "stage_seconds": _stage_seconds(state),
         "lease": lease_holder(fs, root),
-        "rebuilding": _rebuilding(fs, root),
+        "problems": problems,
     }
+    if info["lease"] and info["lease"].get("state") == "unreadable":
+        problems.append({"file": "lease", "error": info["lease"]["error"], "shard": None})
     if verify:
         info["corrupt_files"] = _verify(fs, root, state)
-    info["ok"] = not (failures or failed_videos or info.get("corrupt_files"))
+    unvouched = {p["shard"] for p in problems if p["shard"] is not None}
+    unvouched |= {row["shard"] for row in info.get("corrupt_files") or []}
+    info["unvouched_shards"] = sorted(unvouched)
+    info["ok"] = not (failures or failed_videos or info.get("corrupt_files") or problems)
     return info
 
 
@@ -81,23 +104,22 @@ def lease_holder(fs: Any, root: str) -> dict[str, Any] | None:
     if found is None:
         return None
     _, record = found
-    keys = ("owner", "host", "pid", "epoch", "acquired_at", "heartbeat_at", "expires_at", "ttl_s")
+    keys = (
+        "owner",
+        "host",
+        "pid",
+        "epoch",
+        "acquired_at",
+        "heartbeat_at",
+        "expires_at",
+        "ttl_s",
+        "heartbeat_s",
+        "beat",
+    )
     return {k: record.get(k) for k in keys} | {
         "state": lease.lease_state(record),
         "holder": lease.describe(record),
     }
-
-
-def _rebuilding(fs: Any, root: str) -> dict[str, Any] | None:
-    """A --rebuild that was interrupted: {"from", "to", "started_at"} (finished by the next open)."""
-    data = fsio.read_optional(fs, fsio.join(root, REBUILD_FILE))
-    if data is None:
-        return None
-    try:
-        value = json.loads(data)
-    except ValueError:
-        return {"error": "unreadable rebuild record"}
-    return value if isinstance(value, dict) else {"error": "unreadable rebuild record"}
 
 
 def _failed_videos(fs: Any, root: str, state: OutputState) -> list[dict[str, Any]]:
@@ -125,15 +147,26 @@ def _stage_seconds(state: OutputState) -> dict[str, float]:
 
 
 def _verify(fs: Any, root: str, state: OutputState) -> list[dict[str, Any]]:
-    """Re-hash every committed file (reads all data): size or sha256 mismatches and missing files."""
+    """Re-read every committed file's footer: missing, unreadable, or rows/bytes unlike its record."""
     bad = []
     for shard, marker in sorted(state.markers.items()):
         for entries in marker["files"].values():
             for entry in entries:
                 path = locate(fs, root, file_entry(marker, entry))
-                data = fsio.read_optional(fs, path)
-                if data is None:
-                    bad.append({"shard": shard, "path": entry["path"], "problem": "missing"})
-                elif len(data) != entry["bytes"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
-                    bad.append({"shard": shard, "path": entry["path"], "problem": "checksum mismatch"})
+                problem = None
+                try:
+                    size = fsio.retrying(fs.size, path)
+                    with fs.open(path, "rb") as handle:
+                        rows = pq.ParquetFile(handle).metadata.num_rows
+                except FileNotFoundError:
+                    problem = "missing"
+                except Exception as exc:  # an unreadable footer, whatever pyarrow calls it
+                    problem = f"unreadable footer ({type(exc).__name__}: {exc})"
+                else:
+                    if rows != entry["rows"]:
+                        problem = f"{rows} rows, its record says {entry['rows']}"
+                    elif size != entry["bytes"]:
+                        problem = f"{size} bytes, its record says {entry['bytes']}"
+                if problem:
+                    bad.append({"shard": shard, "path": entry["path"], "problem": problem})
     return bad

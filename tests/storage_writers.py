@@ -68,6 +68,51 @@ def build(
         return {"committed": [p.shard_id for p in pending], "epoch": out.lease.epoch}
 
 
+def manifest_build(
+    uri: str,
+    video_ids: list[str],
+    *,
+    prune: bool = False,
+    rebuild: bool = False,
+    config: dict[str, Any] | None = None,
+    storage_options: dict[str, Any] | None = None,
+    ttl_s: float = 60.0,
+    wait_s: float = 0.0,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
+    """What `faceshard build` does with a manifest of these videos (of `fake_videos(N_VIDEOS)`):
+    plan against the output's prior plan (growing, `prune`, `rebuild`), then commit the pending
+    shards (only `stop_after` of them: a build interrupted between shards)."""
+    import polars as pl
+
+    from faceshard.storage.plan import plan_build
+
+    tasks = {v.video_id: v for v in fake_videos(N_VIDEOS, splits=("train", "val"))}
+    out = Output.open(
+        uri,
+        config=config or CONFIG,
+        weights=WEIGHTS,
+        rebuild=rebuild,
+        storage_options=storage_options,
+        lease_ttl_s=ttl_s,
+        wait_s=wait_s,
+    )
+    with out:
+        plan = plan_build(
+            pl.Series(sorted(video_ids), dtype=pl.String), out.prior_plan(), SHARD_SIZE, prune=prune
+        )
+        out.apply_plan(plan)
+        members = plan.shards.group_by("shard", maintain_order=True).agg("video_id")
+        todo = [
+            ShardPlan(shard, [tasks[v] for v in ids])
+            for shard, ids in members.iter_rows()
+            if shard in plan.todo
+        ]
+        for shard_plan in todo[:stop_after]:
+            out.commit_shard(shard_plan, tables(shard_plan), {})
+        return {"committed": [p.shard_id for p in todo[:stop_after]], "epoch": out.lease.epoch}
+
+
 def build_in_child(
     start: Any, results: Any, name: str, uri: str, storage_options: dict[str, Any] | None, wait_s: float
 ) -> None:
@@ -103,3 +148,29 @@ def hammer(uri: str, seed: int, stop_at: float, errors: str) -> None:
             with open(errors, "a") as log:
                 log.write(f"--- writer {seed}\n{traceback.format_exc()}")
         time.sleep(rng.uniform(0, 0.2))
+
+
+def main(argv: list[str]) -> None:
+    """`python tests/storage_writers.py URI OPTIONS_JSON TTL_S WAIT_S [retry] [delay=S]`: one build in
+    a real process (the fencing tests pause it with SIGSTOP or a `step:` fault and see how it ends)."""
+    import json
+    import sys
+
+    uri, options, ttl_s, wait_s = argv[0], json.loads(argv[1]), float(argv[2]), float(argv[3])
+    delay = next((float(a.split("=", 1)[1]) for a in argv[4:] if a.startswith("delay=")), 0.0)
+    done = build(
+        uri,
+        options or None,
+        ttl_s=ttl_s,
+        wait_s=wait_s,
+        retry_failed="retry" in argv[4:],
+        commit_delay_s=delay,
+    )
+    print(json.dumps(done))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])

@@ -24,9 +24,11 @@ from stub_build import WEIGHTS, StubProcessor, stub_build
 from faceshard.config import BuildConfig
 from faceshard.errors import FingerprintMismatch
 from faceshard.flows import plan as planning
-from faceshard.storage.commit import Output
+from faceshard.storage import fsio
+from faceshard.storage.commit import Output, read_state
 from faceshard.storage.plan import PriorPlan, plan_build
 from faceshard.storage.reader import read_table
+from faceshard.storage.repair import repair_output
 from faceshard.storage.status import dataset_status
 
 TABLES = ("videos", "faces", "identities")
@@ -47,14 +49,27 @@ def ids(names: list[str], prefix: str = "clips") -> list[str]:
 
 
 def committed_files(out: Path) -> dict[str, tuple[int, str]]:
-    """Every data file and commit marker: path → (mtime, sha256). Committed files never change."""
+    """Every data file and log entry: path → (mtime, sha256). Committed files never change."""
     found = {}
-    for path in [*out.glob("*/split=*/shard=*/*.parquet"), *out.glob("_faceshard/commits/*.json")]:
+    for path in [*out.glob("*/split=*/shard=*/*.parquet"), *out.glob("_faceshard/log/*.json")]:
         found[str(path.relative_to(out))] = (
             path.stat().st_mtime_ns,
             hashlib.sha256(path.read_bytes()).hexdigest(),
         )
     return found
+
+
+def data_files_of(files: dict[str, tuple[int, str]]) -> dict[str, tuple[int, str]]:
+    return {k: v for k, v in files.items() if not k.startswith("_faceshard/")}
+
+
+def data_files(out: Path) -> dict[str, tuple[int, str]]:
+    return data_files_of(committed_files(out))
+
+
+def plan_doc(out: Path) -> dict:
+    """The output's current plan record (issue 19: a log entry, no plan.json)."""
+    return read_state(*fsio.open_fs(str(out))).plan
 
 
 def everything(out: Path) -> dict[str, tuple[int, int]]:
@@ -89,7 +104,7 @@ def test_added_videos_anywhere_are_the_only_ones_processed_and_no_committed_file
     stub_build(write_manifest(tmp_path / "m.csv", NAMES), str(out), first)
     assert sorted(first.processed) == ids(NAMES)
     before = committed_files(out)
-    markers_before = {int(p.stem.split("-")[1]) for p in (out / "_faceshard" / "commits").glob("*.json")}
+    markers_before = set(read_state(*fsio.open_fs(str(out))).markers)
 
     grown = ["a-first", *NAMES[:3], "m-middle", *NAMES[3:], "z-last"]
     random.Random(0).shuffle(grown)  # where a row sits does not matter
@@ -114,7 +129,7 @@ def test_added_videos_anywhere_are_the_only_ones_processed_and_no_committed_file
 def test_removed_videos_stay_reported_until_prune_removes_only_them(tmp_path) -> None:
     out = tmp_path / "out"
     stub_build(write_manifest(tmp_path / "m.csv", NAMES), str(out), StubProcessor())
-    plan = json.loads((out / "_faceshard" / "plan.json").read_text())
+    plan = plan_doc(out)
     by_shard = (
         pl.read_parquet(out / plan["videos_file"]).group_by("shard", maintain_order=True).agg("video_id")
     )
@@ -126,7 +141,8 @@ def test_removed_videos_stay_reported_until_prune_removes_only_them(tmp_path) ->
     run = StubProcessor()
     result = stub_build(write_manifest(tmp_path / "m.csv", kept_names), str(out), run)
     assert run.processed == [] and result["not_in_manifest"] == 3 and result["videos_skipped"] == 3
-    assert committed_files(out) == before, "rows of removed videos were touched without --prune"
+    assert data_files(out) == data_files_of(before), "rows of removed videos were touched without --prune"
+    assert {k: committed_files(out)[k] for k in before} == before  # the log only grows
     assert video_ids(out) == ids(NAMES)
     assert dataset_status(str(out))["not_in_manifest"] == 3
 
@@ -164,7 +180,8 @@ def test_a_relocated_corpus_reprocesses_nothing(tmp_path) -> None:
         result["pending"],
         result["not_in_manifest"],
     ) == (6, 0, 0)
-    assert committed_files(out) == before
+    assert data_files(out) == data_files_of(before)
+    assert {k: committed_files(out)[k] for k in before} == before  # the log only grows
     assert video_ids(out) == ids(NAMES)
 
 
@@ -200,7 +217,7 @@ def test_shards_that_never_committed_are_retried_with_the_same_videos(tmp_path, 
     with pytest.raises(RuntimeError):
         stub_build(manifest, str(out), StubProcessor())
     monkeypatch.undo()
-    plan = json.loads((out / "_faceshard" / "plan.json").read_text())
+    plan = plan_doc(out)
     planned = pl.read_parquet(out / plan["videos_file"])
     failed_shard = plan["shards"][1][0]
     failed_ids = sorted(planned.filter(pl.col("shard") == failed_shard)["video_id"].to_list())
@@ -213,7 +230,7 @@ def test_shards_that_never_committed_are_retried_with_the_same_videos(tmp_path, 
     assert failed_shard in result["ran"]
     redone = next(s for s in result["stats"] if s["shard"] == failed_shard)
     assert redone["videos"] == len(failed_ids)
-    again = pl.read_parquet(out / json.loads((out / "_faceshard" / "plan.json").read_text())["videos_file"])
+    again = pl.read_parquet(out / plan_doc(out)["videos_file"])
     assert sorted(again.filter(pl.col("shard") == failed_shard)["video_id"].to_list()) == failed_ids
     assert sorted(rerun.processed) == sorted([*failed_ids, *ids(NAMES[4:]), *ids(["x-new"])])
     assert video_ids(out) == sorted(ids([*NAMES, "x-new"]))
@@ -275,9 +292,10 @@ def test_new_shards_depend_on_the_set_of_new_videos_not_on_row_order() -> None:
 def test_an_output_from_before_recorded_plans_is_adopted_not_reprocessed(tmp_path) -> None:
     out = tmp_path / "out"
     stub_build(write_manifest(tmp_path / "m.csv", NAMES), str(out), StubProcessor())
-    plan_file = out / "_faceshard" / "plan.json"
-    old = json.loads(plan_file.read_text())
-    plan_file.write_text(json.dumps({k: v for k, v in old.items() if k != "videos_file"}))
+    # A plan whose video ids are lost: `faceshard repair` sets the plan aside (issue 19), and the
+    # next build adopts the committed shards from their own files.
+    (out / plan_doc(out)["videos_file"]).unlink()
+    assert any("set the plan aside" in a for a in repair_output(str(out))["actions"])
     before = committed_files(out)
     run = StubProcessor()
     stub_build(write_manifest(tmp_path / "m.csv", [*NAMES, "late"]), str(out), run)

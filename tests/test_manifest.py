@@ -59,6 +59,19 @@ def test_given_video_ids_are_kept_and_duplicates_refused(tmp_path) -> None:
         read_manifest(_write(tmp_path / "p.csv", "path,label\na.mp4,0\n./a.mp4,1\n"))
 
 
+def test_ids_are_compared_in_one_unicode_form(tmp_path) -> None:
+    """Issue 19: "é" typed (NFC) and decomposed (NFD) is one id, so two spellings are a duplicate."""
+    composed, decomposed = "caf\u00e9", "cafe\u0301"
+    text = f"path,label,video_id\na.mp4,0,{composed}\nb.mp4,1,{decomposed}\n"
+    with pytest.raises(ManifestError, match="duplicate video ids"):
+        read_manifest(_write(tmp_path / "u.csv", text))
+    text = f"path,label\n{decomposed}/a.mp4,0\n{composed}/a.mp4,1\n"
+    with pytest.raises(ManifestError, match="duplicate video ids"):
+        read_manifest(_write(tmp_path / "v.csv", text))
+    (task,) = read_manifest(_write(tmp_path / "w.csv", f"path,label,video_id\na.mp4,0,{decomposed}\n"))
+    assert task.video_id == composed
+
+
 def test_bad_labels_and_missing_columns_are_clear_errors(tmp_path) -> None:
     with pytest.raises(ManifestError, match=r"labels must be 0/1 or real/fake: row 3: 'maybe'"):
         read_manifest(_write(tmp_path / "l.csv", "path,label\na.mp4,0\nb.mp4,maybe\n"))

@@ -25,6 +25,9 @@ import pyarrow.dataset as pds
 import pytest
 from conftest import faceshard_cli, moto_s3
 
+from faceshard.errors import StorageError
+from faceshard.storage import fsio
+from faceshard.storage.commit import read_state
 from faceshard.storage.reader import read_table
 from faceshard.storage.status import dataset_status
 
@@ -89,24 +92,16 @@ def assert_same_rows(got: list[dict[str, Any]], expected: list[dict[str, Any]], 
 
 
 def markers(out: Path) -> dict[int, dict[str, Any]]:
-    """Commit markers on disk, by shard id."""
-    found = {}
-    for path in sorted((out / "_faceshard" / "commits").glob("shard-*.json")):
-        found[int(re.search(r"shard-(\d+)\.json$", path.name).group(1))] = json.loads(path.read_text())
-    return found
+    """The committed shards' records (the log's winning commits), by shard id."""
+    try:
+        return read_state(*fsio.open_fs(str(out))).log.markers
+    except StorageError:  # no output yet, or its first entries are still being written
+        return {}
 
 
-def marker_stamps(out: Path) -> dict[int, int]:
-    """mtimes of the published markers: final until their shard is committed again.
-
-    (An unpublished one is rewritten once when a later open rolls its publishing forward.)
-    """
-    commits = out / "_faceshard" / "commits"
-    return {
-        shard: (commits / f"shard-{shard:06d}.json").stat().st_mtime_ns
-        for shard, marker in markers(out).items()
-        if marker.get("published")
-    }
+def marker_stamps(out: Path) -> dict[int, str]:
+    """The attempt of each published commit: final until its shard is committed again."""
+    return {shard: marker["attempt"] for shard, marker in markers(out).items() if marker.get("published")}
 
 
 def start_build(corpus: Path, out: Path, env: dict[str, str], token: str, log: Path) -> subprocess.Popen:
@@ -173,10 +168,10 @@ def wait_for(
 
 
 def progress_reached(out: Path, anchor: str, started_ns: int, markers_before: int) -> Callable[[], bool]:
-    """'plan': this run wrote its shard plan (flow running); 'first new marker': it committed a shard."""
-    plan_file = out / "_faceshard" / "plan.json"
+    """'plan': this run opened the output (its `begin` log entry: the flow is running; an unchanged
+    plan is not written again); 'first new marker': it committed a shard."""
     if anchor == "plan":
-        return lambda: plan_file.exists() and plan_file.stat().st_mtime_ns >= started_ns
+        return lambda: any(p.stat().st_mtime_ns >= started_ns for p in out.glob("_faceshard/log/*.json"))
     return lambda: out.exists() and len(markers(out)) > markers_before
 
 
@@ -239,7 +234,7 @@ def s3_build(
 ) -> S3Build:
     """`faceshard build` to S3 (endpoint and keys from the environment, as a user passes them) with
     two transient write errors injected: the build's first write (its lease record, in the driver)
-    and shard 1's commit marker (in a Ray worker). Retried writes change no rows, so this build is
+    and the first commit's log entry (in a Ray worker). Retried writes change no rows, so this build is
     also the uninterrupted reference the interrupted builds must end up equal to."""
     import s3fs
 
@@ -252,7 +247,8 @@ def s3_build(
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
     }
-    faults = f"put:shard-000001.json=fail-once:{marker_flag},put:*=fail-once:{driver_flag}"
+    # Log entry 4 is the first commit (1 begin, 2 metadata, 3 plan), created by a Ray worker.
+    faults = f"put:0000000004.json=fail-once:{marker_flag},put:*=fail-once:{driver_flag}"
     uri = "s3://bucket/ds"
     done = faceshard_cli(
         "build", str(corpus), "--out", uri, *FAST, "--json", env={**env, "FACESHARD_FAULTS": faults}
@@ -338,7 +334,7 @@ def test_s3_build_retries_transient_writes_and_commits_every_shard(s3_build: S3B
     fs = s3_build.fs
     # Retried in place by the storage layer, not by re-running the shard: no attempt left in staging.
     assert not [p for p in fs.find("bucket/ds/_faceshard") if "/staging/" in p]
-    marker = json.loads(fs.cat_file("bucket/ds/_faceshard/commits/shard-000001.json"))
+    marker = read_state(fs, "bucket/ds").markers[1]
     assert marker["published"] and marker["history"] == []
     faces = s3_build.rows["faces"]
     assert len(faces) == info["totals"]["faces"] > 0
@@ -380,7 +376,7 @@ def test_a_failed_shard_never_fails_the_build_and_a_rerun_commits_only_it(
     assert set(after) - set(stamps) == {1}
     assert {n: after[n] for n in stamps} == stamps, "a committed shard was re-committed"
     assert {p: p.stat().st_mtime_ns for p in data} == data, "a committed shard's files changed"
-    assert not (out / "_faceshard" / "failures" / "shard-000001.json").exists()
+    assert 1 not in read_state(*fsio.open_fs(str(out))).failures
 
     status = faceshard_cli("status", str(out), "--json", env=build_env)
     assert status.returncode == 0, status.stdout + status.stderr

@@ -163,20 +163,25 @@ def test_leftovers_of_dead_writers_are_cleaned_on_open_and_nothing_else(tmp_path
     dead_tmp.write_bytes(b"half a parquet file")
     shard7 = root / "faces" / "split=train" / "shard=000007"
     shard7.mkdir(parents=True)
-    orphan = shard7 / "part-20260101T000000-e000001-abc.parquet"  # an older epoch: provably dead
+    orphan = shard7 / "part-20260101T000000-e000001-0123456789ab.parquet"  # an older epoch: provably dead
     orphan.write_bytes(b"published but never committed")
-    unknown_young = shard7 / "part-20260101T000000-fff.parquet"  # no epoch, just written: grace period
+    # Names without faceshard's exact attempt id are never deleted, however old (issue 19: a
+    # user's part-0.parquet was deleted by the time-based grace rule this replaced).
+    unknown_young = shard7 / "part-20260101T000000-fff.parquet"
     unknown_young.write_bytes(b"an older faceshard may still be publishing this")
     unknown_old = shard7 / "part-20250101T000000-eee.parquet"
     unknown_old.write_bytes(b"left a day ago")
     os.utime(unknown_old, (1.0, 1.0))
+    users = shard7 / "part-0.parquet"
+    users.write_bytes(b"a user's own file")
+    os.utime(users, (1.0, 1.0))
     foreign = root / "faces" / "README.txt"
     foreign.write_text("not ours")
     assert len(load_faces(str(root))) == 36  # orphans are invisible to the reader even before cleanup
 
     _open(str(root))  # epoch 2
-    assert not orphan.exists() and not unknown_old.exists() and not _files(staging)
-    assert unknown_young.exists() and foreign.exists()
+    assert not orphan.exists() and not _files(staging)
+    assert unknown_young.exists() and unknown_old.exists() and users.exists() and foreign.exists()
     assert {p: p.stat().st_mtime_ns for p in _data_files(root) if p.parent != shard7} == committed
 
 
@@ -201,10 +206,14 @@ def test_crash_before_the_marker_leaves_nothing_visible(uri, monkeypatch) -> Non
     out.set_plan(plans)
     out.commit_shard(plans[0], fake_shard_tables(plans[0]), {})
 
-    def die(self, shard_id, marker):
-        raise Crash("killed before the marker")
+    append = Output._append
 
-    monkeypatch.setattr(Output, "_write_marker", die)
+    def die(self, kind, payload):
+        if kind == "commit":
+            raise Crash("killed before the commit entry")
+        return append(self, kind, payload)
+
+    monkeypatch.setattr(Output, "_append", die)
     with pytest.raises(Crash):
         out.commit_shard(plans[1], fake_shard_tables(plans[1]), {})
     monkeypatch.undo()
@@ -388,7 +397,9 @@ def test_metadata_records_config_weights_plan_and_random_models(uri) -> None:
     meta = out.metadata()
     assert meta["schema_version"] == SCHEMA_VERSION and meta["fingerprint"] == out.fingerprint
     assert meta["row_affecting"] == CONFIG and meta["weights"]["depth"]["random"] is True
-    assert meta["random_weights"] == ["depth"] and meta["plan"] == {"shards_total": 3, "videos_total": 9}
+    assert meta["random_weights"] == ["depth"]
+    plan = out.state().plan  # the plan summary lives in the plan's log entry (issue 19), not the metadata
+    assert (plan["shards_total"], plan["videos_total"]) == (3, 9)
     assert meta["created_at"] and meta["faceshard_version"]
     assert dataset_status(uri)["random_weights"] == ["depth"]
 
@@ -458,11 +469,10 @@ def test_split_names_are_encoded_in_paths(tmp_path) -> None:
 
 def test_marker_holds_checksums_and_stats(tmp_path) -> None:
     import hashlib
-    import json
 
     uri = str(tmp_path / "out")
-    _build(uri, n_videos=4)
-    marker = json.loads((tmp_path / "out" / "_faceshard" / "commits" / "shard-000000.json").read_text())
+    out, _ = _build(uri, n_videos=4)
+    marker = out.marker(0)
     assert marker["rows"] == {"videos": 4, "faces": 12, "identities": 4}
     for entries in marker["files"].values():
         for entry in entries:
@@ -474,7 +484,12 @@ def test_marker_holds_checksums_and_stats(tmp_path) -> None:
     victim = tmp_path / "out" / marker["files"]["faces"][0]["path"]
     victim.write_bytes(victim.read_bytes()[:-10] + b"0123456789")
     verified = dataset_status(uri, verify=True)
-    assert verified["corrupt_files"][0]["problem"] == "checksum mismatch" and verified["ok"] is False
+    problem = verified["corrupt_files"][0]["problem"]  # footer + row count + size (issue 19)
+    assert (
+        problem.startswith("unreadable footer")
+        and verified["ok"] is False
+        and verified["unvouched_shards"] == [0]
+    )
 
 
 def test_fingerprint_helpers_are_order_independent() -> None:

@@ -65,10 +65,14 @@ def test_s3_round_trip_with_a_retried_transient_write(s3_options, monkeypatch) -
     assert read_table(uri, "videos", split="val", storage_options=s3_options).num_rows == 2
 
     # A crash after publishing shard 1's files: nothing visible, cleaned by the next open.
-    def killed(self, shard_id, marker):
-        raise KeyboardInterrupt("killed before the marker")
+    append = Output._append
 
-    monkeypatch.setattr(Output, "_write_marker", killed)
+    def killed(self, kind, payload):
+        if kind == "commit":
+            raise KeyboardInterrupt("killed before the commit entry")
+        return append(self, kind, payload)
+
+    monkeypatch.setattr(Output, "_append", killed)
     with pytest.raises(KeyboardInterrupt):
         out.commit_shard(plans[1], fake_shard_tables(plans[1]), {})
     monkeypatch.undo()

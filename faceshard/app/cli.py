@@ -315,20 +315,24 @@ def _print_warnings(summary: dict[str, Any]) -> None:
 def status(
     uri: Annotated[str, typer.Argument(help="output URI of a build")],
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="re-read every committed file's footer: row count and size")
+    ] = False,
 ) -> None:
-    """Committed / failed / pending shards, failed videos by reason; exits 1 when anything failed."""
+    """Committed / failed / pending shards, failed videos by reason; exits 1 when anything failed
+    or a record or file cannot be vouched for."""
     from faceshard.errors import StorageError
     from faceshard.storage.status import dataset_status
 
     try:
-        info = dataset_status(uri)
+        info = dataset_status(uri, verify=verify)
     except (StorageError, FileNotFoundError) as exc:
         _fail(str(exc))
     if as_json:
         print(json.dumps(info, indent=2, default=str))
     else:
         _print_status(info)
-    if info["failed"] or info.get("failed_videos"):
+    if not info["ok"]:
         raise typer.Exit(1)
 
 
@@ -345,12 +349,11 @@ def _print_status(info: dict[str, Any]) -> None:
         table.add_row(
             "lease", escape(f"{holder.get('state')}: {holder.get('holder') or holder.get('error')}")
         )
-    if info.get("rebuilding"):
-        rebuilding = info["rebuilding"]
-        table.add_row(
-            "[yellow]rebuild interrupted[/]", escape(f"{rebuilding.get('from')} → {rebuilding.get('to')}")
-        )
     stdout.print(table)
+    for problem in [*(info.get("problems") or []), *(info.get("corrupt_files") or [])]:
+        stdout.print(f"[red]cannot vouch for[/] {escape(str(problem))}")
+    if info.get("unvouched_shards"):
+        stdout.print(f"[red]shards not vouched for:[/] {info['unvouched_shards']}")
     failed_shards = info.get("failed_shards") or []
     if failed_shards:
         shards = Table(title="failed shards")
@@ -386,12 +389,13 @@ def repair(
     if as_json:
         print(json.dumps(result, indent=2, default=str))
         return
-    if not result["actions"]:
+    if not result["actions"] and not result["left"]:
         stdout.print("nothing to repair")
         return
     for action in result["actions"]:
         stdout.print(f"- {escape(action)}")
-    stdout.print(f"set aside under {escape(str(result['quarantine']))}")
+    for item in result["left"]:
+        stdout.print(f"[yellow]left for you:[/] {escape(item)}")
 
 
 @app.command()
