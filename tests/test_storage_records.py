@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 import storage_writers as writers
-from faceshard.cli import app
 from typer.testing import CliRunner
 
+from faceshard.app.cli import app
 from faceshard.errors import StorageError
 from faceshard.storage import collector, fsio
 from faceshard.storage.commit import Output, read_state
