@@ -32,7 +32,9 @@ def _check_pattern(value: str, pattern: str, what: str) -> str:
 class SamplingConfig(_Section):
     """Which frames are decoded into RGB and shown to the detector (SPEC §1)."""
 
-    strategy: str = Field("per_second", description="per_second | uniform:N | stride:K | consecutive:N | all")
+    strategy: str = Field(
+        "per_second", description="per_second | uniform:N | stride:K | consecutive:N | leading:N | all"
+    )
     max_frames: int | None = Field(None, ge=1, description="stop after this many sampled frames")
     fallback_frames: Annotated[int, Field(ge=0)] | Literal["all"] = Field(
         2,
@@ -47,7 +49,9 @@ class SamplingConfig(_Section):
     @field_validator("strategy")
     @classmethod
     def _strategy(cls, v: str) -> str:
-        return _check_pattern(v, r"per_second|all|(uniform|stride|consecutive):[1-9][0-9]*", "sampling")
+        return _check_pattern(
+            v, r"per_second|all|(uniform|stride|consecutive|leading):[1-9][0-9]*", "sampling"
+        )
 
 
 class DetectConfig(_Section):
@@ -76,7 +80,7 @@ class DetectConfig(_Section):
 class CropConfig(_Section):
     """How a face box becomes a crop, and how the crop is stored (SPEC §3)."""
 
-    method: str = Field("mintime", description="mintime | margin:m | align:S")
+    method: str = Field("mintime", description="mintime | margin:m | align:S | dlib_rect (Megatron)")
     store: str = Field("native", description="native | isotropic:S | pad:S")
     save: bool = Field(False, description="store encoded crops in the `crop` column")
     format: Literal["png", "jpeg"] = "png"
@@ -85,7 +89,9 @@ class CropConfig(_Section):
     @field_validator("method")
     @classmethod
     def _method(cls, v: str) -> str:
-        return _check_pattern(v, r"mintime|margin:(0|[0-9]*\.[0-9]+|[0-9]+)|align:[1-9][0-9]*", "crop.method")
+        return _check_pattern(
+            v, r"mintime|dlib_rect|margin:(0|[0-9]*\.[0-9]+|[0-9]+)|align:[1-9][0-9]*", "crop.method"
+        )
 
     @field_validator("store")
     @classmethod
@@ -119,6 +125,16 @@ class DepthConfig(_Section):
     input: str = Field(
         "native", description="what the model sees: native (Megatron) | isotropic:S | pad:S | pad:max"
     )
+    normalise: Literal["minmax", "max"] = Field(
+        "minmax",
+        description="map → uint8: minmax (per crop) | max: uint8(d·255/max(d)) truncated, what transformers "
+        "4.44's depth-estimation pipeline gives (Megatron)",
+    )
+    processor: Literal["torchvision", "pil"] = Field(
+        "torchvision",
+        description="image processor backend resizing the crop: pil is the resize transformers 4.44's "
+        "processor made (Megatron)",
+    )
 
     @field_validator("input")
     @classmethod
@@ -142,6 +158,11 @@ class EmbedConfig(_Section):
         "timm",
         description="what the model sees: timm (its eval transform: resize, centre crop) | "
         "isotropic:S (MINTIME) | pad:max (Megatron) | pad:S | native",
+    )
+    normalise: Literal["model", "unit"] = Field(
+        "model",
+        description="pixels the model gets: model (/255, then its mean/std) | unit (/255 only: Megatron's "
+        "RepVit.forward)",
     )
 
     @field_validator("input")

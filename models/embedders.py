@@ -4,9 +4,11 @@
 model is shown of a crop is `input` (models/inputs.py), set by each preset to what its pipeline fed:
 MINTIME `isotropic:224` (longest side → 224, zero-padded square), Megatron `pad:max` (the run's crops
 zero-padded to the largest of them, never resized), or `timm`, the model's own eval transform (resize,
-then centre crop: it cuts the edges of the face crop). Normalisation is always the model's own mean/std
-from its pretrained data config. Megatron ran RepViT in train mode on /255 pixels without mean/std; that
-is not copied.
+then centre crop: it cuts the edges of the face crop). `normalise` says what the pixels become: `model`,
+/255 then the model's own mean/std from its pretrained data config, or `unit`, /255 alone: Megatron's
+`RepVit.forward` (its preprocessing.py) feeds `img.float() / 255.0` to RepViT without mean/std, so a
+Megatron checkpoint only ever saw that. Megatron's trainer runs RepViT in train mode (BatchNorm on the
+batch's statistics, updating its running ones): no cache can hold that; eval mode is stored (SPEC §7).
 
 Weights, in order:
 1. `checkpoint`: a local file (safetensors, or a torch state dict read with `weights_only=True`, inside
@@ -288,8 +290,15 @@ class Embedder:
         allow_random: bool = False,
         batch_size: int = 32,
         input_spec: str = "timm",
+        normalise: str = "model",
     ) -> None:
         from timm.data import create_transform, resolve_data_config
+
+        if normalise not in ("model", "unit"):
+            raise ValueError(f"normalise must be 'model' or 'unit', got {normalise!r}")
+        if normalise == "unit" and input_spec == "timm":
+            raise ValueError("normalise 'unit' needs a canvas input (pad:max, pad:S, isotropic:S, native)")
+        self.normalise = normalise
 
         if output not in ("pooled", "tokens"):
             raise ValueError(f"output must be 'pooled' or 'tokens', got {output!r}")
@@ -340,11 +349,13 @@ class Embedder:
         """One normalised (3, h, w) float tensor per (h, w, 3) uint8 RGB image, for the model."""
         if self.input == "timm":
             return [self.transform(Image.fromarray(np.ascontiguousarray(img))) for img in images]
-        return [
-            (torch.from_numpy(np.ascontiguousarray(canvas)).permute(2, 0, 1).float() / 255 - self._mean)
-            / self._std
+        unit = [
+            torch.from_numpy(np.ascontiguousarray(canvas)).permute(2, 0, 1).float() / 255
             for canvas in self.canvases(images)
         ]
+        if self.normalise == "unit":
+            return unit
+        return [(tensor - self._mean) / self._std for tensor in unit]
 
     @torch.inference_mode()
     def embed(

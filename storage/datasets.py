@@ -33,10 +33,10 @@ from faceshard.errors import StorageError
 from faceshard.storage import fsio
 from faceshard.storage.commit import OutputState, locate, read_state
 from faceshard.storage.reader import fixed_list_to_numpy
-from faceshard.storage.sequences import clip_rows, megatron_sample, mintime_sample
+from faceshard.storage.sequences import clip_rows, megatron_identity_sample, megatron_sample, mintime_sample
 
-Kind = Literal["mintime", "megatron", "clips"]
-KINDS: tuple[str, ...] = ("mintime", "megatron", "clips")
+Kind = Literal["mintime", "megatron", "megatron_identity", "clips"]
+KINDS: tuple[str, ...] = ("mintime", "megatron", "megatron_identity", "clips")
 
 # What a model needs, and the build settings that add it (said in the error when it is missing).
 HOW_TO_ADD = {
@@ -85,7 +85,10 @@ class ShardDataset(IterableDataset):
 
     Each item is a dict of tensors (plus `video_id` and `method` strings): for `mintime`
     `features (F,P,C)`, `size_bucket`, `identity`, `positions (F,P)`, `mask`, `label`; for `megatron`
-    `rgb (N,D)`, `depth (N,D)`, `mask`, `label`; for `clips` `clips (n_clips, clip, …)`, `label`
+    (Megatron's own rule, SPEC §8) `rgb (N,D)`, `depth (N,D)` float32 with its positional encoding
+    added, `label` (1 = original, Megatron's), videos Megatron drops left out and counted in
+    `dropped` (this process's count); for `megatron_identity` (ours) `rgb (N,D)`, `depth (N,D)`, `mask`,
+    `label` (1 = fake); for `clips` `clips (n_clips, clip, …)`, `label`
     (stored crops resized to `options.clip_size`, as DeepfakeBench does).
     `feature` picks the MINTIME input column (default: `tokens` when stored, else `emb_rgb`).
     """
@@ -113,6 +116,7 @@ class ShardDataset(IterableDataset):
         self.rank, self.world_size = rank, world_size
         self.storage_options = dict(storage_options or {})
         self.epoch = 0
+        self.dropped: dict[str, int] = {}  # videos a published pipeline's rule drops, by kind (this process)
         fs, root = fsio.open_fs(uri, self.storage_options)
         self._state: OutputState = read_state(fs, root)
         self._by_shard = self._files_by_shard()
@@ -190,7 +194,12 @@ class ShardDataset(IterableDataset):
         return "emb_rgb"
 
     def _needed_columns(self) -> list[str]:
-        needed = {"mintime": [self.feature], "megatron": ["emb_rgb", "emb_depth"], "clips": [self.feature]}
+        needed = {
+            "mintime": [self.feature],
+            "megatron": ["emb_rgb", "emb_depth"],
+            "megatron_identity": ["emb_rgb", "emb_depth"],
+            "clips": [self.feature],
+        }
         wanted = needed[self.kind]
         missing = [c for c in wanted if c not in self.stored_columns]
         if missing and self.stored_columns:
@@ -236,6 +245,8 @@ class ShardDataset(IterableDataset):
         for video_id, label, method in zip(video_ids, labels, methods, strict=True):
             rows = rows_of.get(video_id)
             if rows is None or len(rows) == 0:
+                if self.kind == "megatron":  # Megatron drops a video without a face in frame 0 too
+                    self.dropped["megatron"] = self.dropped.get("megatron", 0) + 1
                 continue  # no face to learn from (no_faces / error rows)
             view = {
                 c: a[rows] if not isinstance(a, list) else [a[r] for r in rows] for c, a in arrays.items()
@@ -280,6 +291,14 @@ class ShardDataset(IterableDataset):
             }
         if self.kind == "megatron":
             m = megatron_sample(
+                view["frame"], view["face"], view["emb_rgb"], view["emb_depth"], label, opts.megatron_length
+            )
+            if m is None:
+                self.dropped["megatron"] = self.dropped.get("megatron", 0) + 1
+                return None
+            return {"rgb": _torch(m.rgb), "depth": _torch(m.depth), "label": torch.tensor(m.label)}
+        if self.kind == "megatron_identity":
+            m = megatron_identity_sample(
                 view["frame"], view["identity"], view["emb_rgb"], view["emb_depth"], label,
                 ranks, opts.megatron_length,
             )  # fmt: skip

@@ -129,6 +129,8 @@ class VideoProcessor:
                 allow_random=allow_random,
                 batch_size=cfg.depth.batch_size,
                 input_spec=cfg.depth.input,
+                normalise=cfg.depth.normalise,
+                processor=cfg.depth.processor,
             )
         self.embedder = None
         if cfg.embed.enabled:
@@ -143,6 +145,7 @@ class VideoProcessor:
                 allow_random=allow_random,
                 batch_size=cfg.embed.batch_size,
                 input_spec=cfg.embed.input,
+                normalise=cfg.embed.normalise,
             )
         # Faces wait for a full batch of the batched models; crops held are bounded by this number.
         self.face_batch = max(cfg.depth.batch_size, cfg.embed.batch_size)
