@@ -235,3 +235,19 @@ def test_depth_map_is_transformers_444_pipeline_uint8() -> None:
         np.testing.assert_array_equal(ours, theirs)
         minmax = to_uint8_map(predicted, size, "minmax")
         assert ours.shape == minmax.shape == size
+
+
+def test_leading_run_ends_at_the_first_faceless_frame_where_consecutive_restarts() -> None:
+    """Megatron breaks at the first frame without a face (video_dataloader.py:171-172): no later run counts."""
+    from faceshard.records import VideoInfo
+    from faceshard.tasks.sampling import make_selector
+
+    info = VideoInfo(fps=10, width=1, height=1, n_frames_container=None)
+    leading, consecutive = make_selector("leading:3"), make_selector("consecutive:3")
+    for selector in (leading, consecutive):
+        selector.start(info)
+        for index, faces in enumerate([1, 1, 0, 1, 1, 1]):
+            if selector.want(index):
+                selector.found(index, faces)
+    assert leading.done and [i for i in range(6) if leading.accepted(i)] == [0, 1] and not leading.want(3)
+    assert [i for i in range(6) if consecutive.accepted(i)] == [3, 4, 5]

@@ -206,7 +206,7 @@ def test_bad_strategies_are_refused(bad: str) -> None:
 
 
 def test_registry_covers_the_config_strategies() -> None:
-    assert set(STRATEGIES) == {"all", "per_second", "uniform", "stride", "consecutive"}
+    assert set(STRATEGIES) == {"all", "per_second", "uniform", "stride", "consecutive", "leading"}
 
 
 @pytest.mark.parametrize(
