@@ -33,7 +33,9 @@ def _check_pattern(value: str, pattern: str, what: str) -> str:
 class SamplingConfig(_Section):
     """Which frames are decoded into RGB and shown to the detector (SPEC §1)."""
 
-    strategy: str = Field("per_second", description="per_second | uniform:N | stride:K | consecutive:N | all")
+    strategy: str = Field(
+        "per_second", description="per_second | uniform:N | stride:K | consecutive:N | leading:N | all"
+    )
     max_frames: int | None = Field(None, ge=1, description="stop after this many sampled frames")
     fallback_frames: Annotated[int, Field(ge=0)] | Literal["all"] = Field(
         2,
@@ -48,7 +50,9 @@ class SamplingConfig(_Section):
     @field_validator("strategy")
     @classmethod
     def _strategy(cls, v: str) -> str:
-        return _check_pattern(v, r"per_second|all|(uniform|stride|consecutive):[1-9][0-9]*", "sampling")
+        return _check_pattern(
+            v, r"per_second|all|(uniform|stride|consecutive|leading):[1-9][0-9]*", "sampling"
+        )
 
 
 class DetectConfig(_Section):
@@ -77,7 +81,9 @@ class DetectConfig(_Section):
 class CropConfig(_Section):
     """How a face box becomes a crop, and how the crop is stored (SPEC §3)."""
 
-    method: str = Field("mintime", description="mintime | margin:m | align:S | arcface:S")
+    method: str = Field(
+        "mintime", description="mintime | margin:m | align:S | arcface:S | dlib_rect (Megatron)"
+    )
     store: str = Field("native", description="native | isotropic:S | pad:S")
     save: bool = Field(False, description="store encoded crops in the `crop` column")
     format: Literal["png", "jpeg"] = "png"
@@ -87,7 +93,9 @@ class CropConfig(_Section):
     @classmethod
     def _method(cls, v: str) -> str:
         return _check_pattern(
-            v, r"mintime|margin:(0|[0-9]*\.[0-9]+|[0-9]+)|(align|arcface):[1-9][0-9]*", "crop.method"
+            v,
+            r"mintime|dlib_rect|margin:(0|[0-9]*\.[0-9]+|[0-9]+)|(align|arcface):[1-9][0-9]*",
+            "crop.method",
         )
 
     @field_validator("store")
@@ -122,6 +130,16 @@ class DepthConfig(_Section):
     input: str = Field(
         "native", description="what the model sees: native (Megatron) | isotropic:S | pad:S | pad:max"
     )
+    normalise: Literal["minmax", "max"] = Field(
+        "minmax",
+        description="map → uint8: minmax (per crop) | max: uint8(d·255/max(d)) truncated, what transformers "
+        "4.44's depth-estimation pipeline gives (Megatron)",
+    )
+    processor: Literal["torchvision", "pil"] = Field(
+        "torchvision",
+        description="image processor backend resizing the crop: pil is the resize transformers 4.44's "
+        "processor made (Megatron)",
+    )
 
     @field_validator("input")
     @classmethod
@@ -146,10 +164,10 @@ class EmbedConfig(_Section):
         description="what the model sees: timm (its eval transform: resize, centre crop) | "
         "isotropic:S (MINTIME) | pad:max (Megatron) | pad:S | native",
     )
-    normalise: Literal["model", "bgr255"] = Field(
+    normalise: Literal["model", "bgr255", "unit"] = Field(
         "model",
         description="pixels the model gets: model (RGB /255, then its mean/std) | bgr255 (BGR 0-255, no "
-        "mean/std: MINTIME's loader and train.py)",
+        "mean/std: MINTIME's loader and train.py) | unit (RGB /255 only: Megatron's RepVit.forward)",
     )
 
     @field_validator("input")
@@ -208,7 +226,10 @@ ROW_NEUTRAL: dict[str, Any] = {
 
 # Row-affecting fields added after outputs were built: at these values they describe the rows those
 # outputs already hold, so they are left out of the fingerprint there (older outputs keep theirs).
-ADDED_DEFAULTS: dict[str, dict[str, Any]] = {"embed": {"normalise": "model"}}
+ADDED_DEFAULTS: dict[str, dict[str, Any]] = {
+    "embed": {"normalise": "model"},
+    "depth": {"normalise": "minmax", "processor": "torchvision"},
+}
 
 
 class BuildConfig(_Section):
@@ -236,6 +257,14 @@ class BuildConfig(_Section):
             for name, default in defaults.items():
                 if tree.get(section, {}).get(name) == default:
                     del tree[section][name]
+        # `align:S` meant ArcFace's points (eye centres, mouth corners) before it became DeepfakeBench's
+        # (dlib 37/44/30/49/55, faceless crops dropped): those older rows are `arcface:S` now and keep
+        # their fingerprint under that name, while today's `align:S` rows get a new one.
+        method = tree["crop"]["method"]
+        if method.startswith("arcface:"):
+            tree["crop"]["method"] = "align:" + method.partition(":")[2]
+        elif method.startswith("align:"):
+            tree["crop"]["align_rule"] = "deepfakebench"
         return tree
 
 

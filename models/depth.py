@@ -10,10 +10,14 @@ them to one shape would change the prediction (the ViT attends over the padding)
 a square would change the preprocessing, so crops are grouped by processed shape and each group runs as
 its own batches. Square crops (MINTIME's and Megatron's) all share one shape whatever their size, so a
 video's crops usually form a single group. The result is the same as calling the model on each crop
-alone. Each predicted map is then resized back (bicubic) to ITS OWN crop size — transformers ≤ 4.45's
-batched pipeline resized every map to the last crop's size, a bug not copied — and min–max
-normalised per crop to uint8 (a map constant up to float noise becomes zeros rather than amplified
-noise).
+alone. Each predicted map is then resized back (bicubic) to ITS OWN crop size — transformers 4.44's
+batched pipeline resized every map to the last crop's size, a bug not copied — and made uint8 by
+`normalise`: `minmax` per crop (default; a map constant up to float noise becomes zeros rather than
+amplified noise), or `max`, what transformers 4.44's depth-estimation pipeline (the one Megatron calls)
+returns as its `depth` image: `(d * 255 / d.max()).astype(uint8)`, truncated, in float32.
+
+`processor` picks the image processor's backend: `torchvision` (transformers 5's default) or `pil`,
+the PIL bicubic resize transformers 4.44's DPT processor made (Megatron's input to the model).
 
 What the model is shown is `input_spec` (models/inputs.py): `native` (default; Megatron ran the
 pipeline on the plain crop), or a canvas (`isotropic:S`, `pad:S`, `pad:max`); on a canvas the map is
@@ -53,11 +57,13 @@ DEPTH_CARD = model_card(DEFAULT_DEPTH_MODEL)
 RANDOM_ARCH = "DepthAnythingForDepthEstimation"  # DepthAnythingConfig(): the V2-Small layout
 
 
-def depth_anything_processor(input_size: int = DEPTH_CARD.input_size or 518) -> object:
+def depth_anything_processor(
+    input_size: int = DEPTH_CARD.input_size or 518, backend: str = "torchvision"
+) -> object:
     """The image processor Depth Anything ships with: keep aspect, multiple of 14, bicubic, ImageNet."""
-    from transformers import DPTImageProcessor
+    from transformers import DPTImageProcessor, DPTImageProcessorPil
 
-    return DPTImageProcessor(
+    return (DPTImageProcessorPil if backend == "pil" else DPTImageProcessor)(
         do_resize=True,
         size={"height": input_size, "width": input_size},
         keep_aspect_ratio=True,
@@ -72,32 +78,34 @@ def depth_anything_processor(input_size: int = DEPTH_CARD.input_size or 518) -> 
     )
 
 
-def _from_pretrained(ref: str, local_only: bool) -> tuple[torch.nn.Module, object]:
+def _from_pretrained(ref: str, local_only: bool, backend: str) -> tuple[torch.nn.Module, object]:
     from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
     # float32 whatever the checkpoint stores: the same numbers on every device
     model = AutoModelForDepthEstimation.from_pretrained(ref, local_files_only=local_only, dtype=torch.float32)
     try:
-        processor = AutoImageProcessor.from_pretrained(ref, local_files_only=local_only)
+        processor = AutoImageProcessor.from_pretrained(ref, local_files_only=local_only, backend=backend)
     except (OSError, ValueError):  # a directory written by model.save_pretrained alone has no processor
-        processor = depth_anything_processor()
+        processor = depth_anything_processor(backend=backend)
     return model, processor
 
 
-def load_depth_model(model_ref: str, allow_random: bool) -> tuple[torch.nn.Module, object, WeightsInfo]:
-    """Model, processor and weights info for `model_ref` (local directory or hub id), on the CPU."""
+def load_depth_model(
+    model_ref: str, allow_random: bool, backend: str = "torchvision"
+) -> tuple[torch.nn.Module, object, WeightsInfo]:
+    """Model, processor (`backend`: torchvision | pil) and weights info for `model_ref`, on the CPU."""
     if is_local_ref(model_ref):
         path = Path(model_ref).expanduser()
         tried = [f"local directory {path}"]
         if path.is_dir():
-            model, processor = _from_pretrained(str(path), local_only=True)
+            model, processor = _from_pretrained(str(path), local_only=True, backend=backend)
             return model, processor, WeightsInfo(model_ref, str(path.resolve()), fingerprint_dir(path))
         cause: BaseException | None = None
     else:
         offline = hub_offline()
         tried = [f"hub id {model_ref!r}" + (" (HF_HUB_OFFLINE set: cache only)" if offline else "")]
         try:
-            model, processor = _from_pretrained(model_ref, local_only=offline)
+            model, processor = _from_pretrained(model_ref, local_only=offline, backend=backend)
             return model, processor, hub_weights_info(model_ref, model_ref)
         except OSError as exc:  # transformers raises OSError (or a subclass) for unreachable/missing repos
             cause = exc
@@ -107,7 +115,9 @@ def load_depth_model(model_ref: str, allow_random: bool) -> tuple[torch.nn.Modul
     def random_model() -> tuple[torch.nn.Module, object]:
         from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation
 
-        return DepthAnythingForDepthEstimation(DepthAnythingConfig()), depth_anything_processor()
+        return DepthAnythingForDepthEstimation(DepthAnythingConfig()), depth_anything_processor(
+            backend=backend
+        )
 
     (model, processor), info = build_random(
         RANDOM_ARCH,
@@ -154,7 +164,15 @@ class DepthEstimator:
         allow_random: bool = False,
         batch_size: int = 16,
         input_spec: str = "native",
+        normalise: str = "minmax",
+        processor: str = "torchvision",
     ) -> None:
+        if normalise not in NORMALISERS:
+            raise ValueError(f"unknown depth normalisation {normalise!r}; use {' | '.join(NORMALISERS)}")
+        if processor not in ("torchvision", "pil"):
+            raise ValueError(f"unknown image processor backend {processor!r}; use torchvision | pil")
+        self.normalise = normalise
+        self.backend = processor
         if input_size < 14:
             raise ValueError("input_size must be at least one 14-pixel patch")
         self.input = check_input(input_spec)
@@ -162,13 +180,13 @@ class DepthEstimator:
         self.device = resolve_device(device)
         self.batch_size = batch_size
         model, self.processor, self.weights = cached_model(
-            ("depth", model_ref, local_version(model_ref), self.device, allow_random),
+            ("depth", model_ref, local_version(model_ref), self.device, allow_random, processor),
             lambda: self._load(model_ref, allow_random),
         )
         self.model = model
 
     def _load(self, model_ref: str, allow_random: bool) -> tuple[torch.nn.Module, object, WeightsInfo]:
-        model, processor, info = load_depth_model(model_ref, allow_random)
+        model, processor, info = load_depth_model(model_ref, allow_random, self.backend)
         return model.eval().to(self.device), processor, info
 
     @property
@@ -178,7 +196,7 @@ class DepthEstimator:
     def preprocess(self, crops: list[np.ndarray]) -> list[torch.Tensor]:
         """One (3, h, w) tensor per crop, h and w multiples of 14 near `input_size`, aspect kept."""
         kwargs: dict[str, object] = {}
-        if self.device != "cpu":
+        if self.device != "cpu" and self.backend == "torchvision":
             kwargs["device"] = self.device  # resize on the accelerator
         out = self.processor(  # type: ignore[operator]
             [np.ascontiguousarray(c) for c in crops],
@@ -186,11 +204,11 @@ class DepthEstimator:
             input_data_format="channels_last",
             **kwargs,
         )
-        return list(out["pixel_values"])
+        return [torch.as_tensor(p) for p in out["pixel_values"]]  # the PIL backend gives numpy arrays
 
     @torch.inference_mode()
     def predict(self, crops: list[np.ndarray]) -> list[np.ndarray]:
-        """uint8 depth maps, each (h, w) of its own crop, min–max normalised per crop."""
+        """uint8 depth maps, each (h, w) of its own crop, normalised per crop (`normalise`)."""
         if not crops:
             return []
         placed = place(crops, self.input)
@@ -206,7 +224,7 @@ class DepthEstimator:
                 predicted = self.model(pixel_values=batch).predicted_depth  # (b, H, W)
                 for row, index in enumerate(chunk):
                     maps[index] = to_uint8_map(
-                        _on_crop(predicted[row], placed[index]), crops[index].shape[:2]
+                        _on_crop(predicted[row], placed[index]), crops[index].shape[:2], self.normalise
                     )
         return maps  # type: ignore[return-value]
 
@@ -230,13 +248,28 @@ def _on_crop(predicted: torch.Tensor, placed: Placed) -> torch.Tensor:
     return on_canvas[top : top + height, left : left + width]
 
 
-def to_uint8_map(predicted: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-    """Resize one (H, W) prediction to `size` (bicubic) and min–max it to uint8."""
+def to_uint8_map(predicted: torch.Tensor, size: tuple[int, int], normalise: str = "minmax") -> np.ndarray:
+    """Resize one (H, W) prediction to `size` (bicubic), then to uint8 by `normalise` (minmax | max)."""
     resized = F.interpolate(predicted[None, None].float(), size=size, mode="bicubic", align_corners=False)[
         0, 0
     ]
+    return NORMALISERS[normalise](resized)
+
+
+def _minmax(resized: torch.Tensor) -> np.ndarray:
+    size = tuple(resized.shape)
     low, high = resized.min(), resized.max()
     if float(high - low) <= 1e-5 * max(abs(float(high)), abs(float(low))):  # constant up to float noise
         return np.zeros(size, np.uint8)
     scaled = (resized - low) / (high - low) * 255.0
     return scaled.round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+
+
+def _by_max(resized: torch.Tensor) -> np.ndarray:
+    """transformers 4.44 `DepthEstimationPipeline.postprocess`: numpy float32, `* 255 / max`, `astype`."""
+    output = resized.cpu().numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (output * 255 / np.max(output)).astype("uint8")
+
+
+NORMALISERS = {"minmax": _minmax, "max": _by_max}

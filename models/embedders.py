@@ -8,8 +8,10 @@ then centre crop: it cuts the edges of the face crop). `normalise` says what the
 RGB /255 then the model's own mean/std from its pretrained data config, or `bgr255`, MINTIME's input: its
 loader reads crops with `cv2.imread` (BGR) and its train.py hands the backbone `torch.tensor(images)
 .float()`, 0–255, no mean/std (deepfakes_dataset.py:257, :339; train.py:341-346), so a MINTIME
-checkpoint only ever saw that. Megatron ran RepViT in train mode on /255 pixels without mean/std; that
-is not copied.
+checkpoint only ever saw that. Or `unit`, /255 alone: Megatron's
+`RepVit.forward` (its preprocessing.py) feeds `img.float() / 255.0` to RepViT without mean/std, so a
+Megatron checkpoint only ever saw that. Megatron's trainer runs RepViT in train mode (BatchNorm on the
+batch's statistics, updating its running ones): no cache can hold that; eval mode is stored (SPEC §7).
 
 Weights, in order:
 1. `checkpoint`: a local file (safetensors, or a torch state dict read with `weights_only=True`, inside
@@ -295,8 +297,8 @@ class Embedder:
     ) -> None:
         from timm.data import create_transform, resolve_data_config
 
-        if normalise not in ("model", "bgr255"):
-            raise ValueError(f"normalise must be 'model' or 'bgr255', got {normalise!r}")
+        if normalise not in ("model", "bgr255", "unit"):
+            raise ValueError(f"normalise must be 'model', 'bgr255' or 'unit', got {normalise!r}")
         if normalise != "model" and input_spec == "timm":
             raise ValueError(
                 f"normalise {normalise!r} needs a canvas input (isotropic:S, pad:S, pad:max, native)"
@@ -357,11 +359,13 @@ class Embedder:
                 torch.from_numpy(np.ascontiguousarray(canvas[:, :, ::-1])).permute(2, 0, 1).float()
                 for canvas in self.canvases(images)
             ]
-        return [
-            (torch.from_numpy(np.ascontiguousarray(canvas)).permute(2, 0, 1).float() / 255 - self._mean)
-            / self._std
+        unit = [
+            torch.from_numpy(np.ascontiguousarray(canvas)).permute(2, 0, 1).float() / 255
             for canvas in self.canvases(images)
         ]
+        if self.normalise == "unit":
+            return unit
+        return [(tensor - self._mean) / self._std for tensor in unit]
 
     @torch.inference_mode()
     def embed(

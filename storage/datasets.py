@@ -40,12 +40,13 @@ from faceshard.storage.sequences import (
     MintimeSample,
     clip_rows,
     deepfakebench_clip_rows,
+    megatron_identity_sample,
     megatron_sample,
     mintime_sample,
 )
 
-Kind = Literal["mintime", "megatron", "clips"]
-KINDS: tuple[str, ...] = ("mintime", "megatron", "clips")
+Kind = Literal["mintime", "megatron", "megatron_identity", "clips"]
+KINDS: tuple[str, ...] = ("mintime", "megatron", "megatron_identity", "clips")
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,10 @@ class ShardDataset(IterableDataset):
     picked the faces), `label`, and `forward`: MINTIME's forward
     arguments (`mintime_forward`); a video whose faces have no identity is one identity of all its
     faces (MINTIME's rule), so every video with a face gives a sample; for `megatron`
-    `rgb (N,D)`, `depth (N,D)`, `mask`, `label`; for `clips` `clips (n_clips, clip, …)`, `label`
+    (Megatron's own rule, SPEC §8) `rgb (N,D)`, `depth (N,D)` float32 with its positional encoding
+    added, `label` (1 = original, Megatron's), videos Megatron drops left out and counted in
+    `dropped` (this process's count); for `megatron_identity` (ours) `rgb (N,D)`, `depth (N,D)`, `mask`,
+    `label` (1 = fake); for `clips` `clips (n_clips, clip, …)`, `label`
     (stored crops resized to `options.clip_size`, as DeepfakeBench does).
     `feature` picks the MINTIME input column (default: `tokens` when stored, else `emb_rgb`).
     """
@@ -160,6 +164,7 @@ class ShardDataset(IterableDataset):
         self.rank, self.world_size = rank, world_size
         self.storage_options = dict(storage_options or {})
         self.epoch = 0
+        self.dropped: dict[str, int] = {}  # videos a published pipeline's rule drops, by kind (this process)
         fs, root = fsio.open_fs(uri, self.storage_options)
         self._state: OutputState = read_state(fs, root)
         self._by_shard = self._files_by_shard()
@@ -237,7 +242,12 @@ class ShardDataset(IterableDataset):
         return "emb_rgb"
 
     def _needed_columns(self) -> list[str]:
-        needed = {"mintime": [self.feature], "megatron": ["emb_rgb", "emb_depth"], "clips": [self.feature]}
+        needed = {
+            "mintime": [self.feature],
+            "megatron": ["emb_rgb", "emb_depth"],
+            "megatron_identity": ["emb_rgb", "emb_depth"],
+            "clips": [self.feature],
+        }
         wanted = needed[self.kind]
         missing = [c for c in wanted if c not in self.stored_columns]
         if missing and self.stored_columns:
@@ -282,6 +292,8 @@ class ShardDataset(IterableDataset):
         for video_id, label, method in zip(video_ids, labels, methods, strict=True):
             rows = rows_of.get(video_id)
             if rows is None or len(rows) == 0:
+                if self.kind == "megatron":  # Megatron drops a video without a face in frame 0 too
+                    self.dropped["megatron"] = self.dropped.get("megatron", 0) + 1
                 continue  # no face to learn from (no_faces / error rows)
             view = {
                 c: a[rows] if not isinstance(a, list) else [a[r] for r in rows] for c, a in arrays.items()
@@ -334,6 +346,14 @@ class ShardDataset(IterableDataset):
             return sample
         if self.kind == "megatron":
             m = megatron_sample(
+                view["frame"], view["face"], view["emb_rgb"], view["emb_depth"], label, opts.megatron_length
+            )
+            if m is None:
+                self.dropped["megatron"] = self.dropped.get("megatron", 0) + 1
+                return None
+            return {"rgb": _torch(m.rgb), "depth": _torch(m.depth), "label": torch.tensor(m.label)}
+        if self.kind == "megatron_identity":
+            m = megatron_identity_sample(
                 view["frame"], view["identity"], view["emb_rgb"], view["emb_depth"], label,
                 ranks, opts.megatron_length,
             )  # fmt: skip

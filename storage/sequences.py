@@ -7,7 +7,10 @@ Three consumers of the cache:
     is one face (49 tokens or one pooled vector) with its size bucket, identity index, temporal
     positions and identity-mask block; padding slots are marked in `mask` so the model can mask
     them (MINTIME's own loader never did).
-  * Megatron: N consecutive faces of the top identity, RGB and depth embeddings [N, D].
+  * Megatron (`megatron_sample`): its own rule, the first face of frames 0…N-1, RGB and depth
+    embeddings [N, D] float32 plus its positional encoding, label 1 = original; a video without a face
+    in one of those frames is dropped. `megatron_identity_sample` is ours: N consecutive faces of the
+    top identity, padded and masked.
   * DeepfakeBench / StA: 32 uniformly spaced faces cut into clips of 8.
 """
 
@@ -206,7 +209,7 @@ def mintime_sample(
 
 @dataclass
 class MegatronSample:
-    """N consecutive faces of the top identity: RGB and depth embeddings, `mask` False on padding."""
+    """N faces: RGB and depth embeddings, `mask` False on padding (never in Megatron's own samples)."""
 
     rgb: np.ndarray  # (N, D)
     depth: np.ndarray  # (N, D)
@@ -215,7 +218,48 @@ class MegatronSample:
     label: int
 
 
+def megatron_positional_encoding(length: int, channels: int) -> np.ndarray:
+    """(length, channels) float32 sinusoids Megatron's `PositionalEncoding` adds to each embedding
+    sequence in its collate (sin on even channels, cos on odd, wavelengths 10000^(2i/channels))."""
+    step = -np.log(np.float32(10000.0)) / np.float32(channels)  # float32 throughout, as torch computes it
+    div = np.exp(np.arange(0, channels, 2, dtype=np.float32) * step)
+    angle = np.arange(length, dtype=np.float32)[:, None] * div[None, :]
+    pe = np.zeros((length, channels), np.float32)
+    pe[:, 0::2] = np.sin(angle)
+    pe[:, 1::2] = np.cos(angle[:, : channels // 2])
+    return pe
+
+
 def megatron_sample(
+    frame: np.ndarray,
+    face: np.ndarray,
+    emb_rgb: np.ndarray,
+    emb_depth: np.ndarray,
+    label: int,
+    length: int = 20,
+    positional: bool = True,
+) -> MegatronSample | None:
+    """Megatron's sample of one video (SPEC §8), or None where Megatron drops the video.
+
+    Megatron reads frames 0…N-1 and keeps the first face dlib returns in each (`face == 0` under
+    `detect.keep=first`), stopping at the first frame without one; fewer than N faces and the video is
+    dropped. Embeddings become float32 (its model fails on float16) and, with `positional`, get the
+    sinusoids its collate adds. `label` is ours (1 = fake); the sample's is Megatron's, 1 = original.
+    """
+    first = np.flatnonzero(face == 0)
+    first = first[np.argsort(frame[first], kind="stable")]
+    rows = first[frame[first] < length]
+    if len(rows) < length or not np.array_equal(frame[rows], np.arange(length)):
+        return None
+    rgb = emb_rgb[rows].astype(np.float32)
+    depth = emb_depth[rows].astype(np.float32)
+    if positional:
+        rgb += megatron_positional_encoding(length, rgb.shape[1])
+        depth += megatron_positional_encoding(length, depth.shape[1])
+    return MegatronSample(rgb, depth, np.ones(length, bool), rows.astype(np.int64), 1 - int(label))
+
+
+def megatron_identity_sample(
     frame: np.ndarray,
     identity: np.ndarray,
     emb_rgb: np.ndarray,
@@ -225,7 +269,8 @@ def megatron_sample(
     length: int = 20,
     start: int = 0,
 ) -> MegatronSample:
-    """Faces `start…start+length` (temporal order) of the top-ranked identity, padded at the end.
+    """Ours (not Megatron's rule): faces `start…start+length` (temporal order) of the top-ranked
+    identity, padded at the end and masked; the label stays ours (1 = fake).
 
     Without identities (every face -1) the video's faces in temporal order are used: Megatron keeps
     one face per frame and never clustered identities.

@@ -5,6 +5,10 @@ Crop methods (`CropConfig.method`), each a registry entry:
 * `mintime` — MINTIME's `extract_crops.py`, edges and off-by-ones included (see `mintime_rect`). No resize.
 * `margin:m` — the float box grown by m × its width left and right and m × its height top and bottom
   (DFDC: 0.3), outward to whole pixels, clipped. `margin:0` is the plain box (Megatron).
+* `dlib_rect` — Megatron's cut of a dlib rectangle: `frame[top : top + height(), left : left + width()]`,
+  whose `width()` is `right - left + 1` (dlib's corners are inclusive), with numpy's slice rules: the far
+  edges clip to the frame, and a negative `top` or `left` counts from the far edge (usually an empty cut,
+  which gives no face, as Megatron's pipeline then fails on that video).
 * `align:S` — DeepfakeBench's `preprocess.py`: dlib's 68-point parts 37, 44, 30, 49, 55 → least-squares
   similarity transform onto the ArcFace 112-px template scaled to S and zoomed out by 1.3 →
   `cv2.warpAffine` to S × S; a crop in which dlib HOG (one upsampling) finds no face gives no face
@@ -110,6 +114,13 @@ def _margin(m: float) -> CropMethod:
     return crop
 
 
+def _dlib_rect(rgb: np.ndarray, box: np.ndarray) -> CropResult:
+    left, top, right, bottom = (int(v) for v in box[:4])
+    y0, y1, _ = slice(top, bottom + 1).indices(rgb.shape[0])
+    x0, x1, _ = slice(left, right + 1).indices(rgb.shape[1])
+    return _cut(rgb, box, x0, y0, x1, y1)
+
+
 def align_template(size: int, zoom_out: float = ALIGN_ZOOM_OUT) -> np.ndarray:
     """The ArcFace template scaled to `size` px and shrunk about the centre by `zoom_out` (more context)."""
     scaled = ARCFACE_112 * (size / 112.0)
@@ -182,6 +193,7 @@ CROP_METHODS: dict[str, Callable[[str | None], CropMethod]] = {
     "margin": lambda arg: _margin(float(arg or 0.0)),
     "align": lambda arg: _align(int(arg or 256), deepfakebench=True),
     "arcface": lambda arg: _align(int(arg or 256), deepfakebench=False),
+    "dlib_rect": lambda arg: _dlib_rect,
 }
 
 
@@ -198,12 +210,14 @@ class Cropper:
     def __init__(self, cfg: CropConfig) -> None:
         self.cfg = cfg
         self._crop: CropMethod = _parse(cfg.method, CROP_METHODS, "crop method")  # type: ignore[assignment]
+        # dlib_rect decides itself, by Megatron's slicing (inclusive corners: a 1-px box is a face there)
+        self._overlap_check = cfg.method != "dlib_rect"
 
     def __call__(self, frame: Frame, dets: Detections) -> list[Face]:
         height, width = frame.rgb.shape[:2]
         faces: list[Face] = []
         for box, score in zip(dets.boxes, dets.scores, strict=True):
-            if not _overlaps_frame(box, width, height):
+            if self._overlap_check and not _overlaps_frame(box, width, height):
                 continue
             result = self._crop(frame.rgb, box)
             if result is None:

@@ -165,6 +165,8 @@ class VideoProcessor:
                 allow_random=allow_random,
                 batch_size=cfg.depth.batch_size,
                 input_spec=cfg.depth.input,
+                normalise=cfg.depth.normalise,
+                processor=cfg.depth.processor,
             )
         if cfg.embed.enabled:
             from faceshard.models.embedders import Embedder

@@ -308,6 +308,46 @@ class Consecutive(FrameSelector):
         return start <= index < start + length
 
 
+class LeadingRun(FrameSelector):
+    """Megatron's frames: 0, 1, 2, … while each has a face, at most N; the first face-less frame ends it.
+
+    Megatron's `VideoDataset.extract_frames_and_faces` reads N frames from frame 0 and breaks at the
+    first frame without a face; its `__getitem__` then drops a video with fewer than N. The run is
+    accepted as far as it got (the sample builder drops a short one, and says how many it dropped), and
+    held until the video ends so the embedder sees the whole run in one call (`pad:max`).
+    """
+
+    needs_feedback = True
+    sequential = True  # frame i is wanted only if frame i-1 had a face
+    final_when_accepted = False  # hold the run: `pad:max` pads to the largest crop of all of it
+
+    def __init__(self, n: int, max_frames: int | None = None) -> None:
+        super().__init__(max_frames)
+        self.n = n if max_frames is None else min(n, max_frames)
+
+    def start(self, info: VideoInfo, path: str | Path | None = None) -> None:
+        self._run = 0  # frames 0 … _run-1 had a face
+        self._ended = False
+
+    def want(self, index: int) -> bool:
+        return not self.done and index < self.n  # asked ahead of the verdicts: only ever narrows
+
+    def found(self, index: int, n_faces: int) -> None:
+        if self.done or index != self._run:
+            return
+        if n_faces > 0:
+            self._run += 1
+        else:
+            self._ended = True
+
+    @property
+    def done(self) -> bool:
+        return self._ended or self._run >= self.n
+
+    def accepted(self, index: int) -> bool:
+        return 0 <= index < self._run
+
+
 def _integer(arg: str | None, name: str) -> int:
     if arg is None or not arg.isdigit() or int(arg) < 1:
         raise ValueError(f"sampling strategy {name!r} needs a positive integer, e.g. '{name}:32'")
@@ -320,14 +360,15 @@ STRATEGIES: dict[str, Callable[[str | None, int | None, int | None], FrameSelect
     "stride": lambda arg, cap, fallback: Stride(_integer(arg, "stride"), cap),
     "uniform": lambda arg, cap, fallback: Uniform(_integer(arg, "uniform"), cap),
     "consecutive": lambda arg, cap, fallback: Consecutive(_integer(arg, "consecutive"), cap),
+    "leading": lambda arg, cap, fallback: LeadingRun(_integer(arg, "leading"), cap),
 }
-_TAKES_ARGUMENT = {"stride", "uniform", "consecutive"}
+_TAKES_ARGUMENT = {"stride", "uniform", "consecutive", "leading"}
 
 
 def make_selector(
     strategy: str, max_frames: int | None = None, fallback: int | None = DEFAULT_FALLBACK_FRAMES
 ) -> FrameSelector:
-    """A fresh selector for `"per_second" | "all" | "uniform:N" | "stride:K" | "consecutive:N"`.
+    """A fresh selector for `"per_second" | "all" | "uniform:N" | "stride:K" | "consecutive:N" | "leading:N"`.
 
     `fallback` (per_second only): further frames tried in a face-less second; None tries them all.
     """

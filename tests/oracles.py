@@ -70,3 +70,65 @@ def megatron_pad_frames(crops: list[np.ndarray]) -> list[np.ndarray]:
             )
         padded.append(f.permute(1, 2, 0).numpy())
     return padded
+
+
+# ---------------------------------------------------------------------------------------------- Megatron
+# Transcribed from Megatron's src/megatron/video_dataloader.py and preprocessing.py (commit 403ba0b), and
+# from transformers 4.44.2 pipelines/depth_estimation.py, the pipeline Megatron calls.
+
+
+def megatron_video_crops(
+    frames: list[np.ndarray], rects: list[list[tuple[int, int, int, int]]], total_frame: int, num_frame: int
+) -> list[np.ndarray] | None:
+    """VideoDataset.__getitem__ (video_dataloader.py:119-131) with extract_frames_and_faces (:164-175) and
+    face_extraction (:187-198): the first dlib rectangle (left, top, right, bottom) of each frame from
+    frame 0, cut `frame[y:y+h, x:x+w]` with dlib's inclusive width()/height(); the first frame without one
+    ends the run; fewer than num_frame faces (or frames in the container) and the video is dropped (None).
+    An empty cut (a negative top/left) makes its depth step raise, caught at :143-145: dropped too."""
+    length = min(total_frame, num_frame)
+    if length < num_frame:
+        return None
+    crops = []
+    for frame, frame_rects in list(zip(frames, rects, strict=True))[:length]:
+        face = None
+        for left, top, right, bottom in frame_rects:
+            x, y, w, h = left, top, right - left + 1, bottom - top + 1
+            face = frame[y : y + h, x : x + w]
+            break
+        if face is None:
+            break
+        crops.append(face)
+    if len(crops) < num_frame or any(c.size == 0 for c in crops):
+        return None
+    return crops
+
+
+def megatron_label(video_path: str) -> int:
+    """`label = "original" in video_path` (video_dataloader.py:113), as int in its collate (:352)."""
+    return int("original" in video_path)
+
+
+def megatron_positional_encoding(d_model: int, max_len: int) -> torch.Tensor:
+    """PositionalEncoding.__init__ (preprocessing.py:26-34), added to each sequence in its collate (:343)."""
+    pe = torch.zeros(max_len, d_model)
+    pos = torch.arange(0, max_len).unsqueeze(1)
+    div_term = torch.exp(torch.arange(0, d_model, 2).float() * (-torch.log(torch.tensor(10000.0)) / d_model))
+    pe[:, 0::2] = torch.sin(pos * div_term)
+    pe[:, 1::2] = torch.cos(pos * div_term)
+    return pe
+
+
+def megatron_repvit(model: torch.nn.Module, frames: torch.Tensor) -> torch.Tensor:
+    """RepVit.forward (preprocessing.py:81-84): uint8 CHW frames / 255, no mean/std, pooled pre-logits."""
+    img = frames.float() / 255.0
+    return model.forward_head(model.forward_features(img), pre_logits=True)
+
+
+def transformers_444_depth(predicted_depth: torch.Tensor, image_size: tuple[int, int]) -> np.ndarray:
+    """DepthEstimationPipeline.postprocess of transformers 4.44.2 (pipelines/depth_estimation.py:102-109):
+    bicubic to the image's (width, height) reversed, then `(output * 255 / np.max(output)).astype("uint8")`."""
+    prediction = F.interpolate(
+        predicted_depth.unsqueeze(1), size=image_size[::-1], mode="bicubic", align_corners=False
+    )
+    output = prediction.squeeze().cpu().numpy()
+    return (output * 255 / np.max(output)).astype("uint8")

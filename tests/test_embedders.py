@@ -14,7 +14,7 @@ import pytest
 import safetensors.torch
 import timm
 import torch
-from oracles import megatron_pad_frames, mintime_val_transform
+from oracles import megatron_pad_frames, megatron_repvit, mintime_val_transform
 from PIL import Image
 from timm.data import create_transform, resolve_data_config
 
@@ -296,13 +296,18 @@ def test_mintime_preset_embeds_mintimes_isotropic_padded_crop(tmp_path: Path) ->
 
 def test_megatron_preset_embeds_the_run_padded_to_its_largest_crop(tmp_path: Path) -> None:
     """Megatron zero-padded a video's crops (and depth maps) to the largest of them, never resizing or
-    cutting, and ran RepViT on that; normalisation stays the model's (Megatron's /255 is not copied)."""
+    cutting, and ran RepViT on that divided by 255, without mean/std (its RepVit.forward)."""
     cfg = load_config("megatron")
-    assert cfg.embed.input == "pad:max" and cfg.depth.input == "native"
+    assert cfg.embed.input == "pad:max" and cfg.depth.input == "native" and cfg.embed.normalise == "unit"
     reference = seeded(cfg.embed.model, 4, num_classes=0)
     torch.save(reference.state_dict(), tmp_path / "repvit.pth")
     embedder = Embedder(
-        cfg.embed.model, str(tmp_path / "repvit.pth"), "pooled", "float32", input_spec="pad:max"
+        cfg.embed.model,
+        str(tmp_path / "repvit.pth"),
+        "pooled",
+        cfg.embed.dtype,
+        input_spec=cfg.embed.input,
+        normalise=cfg.embed.normalise,
     )
     crops = face_crops()
     expected = megatron_pad_frames(crops)
@@ -316,11 +321,17 @@ def test_megatron_preset_embeds_the_run_padded_to_its_largest_crop(tmp_path: Pat
         faces.append(face)
     embedder.embed_depth(embedder(faces))
     depth_expected = megatron_pad_frames([np.repeat(c[:, :, 1:2], 3, axis=2) for c in crops])
+
+    def chw(canvases: list[np.ndarray]) -> torch.Tensor:
+        return torch.stack([torch.from_numpy(c).permute(2, 0, 1) for c in canvases])
+
     with torch.no_grad():
-        rgb = reference(normalised(reference, expected)).numpy()
-        depth = reference(normalised(reference, depth_expected)).numpy()
-    np.testing.assert_allclose(np.stack([f.emb_rgb for f in faces]), rgb, atol=1e-3)
-    np.testing.assert_allclose(np.stack([f.emb_depth for f in faces]), depth, atol=1e-3)
+        rgb = megatron_repvit(reference, chw(expected)).numpy()
+        depth = megatron_repvit(reference, chw(depth_expected)).numpy()
+        model_normalised = reference(normalised(reference, expected)).numpy()
+    np.testing.assert_allclose(np.stack([f.emb_rgb for f in faces]), rgb, atol=1e-4)
+    np.testing.assert_allclose(np.stack([f.emb_depth for f in faces]), depth, atol=1e-4)
+    assert not np.allclose(rgb, model_normalised, atol=1e-2)  # the scaling matters
 
 
 def test_pad_keeps_large_crops_whole_and_tokens_need_one_canvas(tmp_path: Path) -> None:

@@ -206,7 +206,7 @@ def test_bad_strategies_are_refused(bad: str) -> None:
 
 
 def test_registry_covers_the_config_strategies() -> None:
-    assert set(STRATEGIES) == {"all", "per_second", "uniform", "stride", "consecutive"}
+    assert set(STRATEGIES) == {"all", "per_second", "uniform", "stride", "consecutive", "leading"}
 
 
 @pytest.mark.parametrize(
@@ -272,7 +272,7 @@ def test_n_frames_counts_the_whole_stream_when_decoding_stops_early(
 
 
 def test_megatron_row_counts_the_stream_after_its_run(tmp_path: Path) -> None:
-    """The `videos` row of a consecutive:20 build says 100 frames, though decoding stopped after ~20."""
+    """The `videos` row of a leading:20 build says 100 frames, though decoding stopped after ~20."""
     from faceshard.config import load_config
     from faceshard.records import VideoTask
     from faceshard.tasks.pipeline import VideoProcessor

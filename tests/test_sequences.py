@@ -8,7 +8,7 @@ import pytest
 from faceshard.storage.sequences import (
     assign_slots,
     clip_rows,
-    megatron_sample,
+    megatron_identity_sample,
     mintime_sample,
     slot_quotas,
 )
@@ -103,15 +103,17 @@ def test_pooled_features_give_one_token_per_slot() -> None:
     assert s.features.shape == (16, 1, 3) and s.positions[:, 0].tolist() == list(range(1, 17))
 
 
-def test_megatron_sample_takes_consecutive_faces_of_the_top_identity() -> None:
+def test_megatron_identity_sample_takes_consecutive_faces_of_the_top_identity() -> None:
     frame = np.array([5, 1, 2, 3, 4, 0, 9, 8], np.int32)
     identity = np.array([1, 1, 1, 1, 1, 1, 0, 0], np.int32)
     rgb = np.arange(8, dtype=np.float16)[:, None].repeat(3, 1)
     depth = -rgb
-    m = megatron_sample(frame, identity, rgb, depth, label=1, identity_rank={1: 0, 0: 1}, length=4)
+    m = megatron_identity_sample(frame, identity, rgb, depth, label=1, identity_rank={1: 0, 0: 1}, length=4)
     assert frame[m.rows].tolist() == [0, 1, 2, 3] and m.mask.all()
     assert np.array_equal(m.rgb[:, 0], m.rows.astype(np.float16)) and np.array_equal(m.depth, -m.rgb)
-    short = megatron_sample(frame, identity, rgb, depth, label=0, identity_rank={1: 1, 0: 0}, length=4)
+    short = megatron_identity_sample(
+        frame, identity, rgb, depth, label=0, identity_rank={1: 1, 0: 0}, length=4
+    )
     assert frame[short.rows[:2]].tolist() == [8, 9] and short.mask.tolist() == [True, True, False, False]
     assert (short.rgb[2:] == 0).all()
 

@@ -215,7 +215,7 @@ def test_cli_train_json_and_clear_errors(uri: str, tmp_path: Path) -> None:
 
 def test_megatron_trains_on_rgb_and_depth_embeddings(tmp_path: Path) -> None:
     uri = committed(tmp_path / "depth", n_videos=12, depth=True)
-    sample = next(iter(ShardDataset(uri, "train", kind="megatron", shuffle=False)))
+    sample = next(iter(ShardDataset(uri, "train", kind="megatron_identity", shuffle=False)))
     assert sample["rgb"].shape == (20, 8) and sample["mask"].sum() == 5
     assert torch.equal(sample["depth"][:5], -sample["rgb"][:5])
     result = loop.train(

@@ -88,7 +88,9 @@ def train(
     options = SampleOptions(  # our model reads our keys: no copy of MINTIME's forward arguments
         settings.num_frames, settings.max_identities, settings.megatron_length, mintime_forward=False
     )
-    common = {"kind": settings.model, "options": options, "seed": settings.seed}
+    # our Megatron-style model trains on our identity-aware samples (padding masked, 1 = fake)
+    kind = "megatron_identity" if settings.model == "megatron" else settings.model
+    common = {"kind": kind, "options": options, "seed": settings.seed}
     train_set = ShardDataset(uri, settings.train_split, shuffle_buffer=settings.shuffle_buffer, **common)
     val_splits = validation_splits(uri, settings)
     val_set = ShardDataset(uri, val_splits, shuffle=False, **common) if val_splits else None
