@@ -17,28 +17,27 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
 
 from faceshard.config import BuildConfig
 from faceshard.errors import VideoError
 from faceshard.models.detectors import build_detector, detector_weights, resolve_device
 from faceshard.models.identity import IDENTITY_CLASSES, build_identity_embedder, identity_weights
-from faceshard.records import Face, Frame, VideoTask
+from faceshard.records import Detections, Face, Frame, VideoInfo, VideoTask
 from faceshard.storage.schema import video_row
 from faceshard.tasks.crops import CropEncoder, Cropper, encode_image
 from faceshard.tasks.decode import iter_frames, probe
 from faceshard.tasks.identity import assign_identities, clustering_rule
 from faceshard.tasks.repeats import RepeatAwareDetector, StillPictureSkipper
-from faceshard.tasks.sampling import make_selector
+from faceshard.tasks.sampling import FrameSelector, SampledDetection, make_selector
 from faceshard.tasks.size import SizeStage
 
 log = logging.getLogger(__name__)
 
 Stage = Callable[[list[Face]], list[Face]]
-
-# Frames held back (decoded, waiting for an earlier frame's verdict) before the batch is detected early:
-# bounds memory to a few detection batches of RGB frames whatever the video's length.
-MAX_HELD_PER_BATCH = 3
+T = TypeVar("T")
 
 
 @dataclass
@@ -64,6 +63,59 @@ class StageClock:
             yield
         finally:
             self.seconds[name] += time.perf_counter() - start
+
+
+def decoded_frames(path: str, info: VideoInfo, selector: FrameSelector) -> Iterator[Frame]:
+    """The frame source: decode once, converting only the frames the sampling policy wants."""
+    return iter_frames(path, info, selector.want, lambda: selector.done, feedback=selector.needs_feedback)
+
+
+def timed(items: Iterator[T], clock: StageClock, name: str) -> Iterator[T]:
+    """`items`, with the time spent producing each one counted under `name`."""
+    while True:
+        with clock(name):
+            item = next(items, None)
+        if item is None:
+            return
+        yield item
+
+
+class DetectionProvider(Protocol):
+    """Detections for a batch of frames, one `Detections` per frame, in order."""
+
+    def __call__(self, frames: list[Frame]) -> list[Detections]: ...
+
+
+class DetectorProvider:
+    """Detections from the detector itself."""
+
+    def __init__(self, detect: Callable[[list[np.ndarray]], list[Detections]]) -> None:
+        self.detect = detect
+
+    def __call__(self, frames: list[Frame]) -> list[Detections]:
+        return self.detect([frame.rgb for frame in frames])
+
+
+class FaceStages:
+    """The per-face stages, run on full batches (faces arrive a few frames at a time); `done` collects."""
+
+    def __init__(self, stages: list[tuple[str, Stage]], batch_size: int, clock: StageClock) -> None:
+        self.stages = stages
+        self.batch_size = batch_size
+        self.clock = clock
+        self.waiting: list[Face] = []
+        self.done: list[Face] = []
+
+    def __call__(self, faces: list[Face], force: bool = False) -> None:
+        """Queue `faces`; run the stages once a batch is full (or on `force`, at the video's end)."""
+        self.waiting.extend(faces)
+        if not self.waiting or (len(self.waiting) < self.batch_size and not force):
+            return
+        for name, stage in self.stages:
+            with self.clock(name):
+                stage(self.waiting)
+        self.done.extend(self.waiting)
+        self.waiting = []
 
 
 def check_config(cfg: BuildConfig) -> None:
@@ -228,91 +280,34 @@ class VideoProcessor:
         return VideoResult(_finish(row, status, None, started), face_rows, id_rows, dict(clock.seconds))
 
     def _faces(self, video: VideoTask, clock: StageClock) -> tuple[list[Face], Any]:
+        """The chain: frames (decoded as sampling wants) → detections → crops → per-face stages."""
         with clock("decode"):
             info = probe(video.path)
         sampling = self.cfg.sampling
         selector = make_selector(sampling.strategy, sampling.max_frames, sampling.fallback())
         selector.start(info, video.path)
+        run: SampledDetection[Face] = SampledDetection(selector, self.cfg.detect.batch_size)
+        detect = self._detection_provider()
+        stages = FaceStages(self.face_stages(), self.face_batch, clock)
+        for batch in run.batches(timed(decoded_frames(video.path, info, selector), clock, "decode")):
+            with clock("detect"):
+                detections = detect(batch)
+            for frame, dets in zip(batch, detections, strict=True):
+                with clock("crop"):
+                    faces = self.cropper(frame, dets)
+                run.found(frame.index, len(dets), faces)
+            stages(run.settled())
+        stages(run.finish(), force=True)
+        return sorted(stages.done, key=lambda face: (face.frame, face.face)), info
+
+    def _detection_provider(self) -> DetectionProvider:
+        """The detector for a new video: repeats reused exactly; still, face-less pictures skipped where
+        sampling is per_second with a bounded fallback."""
         self.detect.reset()
         self.detect_still.reset()
-        detected: list[Face] = []  # detected and cropped, not yet enriched (acceptance may be pending)
-        accepted: list[Face] = []  # accepted, waiting for a full batch of the per-face stages
-        enriched: list[Face] = []
-        batch: list[Frame] = []  # frames to detect in the next call
-        held: list[Frame] = []  # decoded frames waiting for the verdict on an earlier frame
-        stages = self.face_stages()
-        last_faceless = -1  # faces at or before a face-less frame can only be kept if already accepted
-
-        def flush() -> None:
-            detect = self.detect_still if skip_still else self.detect
-            with clock("detect"):
-                detections = detect([frame.rgb for frame in batch]) if batch else []
-            nonlocal last_faceless
-            for frame, dets in zip(batch, detections, strict=True):
-                selector.found(frame.index, len(dets))
-                if not len(dets):
-                    last_faceless = frame.index
-                with clock("crop"):
-                    detected.extend(self.cropper(frame, dets))
-            batch.clear()
-            release_held()
-            if not selector.needs_feedback:
-                enrich(drain_accepted(final=True))
-            elif selector.final_when_accepted:
-                enrich(drain_accepted(final=False))
-            else:  # acceptance may still move to a later run: hold faces, drop the hopeless ones
-                detected[:] = [f for f in detected if selector.accepted(f.frame) or f.frame > last_faceless]
-
-        def release_held() -> None:
-            """After a batch's verdicts: drop held frames no longer wanted, queue those now ready."""
-            waiting = []
-            for frame in held:
-                if selector.want(frame.index):
-                    (batch if selector.ready(frame.index) else waiting).append(frame)
-            held[:] = waiting
-
-        def drain_accepted(final: bool) -> list[Face]:
-            """Faces whose frame is accepted; rejected ones are dropped once acceptance is final."""
-            ready = [face for face in detected if selector.accepted(face.frame)]
-            if final:
-                detected.clear()
-            else:  # accepted now means accepted for good: keep only the undecided ones
-                kept_frames = {face.frame for face in ready}
-                detected[:] = [f for f in detected if f.frame not in kept_frames]
-            return ready
-
-        def enrich(faces: list[Face], force: bool = False) -> None:
-            """Run the per-face stages on full batches (faces arrive a few frames at a time)."""
-            accepted.extend(faces)
-            if not accepted or (len(accepted) < self.face_batch and not force):
-                return
-            for name, stage in stages:
-                with clock(name):
-                    stage(accepted)
-            enriched.extend(accepted)
-            accepted.clear()
-
+        sampling = self.cfg.sampling
         skip_still = sampling.strategy == "per_second" and sampling.fallback() is not None
-        frames = iter_frames(
-            video.path, info, selector.want, lambda: selector.done, feedback=selector.needs_feedback
-        )
-        batch_size = 1 if selector.sequential else self.cfg.detect.batch_size
-        while True:
-            with clock("decode"):
-                frame = next(frames, None)
-            if frame is None:
-                break
-            (batch if selector.ready(frame.index) else held).append(frame)
-            if len(batch) >= batch_size or len(held) >= MAX_HELD_PER_BATCH * batch_size:
-                flush()
-        while batch or held:  # the tail: each flush resolves the earliest held frame of every second
-            if not batch:
-                batch.extend(held)  # never reached for a consistent selector; guards an endless loop
-                held.clear()
-            flush()
-        enrich(drain_accepted(final=True), force=True)
-        enriched.sort(key=lambda face: (face.frame, face.face))
-        return enriched, info
+        return DetectorProvider(self.detect_still if skip_still else self.detect)
 
     def _identities(self, faces: list[Face]) -> list[dict[str, Any]]:
         """Cluster the video's faces into identities (SPEC §5) and rank them; fills `Face.identity`."""
