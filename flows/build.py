@@ -119,6 +119,8 @@ def _build_under_lease(
         "faces": sum(s["faces"] for s in shard_stats),
         "identities": sum(s["identities"] for s in shard_stats),
         "status_counts": _sum_counts(s["status_counts"] for s in shard_stats),
+        "detector_frames": sum(s.get("detector_frames", 0) for s in shard_stats),
+        "detections_from_source": sum(s.get("detections_from_source", 0) for s in shard_stats),
         "seconds": round(time.perf_counter() - started, 2),
         "fingerprint": output.fingerprint,
         "random_weights": sorted(role for role, info in weights.items() if info.get("random")),

@@ -33,7 +33,10 @@ def plan_output(
 ) -> BuildPlan:
     """The build's plan over what `output` holds (nothing when `keep` is False: a new or rebuilt output)."""
     prior = output.prior_plan() if keep else PriorPlan()
-    return plan_build(manifest.video_ids, prior, cfg.shard_size, prune=prune)
+    sources = manifest.frame["source"] if cfg.sources.aware and "source" in manifest.frame.columns else None
+    if sources is not None and sources.is_null().all():
+        sources = None  # nothing links fakes to sources: per-video planning, the same shards as ever
+    return plan_build(manifest.video_ids, prior, cfg.shard_size, prune=prune, sources=sources)
 
 
 def retry_shards(output: Output, manifest: Manifest, plan: BuildPlan) -> list[int]:

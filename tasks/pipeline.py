@@ -33,6 +33,7 @@ from faceshard.tasks.identity import assign_identities, clustering_rule
 from faceshard.tasks.repeats import RepeatAwareDetector, StillPictureSkipper
 from faceshard.tasks.sampling import FrameSelector, SampledDetection, make_selector
 from faceshard.tasks.size import SizeStage
+from faceshard.tasks.sources import Misaligned, SourceDetections, SourceFaces, SourceMemory, identity_labels
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class VideoResult:
     faces: list[dict[str, Any]] = field(default_factory=list)
     identities: list[dict[str, Any]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    detector_frames: int = 0  # frames the detector model itself was run on (repeats and reuse excluded)
 
 
 class StageClock:
@@ -94,6 +96,18 @@ class DetectorProvider:
 
     def __call__(self, frames: list[Frame]) -> list[Detections]:
         return self.detect([frame.rgb for frame in frames])
+
+
+class CountingDetector:
+    """The detector, counting the frames it is run on (what source-aware builds save)."""
+
+    def __init__(self, detector: Callable[[list[np.ndarray]], list[Detections]]) -> None:
+        self.detector = detector
+        self.frames = 0
+
+    def __call__(self, frames: list[np.ndarray]) -> list[Detections]:
+        self.frames += len(frames)
+        return self.detector(frames)
 
 
 class FaceStages:
@@ -158,7 +172,8 @@ class VideoProcessor:
         self.device = resolve_device(device or cfg.runtime.device)
         allow_random = cfg.runtime.allow_random_weights
         self.detector = build_detector(cfg.detect, self.device)
-        self.detect = RepeatAwareDetector(self.detector)  # exact: a bit-identical frame's detections
+        self.counted = CountingDetector(self.detector)
+        self.detect = RepeatAwareDetector(self.counted)  # exact: a bit-identical frame's detections
         self.detect_still = StillPictureSkipper(self.detect)  # bounded per_second: still, face-less pictures
         self.cropper = Cropper(cfg.crop)
         self.size = SizeStage()
@@ -250,14 +265,17 @@ class VideoProcessor:
             face.crop, face.depth = None, None  # pixels are encoded or no longer needed
         return faces
 
-    def __call__(self, video: VideoTask, shard_id: int) -> VideoResult:
+    def __call__(self, video: VideoTask, shard_id: int, group: SourceMemory | None = None) -> VideoResult:
+        """One video's rows. With `group` (source-aware builds), the group's source fills it as it is
+        processed and each fake of the group reuses it where it lines up (tasks/sources.py)."""
         started = time.perf_counter()
         clock = StageClock()
         row = video_row(video, shard_id)
         if video.error is not None:
             return VideoResult(_finish(row, "error", video.error, started))
+        counted_before = self.counted.frames
         try:
-            faces, info = self._faces(video, clock)
+            faces, info, compare = self._faces(video, clock, row, group)
             row.update(
                 fps=info.fps,
                 n_frames=info.n_frames,
@@ -268,37 +286,100 @@ class VideoProcessor:
             with clock("cluster"):
                 identity_rows = self._identities(faces)
         except VideoError as exc:
-            return VideoResult(_finish(row, "error", str(exc), started), seconds=dict(clock.seconds))
+            return self._failed(row, str(exc), started, clock, counted_before)
         except Exception as exc:  # a model or library failure on this input: recorded, never fatal
             log.exception("video %s failed", video.video_id)
-            message = f"{type(exc).__name__}: {exc}"
-            return VideoResult(_finish(row, "error", message, started), seconds=dict(clock.seconds))
+            return self._failed(row, f"{type(exc).__name__}: {exc}", started, clock, counted_before)
+        if group is not None and group.video_id == video.video_id:
+            group.identity = {(face.frame, face.face): face.identity for face in faces}
+            group.usable = bool(faces)
+        elif group is not None and compare is not None:
+            labels = identity_labels(faces, group, compare, self.cfg.sources.manipulated_pixel)
+            for identity_row in identity_rows:
+                identity_row.update(labels.get(identity_row["identity"], {}))
         row.update(n_faces=len(faces), n_identities=len(identity_rows))
         status = "ok" if faces else "no_faces"
         face_rows = [_face_row(face, video) for face in faces]
         id_rows = [{"video_id": video.video_id, "split": video.split, **r} for r in identity_rows]
-        return VideoResult(_finish(row, status, None, started), face_rows, id_rows, dict(clock.seconds))
+        return VideoResult(
+            _finish(row, status, None, started),
+            face_rows,
+            id_rows,
+            dict(clock.seconds),
+            self.counted.frames - counted_before,
+        )
 
-    def _faces(self, video: VideoTask, clock: StageClock) -> tuple[list[Face], Any]:
-        """The chain: frames (decoded as sampling wants) → detections → crops → per-face stages."""
+    def _failed(
+        self, row: dict[str, Any], error: str, started: float, clock: StageClock, counted_before: int
+    ) -> VideoResult:
+        return VideoResult(
+            _finish(row, "error", error, started),
+            seconds=dict(clock.seconds),
+            detector_frames=self.counted.frames - counted_before,
+        )
+
+    def _faces(
+        self, video: VideoTask, clock: StageClock, row: dict[str, Any], group: SourceMemory | None
+    ) -> tuple[list[Face], VideoInfo, SourceFaces | None]:
+        """The video's faces: detected, or a fake's source's detections reused where they line up."""
         with clock("decode"):
             info = probe(video.path)
+        row["detections"] = "detector"
+        if group is None:
+            return self._chain(video, info, clock, self._detection_provider()), info, None
+        if group.video_id == video.video_id:  # the group's source: remember what its fakes reuse
+            group.info = info
+            remember = SourceFaces(group, remember=True, metric=self._metric)
+            return self._chain(video, info, clock, self._detection_provider(), group, remember), info, None
+        reason = group.mismatch(info)
+        if reason is None:
+            sources = self.cfg.sources
+            reuse = SourceDetections(group, self.detect.detector, sources.verify_every, sources.verify_iou)
+            compare = SourceFaces(group, remember=False, metric=self._metric)
+            try:
+                faces = self._chain(video, info, clock, reuse, extra=compare)
+                group.check_length(info)
+                row["detections"] = "source"
+                return faces, info, compare
+            except Misaligned as exc:
+                reason = str(exc)
+        row["detections_note"] = f"source {group.video_id} not reused: {reason}"
+        return self._chain(video, info, clock, self._detection_provider()), info, None
+
+    @property
+    def _metric(self) -> str | None:
+        return self.metric if self.identity is not None else None
+
+    def _chain(
+        self,
+        video: VideoTask,
+        info: VideoInfo,
+        clock: StageClock,
+        detect: DetectionProvider,
+        record: SourceMemory | None = None,
+        extra: SourceFaces | None = None,
+    ) -> list[Face]:
+        """The chain: frames (decoded as sampling wants) → detections → crops → per-face stages."""
         sampling = self.cfg.sampling
         selector = make_selector(sampling.strategy, sampling.max_frames, sampling.fallback())
         selector.start(info, video.path)
         run: SampledDetection[Face] = SampledDetection(selector, self.cfg.detect.batch_size)
-        detect = self._detection_provider()
-        stages = FaceStages(self.face_stages(), self.face_batch, clock)
+        stages = self.face_stages()
+        if extra is not None:  # compared or remembered before `encode` drops the pixels
+            stages.insert(len(stages) - 1, ("sources", extra))
+        enrich = FaceStages(stages, self.face_batch, clock)
         for batch in run.batches(timed(decoded_frames(video.path, info, selector), clock, "decode")):
             with clock("detect"):
                 detections = detect(batch)
+            if record is not None:
+                record.record(batch, detections)
             for frame, dets in zip(batch, detections, strict=True):
                 with clock("crop"):
                     faces = self.cropper(frame, dets)
                 run.found(frame.index, len(dets), faces)
-            stages(run.settled())
-        stages(run.finish(), force=True)
-        return sorted(stages.done, key=lambda face: (face.frame, face.face)), info
+            enrich(run.settled())
+        enrich(run.finish(), force=True)
+        return sorted(enrich.done, key=lambda face: (face.frame, face.face))
 
     def _detection_provider(self) -> DetectionProvider:
         """The detector for a new video: repeats reused exactly; still, face-less pictures skipped where

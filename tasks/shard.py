@@ -19,6 +19,7 @@ from faceshard.storage.commit import Output
 from faceshard.storage.manifest import ShardPlan
 from faceshard.storage.schema import rows_to_tables, table_schemas
 from faceshard.tasks.pipeline import VideoProcessor, VideoResult
+from faceshard.tasks.sources import SourceMemory, source_groups
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +60,12 @@ def process_shard(
         failed = set(output.failed_video_ids(plan.shard_id))
         videos = [video for video in plan.videos if video.video_id in failed]
     results: list[VideoResult] = []
-    for video in videos:
-        maybe_fault("video", video.video_id)
-        results.append(processor(video, plan.shard_id))
+    groups = source_groups(videos) if cfg.sources.aware else [[video] for video in videos]
+    for group in groups:  # a source before its fakes; what they reuse lives for the group only
+        memory = SourceMemory(group[0].video_id) if len(group) > 1 else None
+        for video in group:
+            maybe_fault("video", video.video_id)
+            results.append(processor(video, plan.shard_id, memory))
     tables = rows_to_tables(
         [r.video for r in results],
         [row for r in results for row in r.faces],
@@ -88,6 +92,8 @@ def _stats(
         "videos": len(results),
         "faces": sum(len(r.faces) for r in results),
         "identities": sum(len(r.identities) for r in results),
+        "detector_frames": sum(r.detector_frames for r in results),
+        "detections_from_source": sum(r.video.get("detections") == "source" for r in results),
         "status_counts": dict(Counter(r.video["status"] for r in results)),
         "stage_seconds": {name: round(value, 3) for name, value in sorted(stage_seconds.items())},
         "seconds": round(seconds, 3),
