@@ -15,6 +15,7 @@ from typing import Any
 from faceshard.config import BuildConfig
 from faceshard.faults import maybe_fault
 from faceshard.models.threads import limit_threads
+from faceshard.records import VideoTask
 from faceshard.storage.commit import Output
 from faceshard.storage.manifest import ShardPlan
 from faceshard.storage.schema import rows_to_tables, table_schemas
@@ -59,13 +60,7 @@ def process_shard(
     if replacing:
         failed = set(output.failed_video_ids(plan.shard_id))
         videos = [video for video in plan.videos if video.video_id in failed]
-    results: list[VideoResult] = []
-    groups = source_groups(videos) if cfg.sources.aware else [[video] for video in videos]
-    for group in groups:  # a source before its fakes; what they reuse lives for the group only
-        memory = SourceMemory(group[0].video_id) if len(group) > 1 else None
-        for video in group:
-            maybe_fault("video", video.video_id)
-            results.append(processor(video, plan.shard_id, memory))
+    results = process_videos(processor, videos, plan.shard_id, cfg.sources.aware)
     tables = rows_to_tables(
         [r.video for r in results],
         [row for r in results for row in r.faces],
@@ -79,6 +74,21 @@ def process_shard(
     )
     stats["bytes"] = marker["bytes"]
     return stats
+
+
+def process_videos(
+    processor: VideoProcessor, videos: list[VideoTask], shard_id: int, source_aware: bool
+) -> list[VideoResult]:
+    """Every video's result. Source-aware: each source of the shard runs right before its fakes, which
+    reuse what it left (`SourceMemory`, held for the group only); otherwise in plan order, alone."""
+    results: list[VideoResult] = []
+    groups = source_groups(videos) if source_aware else [[video] for video in videos]
+    for group in groups:
+        memory = SourceMemory(group[0].video_id) if len(group) > 1 else None
+        for video in group:
+            maybe_fault("video", video.video_id)
+            results.append(processor(video, shard_id, memory))
+    return results
 
 
 def _stats(
