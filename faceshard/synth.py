@@ -389,7 +389,9 @@ MISALIGNED = ("shifted", "resized", "shorter")
 MISALIGNED_SHIFT = 5  # frames
 
 
-def _render_group(seed: int, index: int, videos_dir: Path, misaligned: bool) -> list[dict]:
+def _render_group(
+    seed: int, index: int, videos_dir: Path, misaligned: bool, frames: int | None
+) -> list[dict]:
     """One FF++-shaped group: a source clip (2 persons on even groups, 1 on odd ones), 4 fakes of it
     that keep every frame and swap one person's face on every frame (alternating which person), and
     with `misaligned` the 3 MISALIGNED fakes. Returns the truth records, source first."""
@@ -397,7 +399,7 @@ def _render_group(seed: int, index: int, videos_dir: Path, misaligned: bool) -> 
     pool = list(_persons())
     n_persons = 2 if index % 2 == 0 else 1
     width, height = FRAME_SIZES[int(rng.integers(0, len(FRAME_SIZES)))]
-    n_frames = int(rng.integers(30, 41))
+    n_frames = int(rng.integers(30, 41)) if frames is None else frames
     chosen = [pool[int(i)] for i in rng.choice(len(pool), size=n_persons, replace=False)]
     outsiders = [p for p in pool if p not in chosen]
     tracks = _make_tracks(rng, chosen, width, height)
@@ -451,11 +453,14 @@ def _render_group(seed: int, index: int, videos_dir: Path, misaligned: bool) -> 
     return records
 
 
-def make_ffpp_corpus(out: str | Path, n_sources: int = 4, seed: int = 0, misaligned: bool = True) -> Path:
+def make_ffpp_corpus(
+    out: str | Path, n_sources: int = 4, seed: int = 0, misaligned: bool = True, frames: int | None = None
+) -> Path:
     """An FF++-shaped corpus: `n_sources` source clips, each with 4 aligned fakes (one person's face
     swapped on every frame; on 2-person sources the swapped person alternates) and, with `misaligned`,
     3 fakes that do not line up with it (`MISALIGNED`). The manifest links every fake to its source
-    (`video_id`, `source` columns); a group shares its split. Returns the manifest path."""
+    (`video_id`, `source` columns); a group shares its split. Clips last 30-40 frames, or `frames`.
+    Returns the manifest path."""
     if not 1 <= n_sources <= MAX_VIDEOS:
         raise ValueError(f"n_sources must be in 1..{MAX_VIDEOS}, got {n_sources}")
     root = Path(out)
@@ -465,7 +470,7 @@ def make_ffpp_corpus(out: str | Path, n_sources: int = 4, seed: int = 0, misalig
     splits = _splits(n_sources, seed)
     rows = []
     for index in range(n_sources):
-        for truth in _render_group(seed, index, videos_dir, misaligned):
+        for truth in _render_group(seed, index, videos_dir, misaligned, frames):
             truth = {**truth, "split": splits[index], "seed": seed}
             (truth_dir / f"{truth['video_id']}.json").write_text(json.dumps(truth, indent=1) + "\n")
             rows.append(

@@ -167,13 +167,30 @@ def test_aligned_fakes_reuse_the_source_and_give_the_per_video_rows(ffpp) -> Non
                 assert {k: a[k] for k in same} == {k: b[k] for k in same} or iou < 0.95
         source = aware[truth[video_id]["source"]]
         assert [(f["frame"], f["face"]) for f in got.faces] == [(f["frame"], f["face"]) for f in source.faces]
-    # Untouched faces: the fake's pixels are the source's up to the codec, and so are the boxes.
-    assert np.mean(np.array(untouched) >= 0.95) >= 0.99, sorted(untouched)[:5]
-    # Swapped faces: the detector's box moves with the new face (MTCNN: 0.8-0.9); reuse keeps the source's.
-    assert min(ious) >= 0.75, sorted(ious)[:5]
+    # The per-video detector's own box moves with the codec noise of a separate encode (MTCNN: an
+    # untouched face measured 0.91-1.0) and more with a swapped-in face (0.8-0.9); the reused box is the
+    # source's. Both are measured against the synth truth below: reuse must be as close to it.
     print(
-        f"box IoU reused vs per-video: untouched min {min(untouched):.3f}, all faces >=0.95: {np.mean(np.array(ious) >= 0.95):.2%}"
+        f"box IoU reused vs per-video: untouched {np.percentile(untouched, [0, 50]).round(3)}, all faces"
+        f" {np.percentile(ious, [0, 50]).round(3)}, >= 0.95: {np.mean(np.array(ious) >= 0.95):.1%}"
     )
+    assert min(untouched) >= 0.9 and np.median(untouched) >= 0.95, sorted(untouched)[:5]
+    assert min(ious) >= 0.75, sorted(ious)[:5]
+
+
+def test_reused_boxes_are_as_close_to_the_truth_as_the_fakes_own(ffpp) -> None:
+    _, per_video, aware, truth = ffpp
+    reused, own = [], []
+    for video_id in _aligned_fakes(truth):
+        for result, out in ((aware[video_id], reused), (per_video[video_id], own)):
+            for face in result.faces:
+                boxes = [f["box"] for f in truth[video_id]["frames"][face["frame"]]["faces"]]
+                box = [face[k] for k in ("x1", "y1", "x2", "y2")]
+                out.append(float(box_iou(np.array([box]), np.array(boxes)).max()))
+    print(
+        f"IoU with the truth box: reused {np.mean(reused):.3f}, the fake's own detection {np.mean(own):.3f}"
+    )
+    assert np.mean(reused) >= np.mean(own) - 0.02 and min(reused) >= 0.6
 
 
 def test_misaligned_fakes_fall_back_and_say_why(ffpp) -> None:
@@ -267,3 +284,33 @@ def test_a_real_clip_and_its_altered_copy(shared_fixtures: Path, tmp_path: Path)
     assert min(ious) >= 0.8, ious
     labels = {row["source_identity"]: row["manipulated"] for row in got.identities}
     assert labels == {target: True, 1 - target: False}, got.identities
+
+
+def test_mintime_samples_can_carry_identity_labels(tmp_path: Path) -> None:
+    """`SampleOptions(identity_labels=True)`: a fake's identity labelled untouched trains as 0 in its slots,
+    while `label` stays the video's; off by default."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from faceshard.storage.commit import Output
+    from faceshard.storage.datasets import SampleOptions, ShardDataset
+    from faceshard.storage.manifest import plan_shards
+    from faceshard.storage.testing import fake_shard_tables, fake_videos
+
+    out = Output.open(str(tmp_path / "out"), config={}, weights={})
+    plans = plan_shards(fake_videos(4, splits=("train",)), 4)
+    out.set_plan(plans)
+    tables = fake_shard_tables(plans[0], faces_per_video=3)
+    fakes = [v.video_id for v in plans[0].videos if v.label == 1]
+    ids = tables["identities"]
+    untouched = pc.equal(ids["video_id"], fakes[0])
+    column = pa.array([False if flag else None for flag in untouched.to_pylist()], pa.bool_())
+    tables["identities"] = ids.set_column(ids.schema.get_field_index("manipulated"), "manipulated", column)
+    out.commit_shard(plans[0], tables, {})
+    plain = {s["video_id"]: s for s in ShardDataset(str(tmp_path / "out"), shuffle=False)}
+    assert all("identity_label" not in s for s in plain.values())
+    labelled = ShardDataset(str(tmp_path / "out"), shuffle=False, options=SampleOptions(identity_labels=True))
+    for s in labelled:
+        expected = 0 if s["video_id"] == fakes[0] else int(s["label"])
+        assert s["identity_label"][:3].tolist() == [expected] * 3 and s["identity_label"][3:].eq(-1).all()
+        assert s["label"].item() == (s["video_id"] in fakes)

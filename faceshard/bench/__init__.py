@@ -8,6 +8,7 @@ from __future__ import annotations
 import typer
 
 from faceshard.bench.command_build import build
+from faceshard.bench.sources import sources
 
 app = typer.Typer(
     name="bench",
@@ -16,3 +17,4 @@ app = typer.Typer(
     add_completion=False,
 )
 app.command("build")(build)
+app.command("sources")(sources)
