@@ -87,7 +87,10 @@ def process_videos(
         memory = SourceMemory(group[0].video_id) if len(group) > 1 else None
         for video in group:
             maybe_fault("video", video.video_id)
-            results.append(processor(video, shard_id, memory))
+            # alone, a video is processed as it always was (`processor(video, shard_id)`)
+            results.append(
+                processor(video, shard_id) if memory is None else processor(video, shard_id, memory)
+            )
     return results
 
 
