@@ -316,3 +316,22 @@ def test_mintime_samples_can_carry_identity_labels(tmp_path: Path) -> None:
         expected = 0 if s["video_id"] == fakes[0] else int(s["label"])
         assert s["identity_label"][:3].tolist() == [expected] * 3 and s["identity_label"][3:].eq(-1).all()
         assert s["label"].item() == (s["video_id"] in fakes)
+
+
+def test_the_pipeline_heart_has_no_nested_closures() -> None:
+    """The chain is small objects and generators read top to bottom: no function defined inside another,
+    no `nonlocal` (the feedback loop of the sampling policy lives in tasks/sampling.py)."""
+    import ast
+
+    import faceshard.tasks.pipeline as pipeline
+
+    tree = ast.parse(Path(pipeline.__file__).read_text())
+    functions = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
+    nested = [
+        (outer.name, inner.name)
+        for outer in functions
+        for inner in ast.walk(outer)
+        if inner is not outer and isinstance(inner, ast.FunctionDef | ast.AsyncFunctionDef)
+    ]
+    assert nested == []
+    assert not any(isinstance(n, ast.Nonlocal) for n in ast.walk(tree))
