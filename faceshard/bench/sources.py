@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -55,8 +56,9 @@ def run_bench_sources(
         rounds.append(measured)
 
     def median_ratio(key: str) -> float:
-        ratios = sorted(m["per_video"][key] / max(m["source_aware"][key], 1e-9) for m in rounds)
-        return round(ratios[len(ratios) // 2], 2)
+        return round(
+            statistics.median(m["per_video"][key] / max(m["source_aware"][key], 1e-9) for m in rounds), 2
+        )
 
     return {
         "machine": {
