@@ -38,7 +38,10 @@ def plan_output(
 ) -> BuildPlan:
     """The build's plan over what `output` holds (nothing when `keep` is False: a new or rebuilt output)."""
     prior = output.prior_plan() if keep else PriorPlan()
-    return plan_build(manifest.video_ids, prior, cfg.shard_size, prune=prune)
+    sources = manifest.frame["source"] if cfg.sources.aware and "source" in manifest.frame.columns else None
+    if sources is not None and sources.is_null().all():
+        sources = None  # nothing links fakes to sources: per-video planning, the same shards as ever
+    return plan_build(manifest.video_ids, prior, cfg.shard_size, prune=prune, sources=sources)
 
 
 def retry_shards(output: Output, manifest: Manifest, plan: BuildPlan) -> list[int]:
@@ -193,6 +196,8 @@ def build_summary(
         "faces": sum(s["faces"] for s in shard_stats),
         "identities": sum(s["identities"] for s in shard_stats),
         "status_counts": _sum_counts(s["status_counts"] for s in shard_stats),
+        "detector_frames": sum(s.get("detector_frames", 0) for s in shard_stats),
+        "detections_from_source": sum(s.get("detections_from_source", 0) for s in shard_stats),
         "seconds": round(time.perf_counter() - prepared.started, 2),
         "startup_seconds": round(startup_seconds, 2),
         "fingerprint": prepared.output.fingerprint,

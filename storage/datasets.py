@@ -40,6 +40,7 @@ from faceshard.storage.sequences import (
     MintimeSample,
     clip_rows,
     deepfakebench_clip_rows,
+    identity_order,
     megatron_identity_sample,
     megatron_sample,
     mintime_sample,
@@ -77,6 +78,10 @@ class SampleOptions:
     clip_rule: Literal["deepfakebench", "repeat"] = "deepfakebench"
     video_index: Mapping[str, int] | None = None
     mintime_forward: bool = True
+    # MINTIME samples also carry `identity_label (F,)`: per slot, 1 where the build labelled that identity
+    # manipulated (source-aware builds, `identities.manipulated`), 0 where untouched, the video's label
+    # where unknown, -1 on padding. Off by default: MINTIME trains on the video label.
+    identity_labels: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_identities <= max(QUOTA_FRACTIONS):
@@ -279,6 +284,7 @@ class ShardDataset(IterableDataset):
         if videos is None or faces is None or faces.num_rows == 0:
             return
         ranks = self._identity_ranks(shard)
+        identity_labels = self._identity_labels(shard) if self.options.identity_labels else None
         video_ids = videos["video_id"].to_pylist()
         labels = videos["label"].to_numpy(zero_copy_only=False)
         methods = videos["method"].to_pylist()
@@ -301,9 +307,26 @@ class ShardDataset(IterableDataset):
             sample = self._build(view, int(label), ranks.get(video_id), video_id)
             if sample is None:
                 continue
+            if identity_labels is not None and self.kind == "mintime":
+                order = identity_order(view["identity"], ranks.get(video_id))
+                known = identity_labels.get(video_id, {})
+                slot_labels = [-1] + [int(known.get(i, label)) for i in order]
+                sample["identity_label"] = torch.tensor(slot_labels)[sample["identity"]]
             sample["video_id"] = video_id
             sample["method"] = method or ""
             yield sample
+
+    def _identity_labels(self, shard: int) -> dict[str, dict[int, bool]]:
+        """Per video, identity → manipulated, where a source-aware build labelled it."""
+        table = self._read(shard, "identities", ["video_id", "identity", "manipulated"])
+        labels: dict[str, dict[int, bool]] = {}
+        if table is None:
+            return labels
+        columns = (table[c].to_pylist() for c in ("video_id", "identity", "manipulated"))
+        for video_id, identity, manipulated in zip(*columns, strict=True):
+            if manipulated is not None:
+                labels.setdefault(video_id, {})[identity] = manipulated
+        return labels
 
     def _identity_ranks(self, shard: int) -> dict[str, dict[int, int]]:
         table = self._read(shard, "identities", ["video_id", "identity", "rank"])

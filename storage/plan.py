@@ -11,6 +11,10 @@ manifest into an existing output:
 * plans the remaining new videos, sorted by id, into NEW shards numbered after every id ever used
   (the same set of new videos gives the same shards; a late commit of a dropped shard can never
   land on a new one);
+* with `sources` (source-aware builds), keeps a source and its fakes together: new videos are
+  ordered by group (the source's id, or the video's own), the source first, and a group never
+  splits across shards: one that does not fit what is left of a shard starts the next, and one
+  larger than `shard_size` gets a shard of its own;
 * leaves committed rows of videos missing from the manifest in place and counts them as
   `not_in_manifest`, until `prune` asks for them to go: a shard left with none of its videos is
   dropped, one left with some is rewritten without the others.
@@ -91,8 +95,18 @@ class BuildPlan:
         }
 
 
-def plan_build(manifest_ids: pl.Series, prior: PriorPlan, shard_size: int, prune: bool = False) -> BuildPlan:
-    """Plan a build of a manifest (its unique video ids) into an output holding `prior`."""
+def plan_build(
+    manifest_ids: pl.Series,
+    prior: PriorPlan,
+    shard_size: int,
+    prune: bool = False,
+    sources: pl.Series | None = None,
+) -> BuildPlan:
+    """Plan a build of a manifest (its unique video ids) into an output holding `prior`.
+
+    `sources`, aligned with `manifest_ids`: each video's source video id (null for none) to keep
+    groups whole; None plans every video on its own.
+    """
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     wanted = pl.DataFrame({"video_id": manifest_ids}).with_columns(in_manifest=pl.lit(True))
@@ -123,11 +137,7 @@ def plan_build(manifest_ids: pl.Series, prior: PriorPlan, shard_size: int, prune
         keep = (pl.col("committed") & pl.col("in_manifest")) | (~pl.col("committed") & pl.col("all_in"))
     kept = rows.filter(keep)
     new_ids = wanted.join(kept.select("video_id"), on="video_id", how="anti")["video_id"].sort()
-    new = (
-        pl.DataFrame({"video_id": new_ids})
-        .with_row_index("index")
-        .select((pl.col("index").cast(pl.Int64) // shard_size + prior.next_shard).alias("shard"), "video_id")
-    )
+    new = _pack(new_ids, manifest_ids, sources, shard_size, prior.next_shard)
     shards = pl.concat([kept.select(list(PLAN_SCHEMA)), new.select(list(PLAN_SCHEMA))])
     changed = set(prune_keep)
     recorded = {s: fp for s, fp in prior.fingerprints.items() if s not in changed}
@@ -147,6 +157,36 @@ def plan_build(manifest_ids: pl.Series, prior: PriorPlan, shard_size: int, prune
         prune_keep=prune_keep,
         pruned_videos=gone.height if prune else 0,
     )
+
+
+def _pack(
+    new_ids: pl.Series, manifest_ids: pl.Series, sources: pl.Series | None, shard_size: int, first: int
+) -> pl.DataFrame:
+    """(shard, video_id) of the new videos: consecutive runs of `shard_size`, groups never split."""
+    if sources is None:
+        return (
+            pl.DataFrame({"video_id": new_ids})
+            .with_row_index("index")
+            .select((pl.col("index").cast(pl.Int64) // shard_size + first).alias("shard"), "video_id")
+        )
+    links = pl.DataFrame({"video_id": manifest_ids, "source": sources.cast(pl.String)})
+    ordered = (
+        pl.DataFrame({"video_id": new_ids})
+        .join(links, on="video_id", how="left", maintain_order="left")
+        .with_columns(group=pl.coalesce("source", "video_id"))
+        .sort("group", pl.col("source").is_not_null(), "video_id")
+    )
+    sizes = ordered.group_by("group", maintain_order=True).len()
+    shard_of_group, shard, used = [], first, 0
+    for size in sizes["len"].to_list():
+        if used and used + size > shard_size:
+            shard, used = shard + 1, 0
+        shard_of_group.append(shard)
+        used += size
+        if used >= shard_size:
+            shard, used = shard + 1, 0
+    shards = sizes.select("group", shard=pl.Series(shard_of_group, dtype=pl.Int64))
+    return ordered.join(shards, on="group", how="left", maintain_order="left").select(list(PLAN_SCHEMA))
 
 
 def _ids(frame: pl.DataFrame) -> list[int]:

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from faceshard.records import VideoTask
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: source-aware columns (videos.detections*, identities.source_identity, manip_*)
 TABLES = ("videos", "faces", "identities")
 PARTITION_COLUMNS = ("split", "shard")
 PARTITION_SCHEMA = pa.schema([("split", pa.string()), ("shard", pa.int32())])
@@ -43,6 +43,10 @@ _VIDEO_FIELDS = [
     pa.field("n_faces", pa.int32()),
     pa.field("n_identities", pa.int32()),
     pa.field("seconds", pa.float32()),
+    # Where the boxes came from: `detector` (its own detection) or `source` (its source's, verified);
+    # `detections_note` says why a fake with a source in its shard was detected on its own.
+    pa.field("detections", pa.string()),
+    pa.field("detections_note", pa.string()),
 ]
 _FACE_FIELDS = [
     pa.field("video_id", pa.string(), nullable=False),
@@ -65,6 +69,13 @@ _IDENTITY_FIELDS = [
     pa.field("mean_side", pa.float32()),
     pa.field("first_frame", pa.int32()),
     pa.field("last_frame", pa.int32()),
+    # Fakes whose source was processed with them (tasks/sources.py): the source's identity these faces
+    # sit on, how far their crops are from the source's (thumbnail pixels 0-1, identity embedding), and
+    # whether that makes this identity `manipulated`. Null for sources and fakes detected on their own.
+    pa.field("source_identity", pa.int32()),
+    pa.field("manip_pixel", pa.float32()),
+    pa.field("manip_embed", pa.float32()),
+    pa.field("manipulated", pa.bool_()),
 ]
 
 
@@ -90,6 +101,8 @@ def video_row(video: VideoTask, shard_id: int, **measured: Any) -> dict[str, Any
         "n_identities": 0,
         "shard": shard_id,
         "seconds": 0.0,
+        "detections": None,
+        "detections_note": None,
     }
     unknown = set(measured) - set(row)
     if unknown:

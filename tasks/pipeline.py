@@ -18,29 +18,29 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
 
 from faceshard.config import BuildConfig
 from faceshard.errors import VideoError
 from faceshard.models.detectors import build_detector, detector_weights, resolve_device
 from faceshard.models.identity import IDENTITY_CLASSES, build_identity_embedder, identity_weights
 from faceshard.models.registry import WeightsUnavailableError
-from faceshard.records import Face, Frame, VideoTask
+from faceshard.records import Detections, Face, Frame, VideoInfo, VideoTask
 from faceshard.storage.schema import video_row
 from faceshard.tasks.crops import CropEncoder, Cropper, encode_image
 from faceshard.tasks.decode import iter_frames, probe
 from faceshard.tasks.identity import assign_identities, clustering_rule
 from faceshard.tasks.repeats import RepeatAwareDetector, StillPictureSkipper
-from faceshard.tasks.sampling import make_selector
+from faceshard.tasks.sampling import FrameSelector, SampledDetection, make_selector
 from faceshard.tasks.size import SizeStage
+from faceshard.tasks.sources import Misaligned, SourceDetections, SourceFaces, SourceMemory, identity_labels
 
 log = logging.getLogger(__name__)
 
 Stage = Callable[[list[Face]], list[Face]]
-
-# Frames held back (decoded, waiting for an earlier frame's verdict) before the batch is detected early:
-# bounds memory to a few detection batches of RGB frames whatever the video's length.
-MAX_HELD_PER_BATCH = 3
+T = TypeVar("T")
 
 
 @dataclass
@@ -51,6 +51,7 @@ class VideoResult:
     faces: list[dict[str, Any]] = field(default_factory=list)
     identities: list[dict[str, Any]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    detector_frames: int = 0  # frames the detector model itself was run on (repeats and reuse excluded)
 
 
 class StageClock:
@@ -66,6 +67,71 @@ class StageClock:
             yield
         finally:
             self.seconds[name] += time.perf_counter() - start
+
+
+def decoded_frames(path: str, info: VideoInfo, selector: FrameSelector) -> Iterator[Frame]:
+    """The frame source: decode once, converting only the frames the sampling policy wants."""
+    return iter_frames(path, info, selector.want, lambda: selector.done, feedback=selector.needs_feedback)
+
+
+def timed(items: Iterator[T], clock: StageClock, name: str) -> Iterator[T]:
+    """`items`, with the time spent producing each one counted under `name`."""
+    while True:
+        with clock(name):
+            item = next(items, None)
+        if item is None:
+            return
+        yield item
+
+
+class DetectionProvider(Protocol):
+    """Detections for a batch of frames, one `Detections` per frame, in order."""
+
+    def __call__(self, frames: list[Frame]) -> list[Detections]: ...
+
+
+class DetectorProvider:
+    """Detections from the detector itself."""
+
+    def __init__(self, detect: Callable[[list[np.ndarray]], list[Detections]]) -> None:
+        self.detect = detect
+
+    def __call__(self, frames: list[Frame]) -> list[Detections]:
+        return self.detect([frame.rgb for frame in frames])
+
+
+class CountingDetector:
+    """The detector, counting the frames it is run on (what source-aware builds save)."""
+
+    def __init__(self, detector: Callable[[list[np.ndarray]], list[Detections]]) -> None:
+        self.detector = detector
+        self.frames = 0
+
+    def __call__(self, frames: list[np.ndarray]) -> list[Detections]:
+        self.frames += len(frames)
+        return self.detector(frames)
+
+
+class FaceStages:
+    """The per-face stages, run on full batches (faces arrive a few frames at a time); `done` collects."""
+
+    def __init__(self, stages: list[tuple[str, Stage]], batch_size: int, clock: StageClock) -> None:
+        self.stages = stages
+        self.batch_size = batch_size
+        self.clock = clock
+        self.waiting: list[Face] = []
+        self.done: list[Face] = []
+
+    def __call__(self, faces: list[Face], force: bool = False) -> None:
+        """Queue `faces`; run the stages once a batch is full (or on `force`, at the video's end)."""
+        self.waiting.extend(faces)
+        if not self.waiting or (len(self.waiting) < self.batch_size and not force):
+            return
+        for name, stage in self.stages:
+            with self.clock(name):
+                stage(self.waiting)
+        self.done.extend(self.waiting)
+        self.waiting = []
 
 
 def check_config(cfg: BuildConfig) -> None:
@@ -129,7 +195,8 @@ class VideoProcessor:
         self.cfg = cfg
         self.device = resolve_device(device or cfg.runtime.device)
         self.detector = build_detector(cfg.detect, self.device)
-        self.detect = RepeatAwareDetector(self.detector)  # exact: a bit-identical frame's detections
+        self.counted = CountingDetector(self.detector)
+        self.detect = RepeatAwareDetector(self.counted)  # exact: a bit-identical frame's detections
         self.detect_still = StillPictureSkipper(self.detect)  # bounded per_second: still, face-less pictures
         self.cropper = Cropper(cfg.crop)
         self.size = SizeStage()
@@ -258,14 +325,17 @@ class VideoProcessor:
             face.crop, face.depth = None, None  # pixels are encoded or no longer needed
         return faces
 
-    def __call__(self, video: VideoTask, shard_id: int) -> VideoResult:
+    def __call__(self, video: VideoTask, shard_id: int, group: SourceMemory | None = None) -> VideoResult:
+        """One video's rows. With `group` (source-aware builds), the group's source fills it as it is
+        processed and each fake of the group reuses it where it lines up (tasks/sources.py)."""
         started = time.perf_counter()
         clock = StageClock()
         row = video_row(video, shard_id)
         if video.error is not None:
             return VideoResult(_finish(row, "error", video.error, started))
+        counted_before = self.counted.frames
         try:
-            faces, info = self._faces(video, clock)
+            faces, info, compare = self._faces(video, clock, row, group)
             row.update(
                 fps=info.fps,
                 n_frames=info.n_frames,
@@ -276,105 +346,111 @@ class VideoProcessor:
             with clock("cluster"):
                 identity_rows = self._identities(faces)
         except VideoError as exc:
-            return VideoResult(_finish(row, "error", str(exc), started), seconds=dict(clock.seconds))
+            return self._failed(row, str(exc), started, clock, counted_before)
         except ModelsUnavailable:
             raise
         except Exception as exc:  # a model or library failure on this input: recorded, never fatal
             log.exception("video %s failed", video.video_id)
-            message = f"{type(exc).__name__}: {exc}"
-            return VideoResult(_finish(row, "error", message, started), seconds=dict(clock.seconds))
+            return self._failed(row, f"{type(exc).__name__}: {exc}", started, clock, counted_before)
+        if group is not None and group.video_id == video.video_id:
+            group.identity = {(face.frame, face.face): face.identity for face in faces}
+            group.usable = bool(faces)
+        elif group is not None and compare is not None:
+            labels = identity_labels(faces, group, compare, self.cfg.sources.manipulated_pixel)
+            for identity_row in identity_rows:
+                identity_row.update(labels.get(identity_row["identity"], {}))
         row.update(n_faces=len(faces), n_identities=len(identity_rows))
         status = "ok" if faces else "no_faces"
         face_rows = [_face_row(face, video) for face in faces]
         id_rows = [{"video_id": video.video_id, "split": video.split, **r} for r in identity_rows]
-        return VideoResult(_finish(row, status, None, started), face_rows, id_rows, dict(clock.seconds))
+        return VideoResult(
+            _finish(row, status, None, started),
+            face_rows,
+            id_rows,
+            dict(clock.seconds),
+            self.counted.frames - counted_before,
+        )
 
-    def _faces(self, video: VideoTask, clock: StageClock) -> tuple[list[Face], Any]:
+    def _failed(
+        self, row: dict[str, Any], error: str, started: float, clock: StageClock, counted_before: int
+    ) -> VideoResult:
+        return VideoResult(
+            _finish(row, "error", error, started),
+            seconds=dict(clock.seconds),
+            detector_frames=self.counted.frames - counted_before,
+        )
+
+    def _faces(
+        self, video: VideoTask, clock: StageClock, row: dict[str, Any], group: SourceMemory | None
+    ) -> tuple[list[Face], VideoInfo, SourceFaces | None]:
+        """The video's faces: detected, or a fake's source's detections reused where they line up."""
         with clock("decode"):
             info = probe(video.path)
+        row["detections"] = "detector"
+        if group is None:
+            return self._chain(video, info, clock, self._detection_provider()), info, None
+        if group.video_id == video.video_id:  # the group's source: remember what its fakes reuse
+            group.info = info
+            remember = SourceFaces(group, remember=True, metric=self._metric)
+            return self._chain(video, info, clock, self._detection_provider(), group, remember), info, None
+        reason = group.mismatch(info)
+        if reason is None:
+            sources = self.cfg.sources
+            reuse = SourceDetections(group, self.detect.detector, sources.verify_every, sources.verify_iou)
+            compare = SourceFaces(group, remember=False, metric=self._metric)
+            try:
+                faces = self._chain(video, info, clock, reuse, extra=compare)
+                group.check_length(info)
+                row["detections"] = "source"
+                return faces, info, compare
+            except Misaligned as exc:
+                reason = str(exc)
+        row["detections_note"] = f"source {group.video_id} not reused: {reason}"
+        return self._chain(video, info, clock, self._detection_provider()), info, None
+
+    @property
+    def _metric(self) -> str | None:
+        return self.metric if self.identity is not None else None
+
+    def _chain(
+        self,
+        video: VideoTask,
+        info: VideoInfo,
+        clock: StageClock,
+        detect: DetectionProvider,
+        record: SourceMemory | None = None,
+        extra: SourceFaces | None = None,
+    ) -> list[Face]:
+        """The chain: frames (decoded as sampling wants) → detections → crops → per-face stages."""
         sampling = self.cfg.sampling
         selector = make_selector(sampling.strategy, sampling.max_frames, sampling.fallback())
         selector.start(info, video.path)
+        run: SampledDetection[Face] = SampledDetection(selector, self.cfg.detect.batch_size)
+        stages = self.face_stages()
+        if extra is not None:  # compared or remembered before `encode` drops the pixels
+            stages.insert(len(stages) - 1, ("sources", extra))
+        enrich = FaceStages(stages, self.face_batch, clock)
+        for batch in run.batches(timed(decoded_frames(video.path, info, selector), clock, "decode")):
+            with clock("detect"):
+                detections = detect(batch)
+            if record is not None:
+                record.record(batch, detections)
+            for frame, dets in zip(batch, detections, strict=True):
+                with clock("crop"):
+                    faces = self.cropper(frame, dets)
+                run.found(frame.index, len(dets), faces)
+            enrich(run.settled())
+        enrich(run.finish(), force=True)
+        return sorted(enrich.done, key=lambda face: (face.frame, face.face))
+
+    def _detection_provider(self) -> DetectionProvider:
+        """The detector for a new video: repeats reused exactly; still, face-less pictures skipped where
+        sampling is per_second with a bounded fallback."""
         self.detect.reset()
         self.detect_still.reset()
-        detected: list[Face] = []  # detected and cropped, not yet enriched (acceptance may be pending)
-        accepted: list[Face] = []  # accepted, waiting for a full batch of the per-face stages
-        enriched: list[Face] = []
-        batch: list[Frame] = []  # frames to detect in the next call
-        held: list[Frame] = []  # decoded frames waiting for the verdict on an earlier frame
-        stages = self.face_stages()
-        last_faceless = -1  # faces at or before a face-less frame can only be kept if already accepted
-
-        def flush() -> None:
-            detect = self.detect_still if skip_still else self.detect
-            with clock("detect"):
-                detections = detect([frame.rgb for frame in batch]) if batch else []
-            nonlocal last_faceless
-            for frame, dets in zip(batch, detections, strict=True):
-                selector.found(frame.index, len(dets))
-                if not len(dets):
-                    last_faceless = frame.index
-                with clock("crop"):
-                    detected.extend(self.cropper(frame, dets))
-            batch.clear()
-            release_held()
-            if not selector.needs_feedback:
-                enrich(drain_accepted(final=True))
-            elif selector.final_when_accepted:
-                enrich(drain_accepted(final=False))
-            else:  # acceptance may still move to a later run: hold faces, drop the hopeless ones
-                detected[:] = [f for f in detected if selector.accepted(f.frame) or f.frame > last_faceless]
-
-        def release_held() -> None:
-            """After a batch's verdicts: drop held frames no longer wanted, queue those now ready."""
-            waiting = []
-            for frame in held:
-                if selector.want(frame.index):
-                    (batch if selector.ready(frame.index) else waiting).append(frame)
-            held[:] = waiting
-
-        def drain_accepted(final: bool) -> list[Face]:
-            """Faces whose frame is accepted; rejected ones are dropped once acceptance is final."""
-            ready = [face for face in detected if selector.accepted(face.frame)]
-            if final:
-                detected.clear()
-            else:  # accepted now means accepted for good: keep only the undecided ones
-                kept_frames = {face.frame for face in ready}
-                detected[:] = [f for f in detected if f.frame not in kept_frames]
-            return ready
-
-        def enrich(faces: list[Face], force: bool = False) -> None:
-            """Run the per-face stages on full batches (faces arrive a few frames at a time)."""
-            accepted.extend(faces)
-            if not accepted or (len(accepted) < self.face_batch and not force):
-                return
-            for name, stage in stages:
-                with clock(name):
-                    stage(accepted)
-            enriched.extend(accepted)
-            accepted.clear()
-
+        sampling = self.cfg.sampling
         skip_still = sampling.strategy == "per_second" and sampling.fallback() is not None
-        frames = iter_frames(
-            video.path, info, selector.want, lambda: selector.done, feedback=selector.needs_feedback
-        )
-        batch_size = 1 if selector.sequential else self.cfg.detect.batch_size
-        while True:
-            with clock("decode"):
-                frame = next(frames, None)
-            if frame is None:
-                break
-            (batch if selector.ready(frame.index) else held).append(frame)
-            if len(batch) >= batch_size or len(held) >= MAX_HELD_PER_BATCH * batch_size:
-                flush()
-        while batch or held:  # the tail: each flush resolves the earliest held frame of every second
-            if not batch:
-                batch.extend(held)  # never reached for a consistent selector; guards an endless loop
-                held.clear()
-            flush()
-        enrich(drain_accepted(final=True), force=True)
-        enriched.sort(key=lambda face: (face.frame, face.face))
-        return enriched, info
+        return DetectorProvider(self.detect_still if skip_still else self.detect)
 
     def _identities(self, faces: list[Face]) -> list[dict[str, Any]]:
         """Cluster the video's faces into identities (SPEC §5) and rank them; fills `Face.identity`."""

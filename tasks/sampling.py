@@ -12,8 +12,9 @@ Selector protocol — one selector per worker, `start` per video::
         selector.found(frame.index, len(dets))
     kept = [f for f in faces if selector.accepted(f.frame)]   # final once iteration has ended
 
-The pipeline batches instead: frames that are `ready` go to a detection batch, the others are held
-until the batch's verdicts are in (see `tasks/pipeline.py`).
+The pipeline batches instead, through `SampledDetection` (below): frames that are `ready` go to a
+detection batch, the others are held until the batch's verdicts are in, and detected faces wait there
+until their frame's acceptance is final.
 
 * `want(i)` — should frame `i` be converted to RGB and detected? The decode thread asks ahead of the
   detector, so a feedback selector answers from what it knows so far and only ever narrows later
@@ -40,13 +41,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 
 from faceshard.errors import VideoError
-from faceshard.records import VideoInfo
+from faceshard.records import Frame, VideoInfo
 from faceshard.tasks.decode import count_frames, frame_times
 
 
@@ -378,3 +380,97 @@ def make_selector(
     if sep and name not in _TAKES_ARGUMENT:
         raise ValueError(f"sampling strategy {name!r} takes no argument")
     return STRATEGIES[name](arg if sep else None, max_frames, fallback)
+
+
+# Frames held back (decoded, waiting for an earlier frame's verdict) before the batch is detected early:
+# bounds memory to a few detection batches of RGB frames whatever the video's length.
+MAX_HELD_PER_BATCH = 3
+
+
+class _OnFrame(Protocol):
+    frame: int
+
+
+FaceT = TypeVar("FaceT", bound=_OnFrame)
+
+
+class SampledDetection(Generic[FaceT]):
+    """One video's sampling driven by detector feedback: which decoded frames are detected together,
+    and which detected faces are final.
+
+    The feedback loop of a selector lives here, so the pipeline reads as a straight chain::
+
+        run = SampledDetection(selector, batch_size)
+        for batch in run.batches(frames):              # frames: the decoded frames the selector wants
+            for frame, dets in zip(batch, detect(batch)):
+                run.found(frame.index, len(dets), crop(frame, dets))
+            enrich(run.settled())                     # faces whose frame is accepted for good
+        enrich(run.finish())                          # the rest, once decoding has ended
+
+    A `per_second` frame that is not `ready` (its second's earlier try is pending) is held until a
+    batch's verdicts are in; then it is queued if the second is still face-less, dropped otherwise.
+    A `consecutive` run can still be replaced, so its faces wait (those before a face-less frame,
+    which can no longer be in the run, are dropped) until `finish`.
+    """
+
+    def __init__(
+        self, selector: FrameSelector, batch_size: int, max_held_per_batch: int = MAX_HELD_PER_BATCH
+    ):
+        self.selector = selector
+        self.batch_size = 1 if selector.sequential else max(1, batch_size)
+        self.max_held = max_held_per_batch * self.batch_size
+        self._pending: list[FaceT] = []  # found, acceptance not yet final
+        self._last_faceless = -1  # faces at or before a face-less frame can only be kept if already accepted
+
+    def batches(self, frames: Iterable[Frame]) -> Iterator[list[Frame]]:
+        """Detection batches of `frames`; `found` must be called for each frame of a batch before the next."""
+        batch: list[Frame] = []
+        held: list[Frame] = []  # decoded frames waiting for the verdict on an earlier frame
+        for frame in frames:
+            (batch if self.selector.ready(frame.index) else held).append(frame)
+            if len(batch) >= self.batch_size or len(held) >= self.max_held:
+                if batch:
+                    yield batch
+                batch, held = self._release(held)
+        while batch or held:  # the tail: each batch resolves the earliest held frame of every second
+            if not batch:  # never reached for a consistent selector; guards an endless loop
+                batch, held = held, []
+            yield batch
+            batch, held = self._release(held)
+
+    def _release(self, held: list[Frame]) -> tuple[list[Frame], list[Frame]]:
+        """After a batch's verdicts: (held frames now ready, those still waiting); unwanted ones go."""
+        wanted = [frame for frame in held if self.selector.want(frame.index)]
+        ready = [frame for frame in wanted if self.selector.ready(frame.index)]
+        return ready, [frame for frame in wanted if not self.selector.ready(frame.index)]
+
+    def found(self, index: int, n_detections: int, faces: list[FaceT]) -> None:
+        """The detector's verdict on frame `index` and the faces cropped from it."""
+        self.selector.found(index, n_detections)
+        if not n_detections:
+            self._last_faceless = index
+        self._pending.extend(faces)
+
+    def settled(self) -> list[FaceT]:
+        """Faces whose frame is accepted for good, once per batch; hopeless ones are dropped."""
+        selector = self.selector
+        if not selector.needs_feedback:
+            return self._drain(final=True)
+        if selector.final_when_accepted:
+            return self._drain(final=False)
+        last = self._last_faceless
+        self._pending = [f for f in self._pending if selector.accepted(f.frame) or f.frame > last]
+        return []
+
+    def finish(self) -> list[FaceT]:
+        """Every accepted face still waiting, after the last batch (acceptance is final now)."""
+        return self._drain(final=True)
+
+    def _drain(self, final: bool) -> list[FaceT]:
+        ready = [face for face in self._pending if self.selector.accepted(face.frame)]
+        if final:
+            self._pending = []
+        else:  # accepted now means accepted for good: keep only the undecided ones
+            kept_frames = {face.frame for face in ready}
+            self._pending = [f for f in self._pending if f.frame not in kept_frames]
+        return ready

@@ -21,6 +21,7 @@ from faceshard.storage.commit import Output
 from faceshard.storage.manifest import ShardPlan
 from faceshard.storage.schema import rows_to_tables, table_schemas
 from faceshard.tasks.pipeline import VideoProcessor, VideoResult
+from faceshard.tasks.sources import SourceMemory, source_groups
 
 log = logging.getLogger(__name__)
 
@@ -70,15 +71,7 @@ def process_shard(
     if replacing:
         failed = set(output.failed_video_ids(plan.shard_id))
         videos = [video for video in plan.videos if video.video_id in failed]
-    results: list[VideoResult] = []
-    for video in videos:
-        maybe_fault("video", video.video_id)
-        results.append(processor(video, plan.shard_id))
-        if on_video is not None:
-            try:
-                on_video(video, results[-1])
-            except Exception:
-                log.warning("progress listener failed for video %s", video.video_id, exc_info=True)
+    results = process_videos(processor, videos, plan.shard_id, cfg.sources.aware, on_video)
     tables = rows_to_tables(
         [r.video for r in results],
         [row for r in results for row in r.faces],
@@ -94,6 +87,34 @@ def process_shard(
     return stats
 
 
+def process_videos(
+    processor: VideoProcessor,
+    videos: list[VideoTask],
+    shard_id: int,
+    source_aware: bool,
+    on_video: Callable[[VideoTask, VideoResult], None] | None = None,
+) -> list[VideoResult]:
+    """Every video's result, each told to `on_video` as it finishes (progress). Source-aware: each
+    source of the shard runs right before its fakes, which reuse what it left (`SourceMemory`, held for
+    the group only); otherwise in plan order, alone."""
+    results: list[VideoResult] = []
+    groups = source_groups(videos) if source_aware else [[video] for video in videos]
+    for group in groups:
+        memory = SourceMemory(group[0].video_id) if len(group) > 1 else None
+        for video in group:
+            maybe_fault("video", video.video_id)
+            # alone, a video is processed as it always was (`processor(video, shard_id)`)
+            results.append(
+                processor(video, shard_id) if memory is None else processor(video, shard_id, memory)
+            )
+            if on_video is not None:
+                try:
+                    on_video(video, results[-1])
+                except Exception:
+                    log.warning("progress listener failed for video %s", video.video_id, exc_info=True)
+    return results
+
+
 def _stats(
     plan: ShardPlan, results: list[VideoResult], seconds: float, replacing: bool, load_seconds: float
 ) -> dict[str, Any]:
@@ -105,6 +126,8 @@ def _stats(
         "videos": len(results),
         "faces": sum(len(r.faces) for r in results),
         "identities": sum(len(r.identities) for r in results),
+        "detector_frames": sum(r.detector_frames for r in results),
+        "detections_from_source": sum(r.video.get("detections") == "source" for r in results),
         "status_counts": dict(Counter(r.video["status"] for r in results)),
         "stage_seconds": {name: round(value, 3) for name, value in sorted(stage_seconds.items())},
         "seconds": round(seconds, 3),

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import torch
 from clips import write_video
-from faceshard.storage.intake import get_format
 from oracles import (
     megatron_label,
     megatron_positional_encoding,
@@ -26,6 +25,7 @@ from oracles import (
 )
 
 from faceshard.config import CropConfig, load_config
+from faceshard.intake import get_format
 from faceshard.models import registry
 from faceshard.models.depth import to_uint8_map
 from faceshard.records import Detections, Frame, VideoTask

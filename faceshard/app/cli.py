@@ -47,11 +47,25 @@ def synth(
     out: Annotated[Path, typer.Option("--out", help="directory to write clips, truth and manifest.csv")],
     videos: Annotated[int, typer.Option("--videos", min=1, max=1000, help="number of clips")] = 6,
     seed: Annotated[int, typer.Option("--seed", help="same seed, same corpus")] = 0,
+    sources: Annotated[
+        int,
+        typer.Option(
+            "--sources",
+            min=0,
+            max=100,
+            help="FF++-shaped instead: N source clips with 4 aligned fakes each and 3 misaligned ones,"
+            " linked by the manifest's source column",
+        ),
+    ] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="print what was written as JSON")] = False,
 ) -> None:
     """Generate a labelled synthetic corpus from real face photos shipped in installed packages."""
-    from faceshard.app.synth import make_corpus
+    from faceshard.app.synth import make_corpus, make_ffpp_corpus
 
+    if sources:
+        manifest = make_ffpp_corpus(out, n_sources=sources, seed=seed)
+        stdout.print(f"wrote {sources} source clips, their fakes and {manifest}")
+        return
     manifest = make_corpus(out, n_videos=videos, seed=seed)
     if as_json:
         print(json.dumps({"manifest": str(manifest), "videos": videos, "seed": seed}))

@@ -271,6 +271,44 @@ def _splits(n_videos: int, seed: int) -> list[str]:
     return [labels[int(rank)] for rank in np.argsort(order)]
 
 
+def _render_frames(
+    tracks: list[_Track],
+    background: np.ndarray,
+    n_frames: int,
+    swaps: dict[int, tuple[_Person, range]],
+    shift: int = 0,
+) -> tuple[list[np.ndarray], list[dict]]:
+    """The clip's frames and per-frame truth; track k's face is swapped on the frames `swaps[k]` names.
+
+    `shift` renders frame i as the scene's frame i + shift (a fake whose frames do not line up).
+    """
+    height, width = background.shape[:2]
+    frames, truth_frames = [], []
+    for i in range(n_frames):
+        canvas = background.copy()
+        faces = []
+        for k, track in enumerate(tracks):
+            patch, alpha, x0, y0, box = _place(track, (i + shift) / n_frames, height)
+            _blend(canvas, patch, alpha, x0, y0)
+            swap_source, swap_frames = swaps.get(k, (None, range(0)))
+            swapped = swap_source is not None and i in swap_frames
+            if swapped:
+                _paste_swap(canvas, swap_source, box)
+            int_box = [round(v) for v in box]
+            faces.append(
+                {
+                    "track": k,
+                    "person": swap_source.name if swapped else track.person.name,
+                    "box": int_box,
+                    "area_ratio": _area_ratio(int_box, width, height),
+                    "swapped_from": track.person.name if swapped else None,
+                }
+            )
+        frames.append(np.clip(canvas, 0, 255).round().astype(np.uint8))
+        truth_frames.append({"frame": i, "faces": faces})
+    return frames, truth_frames
+
+
 def _render_clip(plan: _ClipPlan, seed: int, index: int, videos_dir: Path) -> dict:
     """Draw, render and encode one clip; returns its truth record (without split)."""
     rng = np.random.default_rng([seed, index])
@@ -292,28 +330,8 @@ def _render_clip(plan: _ClipPlan, seed: int, index: int, videos_dir: Path) -> di
         swap_frames = range(start, start + length)
 
     background = _background(rng, width, height)
-    frames, truth_frames = [], []
-    for i in range(n_frames):
-        canvas = background.copy()
-        faces = []
-        for k, track in enumerate(tracks):
-            patch, alpha, x0, y0, box = _place(track, i / n_frames, height)
-            _blend(canvas, patch, alpha, x0, y0)
-            swapped = k == swap_track and i in swap_frames
-            if swapped:
-                _paste_swap(canvas, swap_source, box)
-            int_box = [round(v) for v in box]
-            faces.append(
-                {
-                    "track": k,
-                    "person": swap_source.name if swapped else track.person.name,
-                    "box": int_box,
-                    "area_ratio": _area_ratio(int_box, width, height),
-                    "swapped_from": track.person.name if swapped else None,
-                }
-            )
-        frames.append(np.clip(canvas, 0, 255).round().astype(np.uint8))
-        truth_frames.append({"frame": i, "faces": faces})
+    swaps = {swap_track: (swap_source, swap_frames)} if swap_track is not None and swap_source else {}
+    frames, truth_frames = _render_frames(tracks, background, n_frames, swaps)
 
     path = videos_dir / f"{plan.video_id}.mp4"
     _encode(path, frames)
@@ -360,6 +378,115 @@ def make_corpus(out: str | Path, n_videos: int = 6, seed: int = 0) -> Path:
     with manifest.open("w", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(["path", "label", "method", "split"])
+        writer.writerows(rows)
+    return manifest
+
+
+FFPP_METHODS = ("swap_a", "swap_b", "swap_c", "swap_d")
+# Fakes that do not line up with their source, as re-published or badly paired fakes are found:
+# frames shifted by half a second, re-encoded at another size, cut shorter.
+MISALIGNED = ("shifted", "resized", "shorter")
+MISALIGNED_SHIFT = 5  # frames
+
+
+def _render_group(
+    seed: int, index: int, videos_dir: Path, misaligned: bool, frames: int | None
+) -> list[dict]:
+    """One FF++-shaped group: a source clip (2 persons on even groups, 1 on odd ones), 4 fakes of it
+    that keep every frame and swap one person's face on every frame (alternating which person), and
+    with `misaligned` the 3 MISALIGNED fakes. Returns the truth records, source first."""
+    rng = np.random.default_rng([seed, 1000 + index])
+    pool = list(_persons())
+    n_persons = 2 if index % 2 == 0 else 1
+    width, height = FRAME_SIZES[int(rng.integers(0, len(FRAME_SIZES)))]
+    n_frames = int(rng.integers(30, 41)) if frames is None else frames
+    chosen = [pool[int(i)] for i in rng.choice(len(pool), size=n_persons, replace=False)]
+    outsiders = [p for p in pool if p not in chosen]
+    tracks = _make_tracks(rng, chosen, width, height)
+    background = _background(rng, width, height)
+    source_id = f"src_{index:03d}"
+    every = range(n_frames)
+    clips: list[tuple[str, str, dict, int, int, tuple[int, int] | None]] = [
+        (source_id, "", {}, 0, n_frames, None)
+    ]
+    for m, method in enumerate(FFPP_METHODS):
+        swaps = {m % n_persons: (outsiders[m % len(outsiders)], every)}
+        clips.append((f"{source_id}_{method}", method, swaps, 0, n_frames, None))
+    if misaligned:
+        swaps = {0: (outsiders[0], every)}
+        other = FRAME_SIZES[(FRAME_SIZES.index((width, height)) + 1) % len(FRAME_SIZES)]
+        clips.append((f"{source_id}_shifted", "shifted", swaps, MISALIGNED_SHIFT, n_frames, None))
+        clips.append((f"{source_id}_resized", "resized", swaps, 0, n_frames, other))
+        clips.append((f"{source_id}_shorter", "shorter", swaps, 0, n_frames - MISALIGNED_SHIFT, None))
+    records = []
+    for video_id, method, swaps, shift, length, size in clips:
+        frames, truth_frames = _render_frames(tracks, background, length, swaps, shift)
+        if size is not None:
+            frames = [_resize(f, *size) for f in frames]
+            sx, sy = size[0] / width, size[1] / height
+            for frame in truth_frames:
+                for face in frame["faces"]:
+                    x1, y1, x2, y2 = face["box"]
+                    face["box"] = [round(x1 * sx), round(y1 * sy), round(x2 * sx), round(y2 * sy)]
+        path = videos_dir / f"{video_id}.mp4"
+        _encode(path, frames)
+        fake = video_id != source_id
+        records.append(
+            {
+                "video_id": video_id,
+                "path": f"videos/{path.name}",
+                "label": int(fake),
+                "method": method,
+                "source": source_id if fake else "",
+                "aligned": method not in MISALIGNED,
+                "width": size[0] if size else width,
+                "height": size[1] if size else height,
+                "fps": FPS,
+                "n_frames": length,
+                "persons": [t.person.name for t in tracks],
+                "swapped_tracks": sorted(swaps),
+                "n_identities": n_persons,
+                "fake_frames": list(every) if fake else [],
+                "frames": truth_frames,
+            }
+        )
+    return records
+
+
+def make_ffpp_corpus(
+    out: str | Path, n_sources: int = 4, seed: int = 0, misaligned: bool = True, frames: int | None = None
+) -> Path:
+    """An FF++-shaped corpus: `n_sources` source clips, each with 4 aligned fakes (one person's face
+    swapped on every frame; on 2-person sources the swapped person alternates) and, with `misaligned`,
+    3 fakes that do not line up with it (`MISALIGNED`). The manifest links every fake to its source
+    (`video_id`, `source` columns); a group shares its split. Clips last 30-40 frames, or `frames`.
+    Returns the manifest path."""
+    if not 1 <= n_sources <= MAX_VIDEOS:
+        raise ValueError(f"n_sources must be in 1..{MAX_VIDEOS}, got {n_sources}")
+    root = Path(out)
+    videos_dir, truth_dir = root / "videos", root / "truth"
+    videos_dir.mkdir(parents=True, exist_ok=True)
+    truth_dir.mkdir(parents=True, exist_ok=True)
+    splits = _splits(n_sources, seed)
+    rows = []
+    for index in range(n_sources):
+        for truth in _render_group(seed, index, videos_dir, misaligned, frames):
+            truth = {**truth, "split": splits[index], "seed": seed}
+            (truth_dir / f"{truth['video_id']}.json").write_text(json.dumps(truth, indent=1) + "\n")
+            rows.append(
+                (
+                    truth["video_id"],
+                    truth["path"],
+                    truth["label"],
+                    truth["method"],
+                    truth["split"],
+                    truth["source"],
+                )
+            )
+    manifest = root / "manifest.csv"
+    with manifest.open("w", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(["video_id", "path", "label", "method", "split", "source"])
         writer.writerows(rows)
     return manifest
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import typer
 
 from faceshard.bench.command_build import build
+from faceshard.bench.sources import sources
 from faceshard.bench.startup import startup
 
 app = typer.Typer(
@@ -18,3 +19,4 @@ app = typer.Typer(
 )
 app.command("build")(build)
 app.command("startup")(startup)
+app.command("sources")(sources)

@@ -1,0 +1,337 @@
+"""Source-aware builds (tasks/sources.py): a fake reuses its source's verified detections.
+
+The FF++-shaped synth corpus (`make_ffpp_corpus`) is processed twice by the same worker code
+(`tasks.shard.process_videos`): per video, and source-aware. Every aligned fake must take its
+source's detections and give the per-video build's rows (faces on the same frames and ranks, boxes
+that agree, the same identities); every misaligned fake (shifted frames, another size, shorter) must
+fall back to its own detection and give exactly the per-video rows; identities of a fake are linked
+to the source's and labelled manipulated where the synth truth swapped that person's face.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import av
+import numpy as np
+import polars as pl
+import pytest
+
+from faceshard.app.synth import MISALIGNED, load_truth, make_ffpp_corpus
+from faceshard.config import load_config
+from faceshard.records import Detections, Frame, VideoInfo, VideoTask
+from faceshard.storage.manifest import load_manifest
+from faceshard.storage.plan import PriorPlan, plan_build
+from faceshard.tasks.pipeline import VideoProcessor, VideoResult
+from faceshard.tasks.shard import process_videos
+from faceshard.tasks.sources import Misaligned, SourceDetections, SourceMemory, box_iou, source_groups
+from tests.clips import write_video
+
+FAST = ["depth.enabled=false", "embed.enabled=false", "runtime.device=cpu"]
+# Row fields that differ by design where a fake reuses its source's detections (documented in
+# tasks/sources.py and the README): the detector's score is the source's, and the provenance columns.
+REUSE_FIELDS = {"score"}
+VIDEO_NEUTRAL = {"seconds", "detections", "detections_note"}
+
+
+def _plan_shards(ids: list[str], sources: list[str | None], size: int) -> dict[int, list[str]]:
+    plan = plan_build(pl.Series(ids), PriorPlan(), size, sources=pl.Series(sources, dtype=pl.String))
+    out: dict[int, list[str]] = {}
+    for row in plan.shards.iter_rows(named=True):
+        out.setdefault(row["shard"], []).append(row["video_id"])
+    return out
+
+
+def test_plan_keeps_a_source_and_its_fakes_in_one_shard() -> None:
+    ids = ["b", "a_x", "c", "a", "a_y", "d_1", "d_2", "d_3", "d_4", "d", "e"]
+    sources = [None, "a", None, None, "a", "d", "d", "d", "d", None, None]
+    shards = _plan_shards(ids, sources, 3)
+    assert shards == {0: ["a", "a_x", "a_y"], 1: ["b", "c"], 2: ["d", "d_1", "d_2", "d_3", "d_4"], 3: ["e"]}
+    # no links: exactly the per-video plan (ids sorted, runs of shard_size)
+    plain = plan_build(pl.Series(ids), PriorPlan(), 3)
+    linked_none = plan_build(
+        pl.Series(ids), PriorPlan(), 3, sources=pl.Series([None] * len(ids), dtype=pl.String)
+    )
+    assert plain.shards.equals(linked_none.shards)
+
+
+def test_source_groups_put_each_source_before_its_fakes() -> None:
+    videos = [
+        VideoTask(v, f"/{v}.mp4", int(s is not None), source=s)
+        for v, s in [("a_1", "a"), ("b", None), ("a", None), ("z_1", "z"), ("a_2", "a")]
+    ]
+    groups = [[v.video_id for v in g] for g in source_groups(videos)]
+    assert groups == [["a", "a_1", "a_2"], ["b"], ["z_1"]]  # z is not in the shard: its fake is alone
+
+
+def _memory(boxes_per_frame: dict[int, list[list[float]]]) -> SourceMemory:
+    memory = SourceMemory("src", info=VideoInfo(10.0, 64, 64, 10), usable=True)
+    frames = [Frame(i, np.zeros((64, 64, 3), np.uint8)) for i in boxes_per_frame]
+    dets = [
+        Detections(np.array(b, np.float32).reshape(-1, 4), np.ones(len(b), np.float32))
+        for b in boxes_per_frame.values()
+    ]
+    memory.record(frames, dets)
+    return memory
+
+
+def test_verification_checks_one_in_n_and_every_face_count_change() -> None:
+    box = [10.0, 10.0, 30.0, 30.0]
+    memory = _memory({i: [box] if i not in (5, 6) else [] for i in range(12)})
+    assert memory.verify_frames(8) == {0, 5, 7, 8}  # 1 in 8, and where the count changes (5 and 7)
+    seen: list[int] = []
+
+    def detector(frames):
+        seen.append(len(frames))
+        return [Detections(np.array([box], np.float32), np.ones(1, np.float32)) for _ in frames]
+
+    provider = SourceDetections(memory, detector, every=8, min_iou=0.9)
+    out = provider([Frame(i, np.zeros((64, 64, 3), np.uint8)) for i in range(5)])
+    assert [len(d) for d in out] == [1] * 5 and seen == [1]  # only frame 0 of 0-4 was checked
+    with pytest.raises(Misaligned, match="frame 5: 1 faces, the source has 0"):
+        provider([Frame(5, np.zeros((64, 64, 3), np.uint8))])
+    shifted = SourceDetections(
+        memory,
+        lambda fs: [
+            Detections(np.array([[20.0, 10, 40, 30]], np.float32), np.ones(1, np.float32)) for _ in fs
+        ],
+        8,
+        0.9,
+    )
+    with pytest.raises(Misaligned, match=r"IoU 0\.33"):
+        shifted([Frame(0, np.zeros((64, 64, 3), np.uint8))])
+    with pytest.raises(Misaligned, match="frame 40 was sampled"):
+        provider([Frame(40, np.zeros((64, 64, 3), np.uint8))])
+
+
+@pytest.fixture(scope="module")
+def ffpp(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, dict[str, VideoResult], dict[str, VideoResult], dict]:
+    """The FF++-shaped corpus (2 sources, 4 aligned and 3 misaligned fakes each), processed per video and
+    source-aware by the same processor, with the detector's frames counted."""
+    manifest = make_ffpp_corpus(tmp_path_factory.mktemp("ffpp"), n_sources=2, seed=0)
+    videos = load_manifest(str(manifest)).tasks()
+    processor = VideoProcessor(load_config("demo", overrides=FAST), device="cpu")
+    per_video = {r.video["video_id"]: r for r in process_videos(processor, videos, 0, source_aware=False)}
+    aware = {r.video["video_id"]: r for r in process_videos(processor, videos, 0, source_aware=True)}
+    return manifest, per_video, aware, load_truth(manifest.parent)
+
+
+def _aligned_fakes(truth: dict) -> list[str]:
+    return [v for v, t in truth.items() if t["label"] == 1 and t["aligned"]]
+
+
+def _track_of(face: dict, truth: dict) -> int:
+    """The synth track a face row shows: the truth face its box overlaps most on that frame."""
+    faces = truth["frames"][face["frame"]]["faces"]
+    box = [face["x1"], face["y1"], face["x2"], face["y2"]]
+    return int(faces[int(box_iou(np.array([box]), np.array([f["box"] for f in faces])).argmax())]["track"])
+
+
+def _identity_tracks(result: VideoResult, truth: dict) -> dict[int, int]:
+    votes: dict[int, Counter[int]] = {}
+    for face in result.faces:
+        votes.setdefault(face["identity"], Counter())[_track_of(face, truth)] += 1
+    return {identity: c.most_common(1)[0][0] for identity, c in votes.items() if identity >= 0}
+
+
+def test_aligned_fakes_reuse_the_source_and_give_the_per_video_rows(ffpp) -> None:
+    _, per_video, aware, truth = ffpp
+    fakes = _aligned_fakes(truth)
+    assert len(fakes) == 8
+    ious, untouched = [], []
+    for video_id in fakes:
+        got, want = aware[video_id], per_video[video_id]
+        assert got.video["detections"] == "source" and got.video["detections_note"] is None, got.video
+        assert {k: v for k, v in got.video.items() if k not in VIDEO_NEUTRAL} == {
+            k: v for k, v in want.video.items() if k not in VIDEO_NEUTRAL
+        }
+        assert [(f["frame"], f["face"], f["identity"]) for f in got.faces] == [
+            (f["frame"], f["face"], f["identity"]) for f in want.faces
+        ]
+        swapped = set(truth[video_id]["swapped_tracks"])
+        for a, b in zip(got.faces, want.faces, strict=True):
+            iou = float(
+                box_iou(
+                    np.array([[a[k] for k in ("x1", "y1", "x2", "y2")]]),
+                    np.array([[b[k] for k in ("x1", "y1", "x2", "y2")]]),
+                )[0, 0]
+            )
+            ious.append(iou)
+            if _track_of(b, truth[video_id]) not in swapped:
+                untouched.append(iou)
+                # an untouched face: everything but the detector's score is the per-video row's
+                same = {k for k in a if k not in REUSE_FIELDS and k not in ("x1", "y1", "x2", "y2", "crop")}
+                assert {k: a[k] for k in same} == {k: b[k] for k in same} or iou < 0.95
+        source = aware[truth[video_id]["source"]]
+        assert [(f["frame"], f["face"]) for f in got.faces] == [(f["frame"], f["face"]) for f in source.faces]
+    # The per-video detector's own box moves with the codec noise of a separate encode (MTCNN: an
+    # untouched face measured 0.91-1.0) and more with a swapped-in face (0.8-0.9); the reused box is the
+    # source's. Both are measured against the synth truth below: reuse must be as close to it.
+    print(
+        f"box IoU reused vs per-video: untouched {np.percentile(untouched, [0, 50]).round(3)}, all faces"
+        f" {np.percentile(ious, [0, 50]).round(3)}, >= 0.95: {np.mean(np.array(ious) >= 0.95):.1%}"
+    )
+    assert min(untouched) >= 0.9 and np.median(untouched) >= 0.95, sorted(untouched)[:5]
+    assert min(ious) >= 0.75, sorted(ious)[:5]
+
+
+def test_reused_boxes_are_as_close_to_the_truth_as_the_fakes_own(ffpp) -> None:
+    _, per_video, aware, truth = ffpp
+    reused, own = [], []
+    for video_id in _aligned_fakes(truth):
+        for result, out in ((aware[video_id], reused), (per_video[video_id], own)):
+            for face in result.faces:
+                boxes = [f["box"] for f in truth[video_id]["frames"][face["frame"]]["faces"]]
+                box = [face[k] for k in ("x1", "y1", "x2", "y2")]
+                out.append(float(box_iou(np.array([box]), np.array(boxes)).max()))
+    print(
+        f"IoU with the truth box: reused {np.mean(reused):.3f}, the fake's own detection {np.mean(own):.3f}"
+    )
+    # measured 0.899 vs 0.928: a swap pastes the new face onto the truth box itself, so the detector finds
+    # it there; the reused box is the detector's box of the original face at that place
+    assert np.mean(reused) >= max(0.85, np.mean(own) - 0.05) and min(reused) >= 0.6
+
+
+def test_misaligned_fakes_fall_back_and_say_why(ffpp) -> None:
+    _, per_video, aware, truth = ffpp
+    reasons = {"shifted": "IoU", "resized": "size", "shorter": "frames"}
+    for video_id, t in truth.items():
+        if t["method"] not in MISALIGNED:
+            continue
+        got, want = aware[video_id], per_video[video_id]
+        assert got.video["detections"] == "detector", got.video
+        assert reasons[t["method"]] in got.video["detections_note"], got.video["detections_note"]
+        assert {k: v for k, v in got.video.items() if k not in VIDEO_NEUTRAL} == {
+            k: v for k, v in want.video.items() if k not in VIDEO_NEUTRAL
+        }
+        assert got.faces == want.faces
+        assert all(i.get("source_identity") is None for i in got.identities)
+
+
+def test_identities_line_up_with_the_source(ffpp) -> None:
+    _, _, aware, truth = ffpp
+    for video_id in _aligned_fakes(truth):
+        source_id = truth[video_id]["source"]
+        fake_tracks = _identity_tracks(aware[video_id], truth[video_id])
+        source_tracks = _identity_tracks(aware[source_id], truth[source_id])
+        track_identity = {track: identity for identity, track in source_tracks.items()}
+        for row in aware[video_id].identities:
+            assert row["source_identity"] == track_identity[fake_tracks[row["identity"]]], (video_id, row)
+
+
+def test_the_swapped_identity_is_labelled_manipulated_and_the_other_untouched(ffpp) -> None:
+    _, _, aware, truth = ffpp
+    right = total = 0
+    two_person = 0
+    for video_id in _aligned_fakes(truth):
+        tracks = _identity_tracks(aware[video_id], truth[video_id])
+        swapped = set(truth[video_id]["swapped_tracks"])
+        two_person += len(tracks) == 2
+        for row in aware[video_id].identities:
+            total += 1
+            right += row["manipulated"] == (tracks[row["identity"]] in swapped)
+    assert two_person >= 4  # the case that matters: one of two identities swapped
+    assert right / total >= 0.95, (right, total)
+
+
+def test_source_aware_runs_the_detector_on_far_fewer_frames(ffpp) -> None:
+    _, per_video, aware, truth = ffpp
+    aligned = [v for v, t in truth.items() if t["aligned"]]  # sources and their aligned fakes
+    before = sum(per_video[v].detector_frames for v in aligned)
+    after = sum(aware[v].detector_frames for v in aligned)
+    assert after * 2 <= before, (before, after)
+
+
+def test_a_real_clip_and_its_altered_copy(shared_fixtures: Path, tmp_path: Path) -> None:
+    """Real footage: a fake made of the clip's own frames with one person's face mirrored in place reuses
+    the clip's detections, keeps its faces, labels the mirrored identity and not the other."""
+    frames = []
+    with av.open(str(shared_fixtures / "forgerynet_fake_2_faces.mp4")) as container:
+        for frame in container.decode(video=0):
+            frames.append(frame.to_ndarray(format="rgb24"))
+            if len(frames) == 30:
+                break
+    source = write_video(tmp_path / "source.mp4", frames)
+    processor = VideoProcessor(load_config("demo", overrides=FAST), device="cpu")
+    src_task = VideoTask("source", str(source), 0)
+    alone = processor(src_task, 0)
+    assert alone.video["n_identities"] == 2, alone.video
+    target = alone.identities[0]["identity"]
+    boxes = {f["frame"]: [f["x1"], f["y1"], f["x2"], f["y2"]] for f in alone.faces if f["identity"] == target}
+    altered = []
+    for i, rgb in enumerate(frames):
+        rgb = rgb.copy()
+        x1, y1, x2, y2 = (int(v) for v in boxes[max(k for k in boxes if k <= i)])
+        rgb[y1:y2, x1:x2] = rgb[y1:y2, x1:x2][:, ::-1]
+        altered.append(rgb)
+    fake = write_video(tmp_path / "fake.mp4", altered)
+    fake_task = VideoTask("fake", str(fake), 1, source="source")
+    alone_fake = processor(fake_task, 0)
+    aware = {r.video["video_id"]: r for r in process_videos(processor, [fake_task, src_task], 0, True)}
+    got = aware["fake"]
+    assert got.video["detections"] == "source", got.video
+    assert [(f["frame"], f["face"]) for f in got.faces] == [(f["frame"], f["face"]) for f in alone_fake.faces]
+    ious = [
+        float(
+            box_iou(
+                np.array([[a[k] for k in ("x1", "y1", "x2", "y2")]]),
+                np.array([[b[k] for k in ("x1", "y1", "x2", "y2")]]),
+            )[0, 0]
+        )
+        for a, b in zip(got.faces, alone_fake.faces, strict=True)
+    ]
+    assert min(ious) >= 0.8, ious
+    labels = {row["source_identity"]: row["manipulated"] for row in got.identities}
+    assert labels == {target: True, 1 - target: False}, got.identities
+
+
+def test_mintime_samples_can_carry_identity_labels(tmp_path: Path) -> None:
+    """`SampleOptions(identity_labels=True)`: a fake's identity labelled untouched trains as 0 in its slots,
+    while `label` stays the video's; off by default."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from faceshard.storage.commit import Output
+    from faceshard.storage.datasets import SampleOptions, ShardDataset
+    from faceshard.storage.manifest import plan_shards
+    from faceshard.storage.testing import fake_shard_tables, fake_videos
+
+    out = Output.open(str(tmp_path / "out"), config={}, weights={})
+    plans = plan_shards(fake_videos(4, splits=("train",)), 4)
+    out.set_plan(plans)
+    tables = fake_shard_tables(plans[0], faces_per_video=3)
+    fakes = [v.video_id for v in plans[0].videos if v.label == 1]
+    ids = tables["identities"]
+    untouched = pc.equal(ids["video_id"], fakes[0])
+    column = pa.array([False if flag else None for flag in untouched.to_pylist()], pa.bool_())
+    tables["identities"] = ids.set_column(ids.schema.get_field_index("manipulated"), "manipulated", column)
+    out.commit_shard(plans[0], tables, {})
+    plain = {s["video_id"]: s for s in ShardDataset(str(tmp_path / "out"), shuffle=False)}
+    assert all("identity_label" not in s for s in plain.values())
+    labelled = ShardDataset(str(tmp_path / "out"), shuffle=False, options=SampleOptions(identity_labels=True))
+    for s in labelled:
+        expected = 0 if s["video_id"] == fakes[0] else int(s["label"])
+        assert s["identity_label"][:3].tolist() == [expected] * 3 and s["identity_label"][3:].eq(-1).all()
+        assert s["label"].item() == (s["video_id"] in fakes)
+
+
+def test_the_pipeline_heart_has_no_nested_closures() -> None:
+    """The chain is small objects and generators read top to bottom: no function defined inside another,
+    no `nonlocal` (the feedback loop of the sampling policy lives in tasks/sampling.py)."""
+    import ast
+
+    import faceshard.tasks.pipeline as pipeline
+
+    tree = ast.parse(Path(pipeline.__file__).read_text())
+    functions = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
+    nested = [
+        (outer.name, inner.name)
+        for outer in functions
+        for inner in ast.walk(outer)
+        if inner is not outer and isinstance(inner, ast.FunctionDef | ast.AsyncFunctionDef)
+    ]
+    assert nested == []
+    assert not any(isinstance(n, ast.Nonlocal) for n in ast.walk(tree))
