@@ -90,6 +90,9 @@ def sources(
     misaligned: Annotated[bool, typer.Option(help="add 3 misaligned fakes per source")] = False,
     frames: Annotated[int, typer.Option(min=10, help="frames per clip (10 fps)")] = 160,
     json_out: Annotated[Path | None, typer.Option("--json-out", help="also write the report here")] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="only the JSON report (on stdout), no summary lines on stderr")
+    ] = False,
 ) -> None:
     """Detector frames and wall time, per-video vs source-aware, on an FF++-shaped synth corpus."""
     work.mkdir(parents=True, exist_ok=True)
@@ -100,6 +103,8 @@ def sources(
     print(text)
     if json_out is not None:
         json_out.write_text(text + "\n")
+    if as_json:
+        return
     last = report["rounds"][-1]
     typer.echo(
         f"detector frames: per-video {last['per_video']['detector_frames']}, source-aware"

@@ -174,6 +174,9 @@ def startup(
     ] = None,
     shard_size: Annotated[int, typer.Option(min=1, help="videos per shard")] = 4,
     clips: Annotated[int | None, typer.Option(min=1, help="use only the first N clips")] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="only the JSON report (on stdout), no summary lines on stderr")
+    ] = False,
 ) -> None:
     """Start-up: a no-op build's wall time, time to first output, start-up's share serial vs side by side."""
     work.mkdir(parents=True, exist_ok=True)
@@ -185,5 +188,5 @@ def startup(
     print(text)
     if json_out is not None:
         json_out.write_text(text + "\n")
-    for line in summary_lines(report):
+    for line in [] if as_json else summary_lines(report):
         typer.echo(line, err=True)
