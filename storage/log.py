@@ -98,6 +98,15 @@ class LogState:
     head_digest: str = ""  # of the entry at `head`: a log replaced under us (rmtree, restore) is noticed
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """A copy for another process (a DataLoader worker, a Ray task): everything but the lock."""
+        with self.lock:
+            return {name: value for name, value in self.__dict__.items() if name != "lock"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.lock = threading.RLock()
+
     def reset(self) -> None:
         lock = self.lock
         self.__init__()  # type: ignore[misc]
