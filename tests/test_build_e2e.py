@@ -4,7 +4,6 @@ dlib, real H.264 clips from `faceshard synth`; checked against the synthetic gro
 from __future__ import annotations
 
 import csv
-import json
 import shutil
 from pathlib import Path
 
@@ -17,6 +16,8 @@ from faceshard.config import load_config
 from faceshard.errors import FingerprintMismatch
 from faceshard.flows.local import run_build
 from faceshard.flows.plan import dry_run
+from faceshard.storage.commit import read_metadata
+from faceshard.storage.fsio import open_fs
 from faceshard.storage.reader import load_faces
 from faceshard.storage.status import dataset_status
 
@@ -97,7 +98,7 @@ def test_demo_build_meets_the_output_contract(demo_build) -> None:
     assert all(f["emb_rgb"] is not None and len(f["emb_rgb"]) == 384 for f in faces)
     assert all(f["emb_depth"] is not None and f["depth"] and f["crop"] for f in faces)
     assert all(1 <= f["size_bucket"] <= 20 for f in faces)
-    meta = json.loads((out / "_faceshard.json").read_text())
+    meta = read_metadata(*open_fs(str(out)))  # the metadata entry of the output's log
     assert sorted(meta["random_weights"]) == ["depth", "embed"]
     assert meta["weights"]["detector"]["name"] == "mtcnn"
     assert not meta["weights"]["identity"]["random"]
