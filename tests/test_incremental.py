@@ -346,7 +346,7 @@ def test_kill_9_during_an_incremental_build_resumes_to_the_clean_build(tmp_path)
 def test_cli_dry_run_prints_the_plan_as_json_and_starts_nothing(tmp_path, monkeypatch) -> None:
     from typer.testing import CliRunner
 
-    from faceshard import cli
+    from faceshard.app import cli
     from faceshard.flows import local as local_build
 
     out = tmp_path / "out"
@@ -400,7 +400,7 @@ def test_a_bad_manifest_fails_before_models_or_a_server_start(tmp_path, monkeypa
     monkeypatch.setattr(
         build_flow, "local_runtime", lambda *a, **k: pytest.fail("a Prefect server was started")
     )
-    monkeypatch.setattr(build_flow, "dataset_weights", lambda cfg: pytest.fail("models were loaded first"))
+    monkeypatch.setattr(planning, "dataset_weights", lambda cfg: pytest.fail("models were loaded first"))
     with pytest.raises(ManifestError, match="duplicate video ids"):
         build_flow.run_build(str(manifest), str(tmp_path / "out"), BuildConfig())
     assert not (tmp_path / "out").exists()
