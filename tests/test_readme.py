@@ -47,6 +47,17 @@ SUBSTITUTIONS = [
     ("--epochs 10", "--epochs 2", "runtime"),
     ("--rows 1000000 --out /tmp/bench", "--rows 2000 --out bench", "runtime; inside the test's folder"),
     (
+        "preview a.mp4 b.mp4 --preset mintime",
+        "preview corpus/videos/synth_000.mp4 corpus/videos/synth_001.mp4 --preset mintime"
+        " --set runtime.allow_random_weights=true",
+        "two clips of the synthetic corpus made above; offline: FaceNet's weights are absent",
+    ),
+    (
+        "--run-from ~/DeepfakeBench",
+        "--run-from .",
+        "no DeepfakeBench checkout here: paths relative to the test's folder",
+    ),
+    (
         "make demo",
         "faceshard demo --out faceshard-demo --videos 3",
         "`make demo` is `make setup` (uv sync:"

@@ -258,7 +258,7 @@ def test_an_output_with_nothing_committed_still_gets_a_page(tmp_path: Path) -> N
     assert "Failed videos: 0</h2>" in page
 
 
-def test_report_html_of_a_directory_that_is_no_output_exits_2(tmp_path: Path) -> None:
+def test_report_html_of_a_directory_that_is_no_output_exits_3(tmp_path: Path) -> None:
     done = faceshard_cli("report", str(tmp_path), "--html", str(tmp_path / "r.html"))
-    assert done.returncode == 2 and "not a faceshard output" in " ".join(done.stderr.split())
+    assert done.returncode == 3 and "not a faceshard output" in " ".join(done.stderr.split())
     assert not (tmp_path / "r.html").exists()
