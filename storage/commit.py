@@ -1025,13 +1025,15 @@ def _mismatch_message(
     }
     new = {"schema_version": SCHEMA_VERSION, **config, "weights": row_affecting_weights(weights)}
     changes = describe_differences(old, new)
+    changes.sort(key=lambda line: not line.startswith("schema_version"))  # a version change first
     shown = "\n".join(f"  {line}" for line in changes[:20])
     if len(changes) > 20:
         shown += f"\n  … {len(changes) - 20} more"
     return (
-        f"{uri} was built with another configuration (fingerprint {existing['fingerprint']} →"
-        f" {fingerprint}); its rows would not match:\n{shown or '  (differences not derivable)'}\n"
-        "use --rebuild (rebuild=True) to discard it, or a new output path"
+        f"{uri} was built with another configuration or faceshard version (fingerprint"
+        f" {existing['fingerprint']} → {fingerprint}), so its rows would not match: build into a new"
+        " output path, or pass --rebuild (rebuild=True) to discard it. What differs:\n"
+        f"{shown or '  (differences not derivable)'}"
     )
 
 

@@ -29,7 +29,7 @@ from urllib.parse import unquote
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from faceshard.errors import DamagedOutput, StorageError
+from faceshard.errors import StorageError
 from faceshard.storage import collector, fsio
 from faceshard.storage import log as output_log
 from faceshard.storage.commit import (
@@ -54,6 +54,9 @@ def repair_output(
 ) -> dict[str, Any]:
     """Repair the output at `uri`; returns {"actions": [...], "left": [...]} (what the user must do)."""
     fs, root = fsio.open_fs(uri, storage_options)
+    if fsio.read_optional(fs, fsio.join(root, METADATA_FILE)) is None and not output_log.exists(fs, root):
+        # refused before the lease: a folder that is no output gets nothing written into it
+        raise StorageError(f"{uri}: not a faceshard output (no {METADATA_FILE}, no log); nothing to repair")
     held = Lease.acquire(fs, root, ttl_s=lease_ttl_s, wait_s=wait_s, uri=uri, unreadable_ok=True)
     repair = _Repair(fs, root, held.ref.epoch)
     if held.took_over is None and _was_unreadable(fs, root, held.ref.epoch - 1):
@@ -108,7 +111,7 @@ class _Repair:
         if isinstance(legacy, dict) and legacy.get("format") == FORMAT and "layout" not in legacy:
             self._convert_legacy(legacy)
         elif data is None and not output_log.exists(self.fs, self.root):
-            raise DamagedOutput(
+            raise StorageError(
                 f"{self.root}: not a faceshard output (no {METADATA_FILE}, no log); nothing to repair"
             )
         elif data is None or not _valid(Identity, data):
