@@ -196,10 +196,12 @@ class TwoWriters(RuleBasedStateMachine):
                 if path.exists()
                 else None
             )
-            listed = [] if hive is None else hive["video_id"].to_pylist()
-            assert Counter(listed) == Counter(read_table(uri, table)["video_id"].to_pylist()), (
-                f"{table}: listing != commits"
-            )
+            listed = Counter([] if hive is None else hive["video_id"].to_pylist())
+            committed = Counter(read_table(uri, table)["video_id"].to_pylist())
+            # A plain listing shows only committed rows; a publish cut short by a kill shows fewer until
+            # the next open of the output rolls it forward (the reader, following the log, has them all;
+            # test_storage_fencing checks the files on disk equal the commits after that open).
+            assert listed <= committed, f"{table}: the listing shows rows no commit holds"
         status = dataset_status(uri)
         assert status["problems"] == [] and status["committed"] == len(read_state(*fsio.open_fs(uri)).markers)
         for name, data in USER_FILES.items():
