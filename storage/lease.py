@@ -119,14 +119,7 @@ def current(fs: AbstractFileSystem, root: str) -> tuple[int, dict[str, Any]] | N
     The listing is only a hint: the epochs after the newest listed one are probed directly, so a
     listing that lags behind a takeover cannot hide it. An invalid record is a StorageError.
     """
-    listed = [
-        int(m.group(1))
-        for p in fsio.list_files(fs, fsio.join(root, LEASE_DIR))
-        if (m := _EPOCH_FILE.search(p))
-    ]
-    epoch = max(listed, default=0)
-    while fsio.retrying(fs.exists, fsio.join(root, epoch_file(epoch + 1))):
-        epoch += 1
+    epoch = _newest_epoch(fs, root)
     if epoch == 0:
         return None
     return epoch, read_record(fs, root, epoch)
@@ -282,14 +275,7 @@ def _newest(
     fs: AbstractFileSystem, root: str, unreadable_ok: bool
 ) -> tuple[int, bytes, dict[str, Any] | None]:
     """(epoch, raw bytes, validated record or None if unreadable and `unreadable_ok`); epoch 0: none."""
-    listed = [
-        int(m.group(1))
-        for p in fsio.list_files(fs, fsio.join(root, LEASE_DIR))
-        if (m := _EPOCH_FILE.search(p))
-    ]
-    epoch = max(listed, default=0)
-    while fsio.retrying(fs.exists, fsio.join(root, epoch_file(epoch + 1))):
-        epoch += 1
+    epoch = _newest_epoch(fs, root)
     if epoch == 0:
         return 0, b"", None
     raw = fsio.read_optional(fs, fsio.join(root, epoch_file(epoch))) or b""
@@ -331,3 +317,16 @@ def _user() -> str:
         return getpass.getuser()
     except (OSError, KeyError):
         return "unknown"
+
+
+def _newest_epoch(fs: AbstractFileSystem, root: str) -> int:
+    """The newest lease epoch (0: none). The listing is a hint; later epochs are probed directly."""
+    listed = [
+        int(m.group(1))
+        for p in fsio.list_files(fs, fsio.join(root, LEASE_DIR))
+        if (m := _EPOCH_FILE.search(p))
+    ]
+    epoch = max(listed, default=0)
+    while fsio.retrying(fs.exists, fsio.join(root, epoch_file(epoch + 1))):
+        epoch += 1
+    return epoch
