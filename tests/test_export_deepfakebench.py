@@ -575,3 +575,158 @@ def test_unused_face_rows_are_not_exported(tmp_path: Path, face_pngs: dict[str, 
     assert summary["differs_from_deepfakebench"] == ["detect.keep=all (DeepfakeBench: largest)"]
     assert "detect.keep=all" in Path(summary["readme"]).read_text()
     assert pc.sum(pc.equal(tables["faces"]["face"], 0)).as_py() == 1
+
+
+# ---- masks: FF++ mask videos through the whole per-video path and the export ------------------------
+
+
+def dfb_extract(bgr: np.ndarray, mask: np.ndarray | None, detector: Any, predictor: Any) -> tuple:
+    """extract_aligned_face_dlib (preprocess.py:120-204) with its mask: (crop, landmarks, mask) or Nones."""
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    faces = detector(rgb, 1)
+    if not len(faces):
+        return None, None, None
+    face = max(faces, key=lambda rect: rect.width() * rect.height())
+    shape = predictor(rgb, face)
+    src = np.array([[shape.part(i).x, shape.part(i).y] for i in (37, 44, 30, 49, 55)], np.float32)
+    tform = sktransform.SimilarityTransform()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        tform.estimate(src, dfb_template())
+    M = tform.params[0:2, :]
+    cropped = cv2.cvtColor(cv2.resize(cv2.warpAffine(rgb, M, (256, 256)), (256, 256)), cv2.COLOR_RGB2BGR)
+    if mask is not None:
+        mask = cv2.resize(cv2.warpAffine(mask, M, (256, 256)), (256, 256))
+    found = detector(cropped, 1)
+    if len(found) == 0:
+        return None, None, None
+    points = predictor(cropped, found[0])
+    return cropped, np.array([[p.x, p.y] for p in points.parts()]), mask
+
+
+def dfb_facecrop(video: Path, mask_video: Path | None, detector: Any, predictor: Any) -> dict[int, tuple]:
+    """facecrop (preprocess.py:256-341), fixed_num_frames 32: {frame: (crop, landmarks, binary mask)}."""
+    cap_org = cv2.VideoCapture(str(video))
+    cap_mask = cv2.VideoCapture(str(mask_video)) if mask_video is not None else None
+    count = int(cap_org.get(cv2.CAP_PROP_FRAME_COUNT))
+    idxs = np.linspace(0, count - 1, 32, endpoint=True, dtype=int)
+    saved = {}
+    for cnt in range(count):
+        ret_org, frame_org = cap_org.read()
+        ret_mask, frame_mask = cap_mask.read() if cap_mask is not None else (True, None)
+        if not ret_org or not ret_mask:
+            break
+        if cnt not in idxs:
+            continue
+        cropped, landmarks, mask = dfb_extract(frame_org, frame_mask, detector, predictor)
+        if cropped is None:
+            continue
+        binary = cv2.threshold(mask, 1, 255, cv2.THRESH_BINARY)[1] if mask is not None else None
+        saved[cnt] = (cropped, landmarks, binary)
+    return saved
+
+
+def test_ffpp_masks_are_cropped_as_deepfakebench_preprocess_crops_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An FF++ tree with mask videos (one full, one shorter than its fake, one fake without) → our
+    intake, our per-video build path (deepfakebench preset) and the export; read back with
+    DeepfakeBench's mask path rule, each mask equals preprocess.py's own crop of the mask video, the
+    frames past a short mask's end are left out as its loop leaves them, and videos without a mask
+    video have no mask file (its loader then gives zeros)."""
+    from faceshard.config import load_config
+    from faceshard.intake import build_manifest
+    from faceshard.storage.schema import rows_to_tables, table_schemas
+    from faceshard.tasks.pipeline import VideoProcessor
+    from tests.clips import write_video
+
+    base = skimage.data.astronaut()[16:400, 64:448]  # 384 × 384, the face near the top middle
+    shifts = [(2 * k, -3 * k) for k in range(6)]
+    frames = [np.ascontiguousarray(np.roll(base, s, axis=(0, 1))) for s in shifts]
+    masks = []
+    for k, (dy, dx) in enumerate(shifts):
+        mask = np.zeros_like(base)
+        cv2.ellipse(mask, (150 + dx, 90 + dy), (55 + k, 70), 0, 0, 360, (255, 255, 255), -1)
+        cv2.circle(mask, (150 + dx, 150 + dy), 12, (1, 1, 1), -1)  # at the threshold: dropped
+        masks.append(mask)
+    root = tmp_path / "FaceForensics++"
+    layout = {
+        "original_sequences/youtube/c23/videos/000.mp4": (frames, None),
+        "manipulated_sequences/Deepfakes/c23/videos/000_001.mp4": (frames[::-1], masks[::-1]),
+        "manipulated_sequences/Face2Face/c23/videos/000_001.mp4": (frames, masks[:3]),  # mask ends early
+        "manipulated_sequences/FaceSwap/c23/videos/000_001.mp4": (frames, None),
+    }
+    mask_files = {}
+    for relative, (clip, mask_clip) in layout.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_video(path, clip)
+        if mask_clip is not None:
+            mask_file = path.parents[2] / "masks" / "videos" / path.name
+            mask_file.parent.mkdir(parents=True, exist_ok=True)
+            mask_files[relative] = write_video(mask_file, mask_clip)
+    intake = build_manifest("ffpp", root)
+    assert any("Deepfakes 1/1, Face2Face 1/1, FaceSwap 0/1" in note for note in intake.notes), intake.notes
+    tasks = [
+        VideoTask(r["video_id"], r["path"], r["label"], r["method"], r["split"], dataset="ffpp")
+        for r in intake.frame.to_dicts()
+    ]
+    processor = VideoProcessor(load_config("deepfakebench", overrides=["identity.enabled=false"]), "cpu")
+    results = [processor(task, 0) for task in tasks]
+    out = Output.open(str(tmp_path / "store"), config={"crop": {"save": True}}, weights={})
+    (plan,) = plan_shards(tasks, len(tasks))
+    out.set_plan([plan])
+    tables = rows_to_tables(
+        [r.video for r in results],
+        [f for r in results for f in r.faces],
+        [i for r in results for i in r.identities],
+        table_schemas(with_crop=True),
+    )
+    out.commit_shard(plan, tables, {})
+
+    result = CliRunner().invoke(
+        app, ["export", str(tmp_path / "store"), "--out", str(tmp_path / "dfb"), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["mask_problems"] == [] and summary["videos_with_masks"] == 2
+    detector, predictor = dlib_models()
+    monkeypatch.chdir(tmp_path / "dfb")
+    index = json.loads(Path(summary["datasets"]["FaceForensics++"]).read_text())["FaceForensics++"]
+    listed = [
+        (name, info)
+        for by_split in index.values()
+        for split in by_split.values()
+        for name, info in split["c23"].items()
+    ]
+    opened = 0
+    for relative, (_, mask_clip) in layout.items():
+        method = relative.split("/")[1]
+        theirs = dfb_facecrop(root / relative, mask_files.get(relative), detector, predictor)
+        key = "000" if method == "youtube" else "000_001"
+        entries = [
+            (name, info) for name, info in listed if name == key and f"/{method}/" in info["frames"][0]
+        ]
+        ((_, info),) = entries
+        paths = dfb_sorted(info["frames"])
+        assert [int(Path(p).stem) for p in paths] == sorted(theirs)  # the frames its preprocess writes
+        if method == "Face2Face":
+            assert sorted(theirs) == [0, 1, 2]  # its loop stopped where the mask video ended
+        for path in paths:
+            mask_path, landmark_path = dfb_side_paths(dfb_resolve(path))
+            crop, landmarks, binary = theirs[int(Path(path).stem)]
+            np.testing.assert_array_equal(cv2.imread(path), crop)
+            np.testing.assert_array_equal(np.load(landmark_path), landmarks)
+            if mask_clip is None:
+                assert not os.path.exists(mask_path)  # load_mask (abstract_dataset.py:342): zeros
+                continue
+            np.testing.assert_array_equal(cv2.imread(mask_path), binary)  # the file preprocess.py:340 writes
+            assert 0 < (cv2.imread(mask_path, 0) > 0).mean() < 1  # load_mask reads it as gray (338)
+            opened += 1
+        if method in ("Deepfakes", "Face2Face"):
+            assert sorted(info["masks"]) == sorted(p.replace("frames", "masks") for p in paths)
+        elif method == "FaceSwap":
+            assert info["masks"] == []  # rearrange.py:197-198: no mask folder, an empty list
+    assert opened == summary["masks"] == 6 + 3
+    assert summary["frames_dropped_mask_ended"] == 3
+    assert "Videos with masks: 2" in Path(summary["readme"]).read_text()

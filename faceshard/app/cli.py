@@ -603,6 +603,13 @@ def export(
             f"{result['frames_dropped_no_face_in_crop']} dropped: no face in the aligned crop)"
         )
         stdout.print(f"run DeepfakeBench from {result['run_from']}; see {result['readme']}")
+        if result["videos_with_masks"]:
+            stdout.print(
+                f"masks: {result['masks']} of {result['videos_with_masks']} videos "
+                f"({result['frames_dropped_mask_ended']} frames left out: past the end of their mask video)"
+            )
+        for problem in result["mask_problems"]:
+            console.print(f"[yellow]mask not written:[/] {escape(problem)}")
         for difference in result["differs_from_deepfakebench"]:
             console.print(f"[yellow]not DeepfakeBench's preprocessing:[/] {escape(difference)}")
         if result["label_dict_to_add"]:
