@@ -168,6 +168,14 @@ def dfb_align(rgb: np.ndarray, rect: Any, detector: Any, predictor: Any) -> tupl
     return cropped, np.array([[points.part(i).x, points.part(i).y] for i in range(points.num_parts)])
 
 
+@pytest.fixture(scope="module", autouse=True)
+def no_local_81_point_model(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Where a user's 81-point model would be found ($XDG_CACHE_HOME/faceshard): empty in these tests."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+        yield
+
+
 # ---- clips -------------------------------------------------------------------------------------
 
 
@@ -730,3 +738,111 @@ def test_ffpp_masks_are_cropped_as_deepfakebench_preprocess_crops_them(
     assert opened == summary["masks"] == 6 + 3
     assert summary["frames_dropped_mask_ended"] == 3
     assert "Videos with masks: 2" in Path(summary["readme"]).read_text()
+
+
+# ---- 81 landmarks: DeepfakeBench's predictor file, when the user has it --------------------------
+
+
+def train_81_point_predictor(path: Path, crops: list[bytes]) -> Path:
+    """A tiny 81-point dlib predictor trained here on the aligned crops (68 points + 13 above the brows)."""
+    import dlib
+
+    detector, predictor68 = dlib_models()
+    images, objects = [], []
+    for png in crops:
+        for bgr in (cv2.imdecode(np.frombuffer(png, np.uint8), 1), None):
+            bgr = bgr if bgr is not None else np.ascontiguousarray(images[-1][:, ::-1])
+            rect = detector(bgr, 1)[0]
+            points = [(p.x, p.y) for p in predictor68(bgr, rect).parts()]
+            top = min(y for _, y in points[17:27]) - 15
+            left, right = points[0][0], points[16][0]
+            points += [(left + (right - left) * j // 12, top - abs(6 - j) * 2) for j in range(13)]
+            images.append(bgr)
+            objects.append([dlib.full_object_detection(rect, [dlib.point(x, y) for x, y in points])])
+    options = dlib.shape_predictor_training_options()
+    options.tree_depth, options.cascade_depth, options.num_trees_per_cascade_level = 2, 2, 4
+    options.oversampling_amount, options.feature_pool_size, options.num_threads = 2, 40, 1
+    dlib.train_shape_predictor(images, objects, options).save(str(path))
+    return path
+
+
+def dfb_crop_landmarks(bgr: np.ndarray, predictor_file: Path) -> np.ndarray:
+    """preprocess.py:196-202 with its 81-point file: HOG (1 upsampling) on the crop, the first face,
+    `face_utils.shape_to_np` (imutils: dtype "int", one row per part)."""
+    import dlib
+
+    rect = dlib.get_frontal_face_detector()(bgr, 1)[0]
+    shape = dlib.shape_predictor(str(predictor_file))(bgr, rect)
+    return np.array([(shape.part(i).x, shape.part(i).y) for i in range(shape.num_parts)], dtype="int")
+
+
+def test_81_point_landmarks_when_deepfakebench_model_is_there_else_68_said_once(
+    tmp_path: Path, face_pngs: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = train_81_point_predictor(tmp_path / "shape_predictor_81_face_landmarks.dat", face_pngs["faces"])
+    videos = [VideoTask("g0", "/d/DFDC/test/g0.mp4", 1, None, "test", dataset="dfdc")]
+    out = Output.open(str(tmp_path / "store"), config={"crop": {"save": True}}, weights={})
+    (plan,) = plan_shards(videos, 1)
+    out.set_plan([plan])
+    tables = fake_shard_tables(plan, faces_per_video=3, emb_dim=None, with_crop=True)
+    faces = tables["faces"]
+    index = faces.schema.get_field_index("crop")
+    tables["faces"] = faces.set_column(
+        index, faces.schema.field(index), pa.array(face_pngs["faces"], pa.binary())
+    )
+    out.commit_shard(plan, tables, {})
+    store = str(tmp_path / "store")
+
+    def export(run_from: Path, *extra: str) -> tuple[dict[str, Any], str]:
+        args = ["export", store, "--out", str(run_from / "dfb"), "--run-from", str(run_from), *extra]
+        result = CliRunner().invoke(app, [*args, "--json"])
+        assert result.exit_code == 0, result.output
+        plain = CliRunner().invoke(app, args)
+        assert plain.exit_code == 0, plain.output
+        return json.loads(result.stdout), plain.output
+
+    def landmark_files(run_from: Path, summary: dict[str, Any]) -> list[tuple[np.ndarray, np.ndarray]]:
+        monkeypatch.chdir(run_from)
+        pairs = []
+        for _, _, path in dfb_collect(summary["dataset_json_folder"], "DFDC", "test"):
+            _, landmark_path = dfb_side_paths(dfb_resolve(path))
+            pairs.append(
+                (cv2.imread(path), np.load(landmark_path))
+            )  # load_landmark (abstract_dataset.py:376)
+        return pairs
+
+    # 1. given on the command line, and 2. where DeepfakeBench's README puts it in its checkout
+    checkout = tmp_path / "DeepfakeBench"
+    (checkout / "preprocessing/dlib_tools").mkdir(parents=True)
+    (checkout / "preprocessing/dlib_tools/shape_predictor_81_face_landmarks.dat").write_bytes(
+        model.read_bytes()
+    )
+    for run_from, extra in ((tmp_path / "explicit", ["--landmarks-model", str(model)]), (checkout, [])):
+        run_from.mkdir(exist_ok=True)
+        summary, printed = export(run_from, *extra)
+        assert summary["landmark_points"] == 81 and summary["landmarks_note"] is None
+        assert "68 points" not in printed
+        pairs = landmark_files(run_from, summary)
+        assert len(pairs) == 3
+        for image, landmarks in pairs:
+            assert landmarks.shape == (81, 2) and landmarks.dtype == np.int64  # what shape_to_np saves
+            np.testing.assert_array_equal(landmarks, dfb_crop_landmarks(image, model))
+        assert "81 points" in Path(summary["readme"]).read_text()
+
+    # 3. nowhere: 68 points, said once in the summary, once on the terminal and in the README
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    summary, printed = export(bare)
+    assert summary["landmark_points"] == 68
+    assert printed.count("68 points") == 1 and "shape_predictor_81_face_landmarks.dat" in printed
+    assert summary["landmarks_note"] in Path(summary["readme"]).read_text()
+    assert all(landmarks.shape == (68, 2) for _, landmarks in landmark_files(bare, summary))
+
+    # a 68-point file given as the 81-point model is refused before anything is written
+    from faceshard.models.landmarks import predictor_path
+
+    wrong = CliRunner().invoke(
+        app, ["export", store, "--out", str(tmp_path / "x"), "--landmarks-model", str(predictor_path())]
+    )
+    assert wrong.exit_code == 3 and "68-point predictor" in wrong.output
+    assert not (tmp_path / "x").exists()

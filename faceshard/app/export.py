@@ -164,16 +164,19 @@ def export_deepfakebench(
     run_from: Path | None = None,
     dataset: str | None = None,
     compression: str | None = None,
+    landmarks_model: Path | None = None,
 ) -> dict[str, Any]:
     """Write DeepfakeBench's frames/landmarks/JSON layout under `out`; return a summary.
 
     `run_from`: the directory DeepfakeBench will run from (default `out`); `dataset` names datasets
-    DeepfakeBench has no layout for; `compression` overrides the FF++ level read from the video path.
+    DeepfakeBench has no layout for; `compression` overrides the FF++ level read from the video path;
+    `landmarks_model`: DeepfakeBench's 81-point dlib model (else looked for, see `find_predictor_81`).
     """
     from faceshard.models.landmarks import crop_landmarks
 
     out = Path(out).resolve()
     run_from = Path(run_from).resolve() if run_from is not None else out
+    predictor, landmarks_note = _landmark_model(landmarks_model, run_from)
     videos = {row["video_id"]: row for row in read_table(uri, "videos").to_pylist()}
     try:
         faces = read_table(uri, "faces", columns=["video_id", "frame", "face", *BOX, "crop"])
@@ -200,7 +203,7 @@ def export_deepfakebench(
                     "(abstract_dataset.py:486) and checks faces on lossless crops: rebuild with --set crop.format=png"
                 )
             bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)  # the crop as it saves it
-            landmarks = crop_landmarks(bgr)
+            landmarks = crop_landmarks(bgr, predictor)
             if landmarks is None:  # preprocess.py:198-200: no face in the aligned crop, frame dropped
                 dropped += 1
                 continue
@@ -245,6 +248,9 @@ def export_deepfakebench(
         "mask_problems": masks.problems,
         "label_dict": label_dict,
         "label_dict_to_add": {k: v for k, v in label_dict.items() if SHIPPED_LABELS.get(k) != v},
+        "landmark_points": 81 if predictor else 68,
+        "landmark_model": str(predictor) if predictor else "dlib shape_predictor_68_face_landmarks.dat",
+        "landmarks_note": landmarks_note,
         # e.g. keep=all: a frame whose largest face was dropped exports the next one, where DeepfakeBench drops it
         "differs_from_deepfakebench": build_differences(uri),
     }
@@ -253,6 +259,28 @@ def export_deepfakebench(
     (out / "train_config.override.yaml").write_text(_config_snippet(summary))
     summary["readme"] = str(readme)
     return summary
+
+
+def _landmark_model(explicit: Path | None, run_from: Path) -> tuple[Path | None, str | None]:
+    """DeepfakeBench's 81-point model if found (else None and the sentence saying 68 are written)."""
+    from faceshard.models.landmarks import (
+        PREDICTOR_81_FILE,
+        cache_path_81,
+        find_predictor_81,
+        predictor_points,
+    )
+
+    found = find_predictor_81(explicit, run_from)
+    if found is None:
+        return None, (
+            f"landmarks have dlib's 68 points, not DeepfakeBench's 81: {PREDICTOR_81_FILE} was not found "
+            f"(looked in {run_from}/preprocessing/dlib_tools and {cache_path_81().parent}; give it with "
+            "--landmarks-model); points 68-80 (forehead) are absent and its loader's (81, 2) zeros "
+            "for a missing file will not match this shape"
+        )
+    if (points := predictor_points(found)) != 81:
+        raise ValueError(f"{found}: a {points}-point predictor, not DeepfakeBench's 81-point one")
+    return found, None
 
 
 def _write(path: Path, data: bytes | np.ndarray) -> None:
@@ -424,9 +452,9 @@ holds: `lmdb: false` (with `lmdb: true`, train.py replaces `dataset_json_folder`
 Datasets (use as --train_dataset / --test_dataset): {datasets}.
 
 Each frame is the aligned 256 px crop of the largest face (dlib points 37, 44, 30, 49, 55, scale
-1.3), kept only where dlib finds a face in the crop; `landmarks/` holds that face's 68 points
-(int64, dlib's 68-point model: DeepfakeBench's own preprocessing uses an 81-point model whose first
-68 points follow the same scheme).
+1.3), kept only where dlib finds a face in the crop; `landmarks/` holds that face's
+{summary["landmark_points"]} points ((N, 2) int64, as preprocess.py saves them; model: {summary["landmark_model"]}).
+{summary["landmarks_note"] or "These are the 81 points DeepfakeBench's own preprocessing saves."}
 
 `masks/` (beside `frames/`, same names, the loader's `replace('frames', 'masks')`) hold the
 manipulation mask of each frame of the FF++ fakes whose mask video was found
