@@ -10,7 +10,7 @@ imported because `import face_recognition_models` needs pkg_resources (gone in s
 
 DeepfakeBench's preprocess.py loads `shape_predictor_81_face_landmarks.dat` instead (a third-party
 model: the 68 points plus 13 on the forehead). It is never downloaded: `find_predictor_81` looks
-for it where a user puts it (`LOOKED_FOR_81`), and the export saves 81 points when it is there, 68
+for it where a user puts it (the registry card `dlib-81`), and the export saves 81 points when it is there, 68
 (and says so) when not.
 """
 
@@ -29,11 +29,6 @@ PREDICTOR_FILE = "shape_predictor_68_face_landmarks.dat"
 PREDICTOR_81_FILE = "shape_predictor_81_face_landmarks.dat"
 # DeepfakeBench README (Preprocessing, step 1): the file goes into its ./preprocessing/dlib_tools folder.
 DEEPFAKEBENCH_PREDICTOR_DIR = Path("preprocessing") / "dlib_tools"
-LOOKED_FOR_81 = (
-    "faceshard export --landmarks-model /path/to/shape_predictor_81_face_landmarks.dat",
-    "<--run-from, DeepfakeBench's checkout>/preprocessing/dlib_tools/shape_predictor_81_face_landmarks.dat",
-    "$XDG_CACHE_HOME/faceshard/shape_predictor_81_face_landmarks.dat (XDG_CACHE_HOME defaults to ~/.cache)",
-)
 
 # 68-point indices: eye contours (image-left eye first), nose tip, mouth corners — the ArcFace order.
 _LEFT_EYE = slice(36, 42)
@@ -80,8 +75,9 @@ def landmarks_81_weights() -> WeightsInfo:
     path = find_predictor_81()
     if path is None:
         raise WeightsUnavailableError(
-            f"{PREDICTOR_81_FILE} not found (never downloaded); the export then saves dlib's 68 points. "
-            "Looked for / give it as: " + "; ".join(LOOKED_FOR_81)
+            f"{PREDICTOR_81_FILE} not found (never downloaded): `faceshard export` saves dlib's 68 points. "
+            f"Put it at {cache_path_81()}, or in DeepfakeBench's checkout (preprocessing/dlib_tools/, "
+            "found through --run-from), or give it with `faceshard export --landmarks-model FILE`"
         )
     return WeightsInfo("dlib-81", str(path), fingerprint_file(path))
 

@@ -387,6 +387,10 @@ def test_deepfakebench_rules_open_every_exported_frame_and_landmark(
     assert summary["run_from"] == str(run_from.resolve())
     assert str(run_from.resolve()) in (out / "README_DEEPFAKEBENCH.md").read_text()
     assert "lmdb: false" in (out / "train_config.override.yaml").read_text()
+    readme = (out / "README_DEEPFAKEBENCH.md").read_text()
+    # its own rearrange.py's Celeb-DF train and DFDC val are not reproduced: the README says so
+    assert ("rearrange.py:310" in readme) == ("Celeb-DF-v2" in summary["datasets"])
+    assert ("rearrange.py:391" in readme) == ("DFDC" in summary["datasets"])
     assert summary["label_dict_to_add"] == {"mine_Fake": 1, "mine_Real": 0}
     assert summary["differs_from_deepfakebench"] == []  # the store records no settings
     DFB_LABEL_DICT.update(summary["label_dict_to_add"])  # what the README tells the user to add

@@ -54,6 +54,17 @@ SHIPPED_LABELS = {
     "DF_real": 0, "UADFV_Fake": 1, "UADFV_Real": 0, "roop_Real": 0, "roop_Fake": 1,
 }  # fmt: skip
 COMPRESSIONS = ("raw", "c23", "c40")
+# Where DeepfakeBench's own rearrange.py gives something other than its evident intent (seen by running
+# it on the same videos); the export follows the intent and its README says so.
+REARRANGE_QUIRKS = {
+    "Celeb-DF-v2": "its rearrange.py:310 resets the real label for each real folder, so its train split lists "
+    "only the real videos of whichever of Celeb-real/ and YouTube-real/ os.scandir yields last (a "
+    "filesystem order); this export lists both, and its test/val lists are the official test list as in "
+    "its rearrange.py:321-335",
+    "DFDC": "its rearrange.py:391 writes one test video's entry (`label`, `frames` keys) into the val "
+    "split of each label, so its loader would stop on those keys in val mode; this export's val holds the "
+    "train-part videos only (rearrange.py:412-413)",
+}
 BOX = ("x1", "y1", "x2", "y2")
 
 
@@ -429,6 +440,22 @@ def _config_snippet(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+_ALIGNED_ON_68 = (
+    "These are the 81 points DeepfakeBench's own preprocessing saves. Its crops are aligned on that "
+    "model's points 37, 44, 30, 49, 55; the build aligned on dlib's 68-point model's, which may sit a "
+    "few pixels apart, so the crops can differ slightly from its own."
+)
+
+
+def _quirks(datasets: dict[str, str]) -> str:
+    found = [f"- {name}: {REARRANGE_QUIRKS[name]}.\n" for name in datasets if name in REARRANGE_QUIRKS]
+    return (
+        "Where DeepfakeBench's own rearrange.py differs from this export:\n" + "".join(found) + "\n"
+        if found
+        else ""
+    )
+
+
 def _problems(problems: list[str]) -> str:
     return "".join(f"\n\n**Mask not written:** {problem}" for problem in problems)
 
@@ -454,7 +481,7 @@ Datasets (use as --train_dataset / --test_dataset): {datasets}.
 Each frame is the aligned 256 px crop of the largest face (dlib points 37, 44, 30, 49, 55, scale
 1.3), kept only where dlib finds a face in the crop; `landmarks/` holds that face's
 {summary["landmark_points"]} points ((N, 2) int64, as preprocess.py saves them; model: {summary["landmark_model"]}).
-{summary["landmarks_note"] or "These are the 81 points DeepfakeBench's own preprocessing saves."}
+{summary["landmarks_note"] or _ALIGNED_ON_68}
 
 `masks/` (beside `frames/`, same names, the loader's `replace('frames', 'masks')`) hold the
 manipulation mask of each frame of the FF++ fakes whose mask video was found
@@ -466,7 +493,7 @@ stops there): {summary["frames_dropped_mask_ended"]}. Every other frame has no m
 DeepfakeBench's loader (abstract_dataset.py `load_mask`) then gives an all-zero mask: real videos,
 FaceShifter, Celeb-DF, DFDC and the rest, as with its own preprocessing.{_problems(summary["mask_problems"])}
 
-Build settings that differ from DeepfakeBench's preprocessing: {"; ".join(summary["differs_from_deepfakebench"]) or "none"}.
+{_quirks(summary["datasets"])}Build settings that differ from DeepfakeBench's preprocessing: {"; ".join(summary["differs_from_deepfakebench"]) or "none"}.
 
 Videos: {summary["videos"]}; frames: {summary["frames"]}; videos without a frame: {summary["videos_without_frames"]};
 stored crops dropped here for want of a face: {summary["frames_dropped_no_face_in_crop"]} (a build with
