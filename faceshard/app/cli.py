@@ -593,7 +593,7 @@ def export(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print what was written as JSON")] = False,
 ) -> None:
-    """Export crops as DeepfakeBench's preprocessing lays them out: frames/, landmarks/, dataset_json/."""
+    """Export crops as DeepfakeBench's preprocessing lays them out: frames/, landmarks/, dataset_json/ (and FF++ masks/)."""
     from faceshard.app.export import export_deepfakebench
     from faceshard.errors import StorageError
 
