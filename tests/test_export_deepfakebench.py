@@ -850,3 +850,39 @@ def test_81_point_landmarks_when_deepfakebench_model_is_there_else_68_said_once(
     )
     assert wrong.exit_code == 3 and "68-point predictor" in wrong.output
     assert not (tmp_path / "x").exists()
+
+
+def test_a_mask_is_not_written_where_the_stored_crop_is_not_the_align_crop_of_the_video(
+    tmp_path: Path, face_pngs: dict[str, Any]
+) -> None:
+    """The aligned transform is recomputed from the video; a crop it does not reproduce (another file
+    or crop method) gets no mask and is reported, never a mask warped with a guessed transform."""
+    from tests.clips import write_video
+
+    frames = [np.ascontiguousarray(skimage.data.astronaut()[:384, 64:448]) for _ in range(2)]
+    video = tmp_path / "FaceForensics++/manipulated_sequences/Deepfakes/c23/videos/000_001.mp4"
+    mask = tmp_path / "FaceForensics++/manipulated_sequences/Deepfakes/masks/videos/000_001.mp4"
+    for path, clip in ((video, frames), (mask, [np.full_like(f, 255) for f in frames])):
+        path.parent.mkdir(parents=True)
+        write_video(path, clip)
+    task = VideoTask("Deepfakes/000_001", str(video), 1, "Deepfakes", "train", dataset="ffpp")
+    out = Output.open(str(tmp_path / "store"), config={"crop": {"save": True}}, weights={})
+    (plan,) = plan_shards([task], 1)
+    out.set_plan([plan])
+    tables = fake_shard_tables(plan, faces_per_video=1, emb_dim=None, with_crop=True)
+    faces = tables["faces"]
+    index = faces.schema.get_field_index("crop")  # the astronaut's crop from the full photo, not this frame
+    tables["faces"] = faces.set_column(
+        index, faces.schema.field(index), pa.array(face_pngs["faces"][:1], pa.binary())
+    )
+    out.commit_shard(plan, tables, {})
+    result = CliRunner().invoke(
+        app, ["export", str(tmp_path / "store"), "--out", str(tmp_path / "dfb"), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["frames"] == 1 and summary["masks"] == 0
+    (problem,) = summary["mask_problems"]
+    assert str(video) in problem and "1 of 1 crops" in problem
+    assert not list((tmp_path / "dfb").rglob("masks/*/*.png"))
+    assert "Mask not written" in Path(summary["readme"]).read_text()
