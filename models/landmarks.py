@@ -7,19 +7,28 @@ the aligned crop: HOG with one upsampling, the first face, its 68 points (or Non
 
 The predictor file ships in the `face_recognition_models` package; it is located on disk instead of
 imported because `import face_recognition_models` needs pkg_resources (gone in setuptools >= 81).
+
+DeepfakeBench's preprocess.py loads `shape_predictor_81_face_landmarks.dat` instead (a third-party
+model: the 68 points plus 13 on the forehead). It is never downloaded: `find_predictor_81` looks
+for it where a user puts it (the registry card `dlib-81`), and the export saves 81 points when it is there, 68
+(and says so) when not.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from faceshard.models.registry import cached_model
+from faceshard.models.registry import WeightsInfo, WeightsUnavailableError, cached_model, fingerprint_file
 
 PREDICTOR_FILE = "shape_predictor_68_face_landmarks.dat"
+PREDICTOR_81_FILE = "shape_predictor_81_face_landmarks.dat"
+# DeepfakeBench README (Preprocessing, step 1): the file goes into its ./preprocessing/dlib_tools folder.
+DEEPFAKEBENCH_PREDICTOR_DIR = Path("preprocessing") / "dlib_tools"
 
 # 68-point indices: eye contours (image-left eye first), nose tip, mouth corners — the ArcFace order.
 _LEFT_EYE = slice(36, 42)
@@ -42,12 +51,55 @@ def predictor_path() -> Path:
     return path
 
 
-def _predictor() -> Any:
-    """Loaded once per process (the file is ~100 MB)."""
+def cache_path_81() -> Path:
+    """The local place faceshard looks for the 81-point model when no path is given."""
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path("~/.cache").expanduser())
+    return Path(cache) / "faceshard" / PREDICTOR_81_FILE
+
+
+def find_predictor_81(explicit: Path | None = None, deepfakebench: Path | None = None) -> Path | None:
+    """The 81-point model file: `explicit` (must exist), else in DeepfakeBench's checkout, else the cache.
+
+    None when it is nowhere: nothing is downloaded.
+    """
+    if explicit is not None:
+        if not Path(explicit).is_file():
+            raise FileNotFoundError(f"--landmarks-model {explicit}: no such file")
+        return Path(explicit)
+    places = [deepfakebench / DEEPFAKEBENCH_PREDICTOR_DIR / PREDICTOR_81_FILE] if deepfakebench else []
+    return next((p for p in [*places, cache_path_81()] if p.is_file()), None)
+
+
+def landmarks_81_weights() -> WeightsInfo:
+    """The 81-point model in the cache (`faceshard weights`), or WeightsUnavailableError saying where to put it."""
+    path = find_predictor_81()
+    if path is None:
+        raise WeightsUnavailableError(
+            f"{PREDICTOR_81_FILE} not found (never downloaded): `faceshard export` saves dlib's 68 points. "
+            f"Put it at {cache_path_81()}, or in DeepfakeBench's checkout (preprocessing/dlib_tools/, "
+            "found through --run-from), or give it with `faceshard export --landmarks-model FILE`"
+        )
+    return WeightsInfo("dlib-81", str(path), fingerprint_file(path))
+
+
+def load_predictor(path: Path | None = None) -> Any:
+    """A dlib shape predictor, loaded once per process (the files are ~100 MB); default the 68-point one."""
     import dlib
 
-    path = predictor_path()
+    path = path or predictor_path()
     return cached_model(("dlib-shape-predictor", str(path)), lambda: dlib.shape_predictor(str(path)))
+
+
+def predictor_points(path: Path) -> int:
+    """How many points the predictor in `path` places (DeepfakeBench's: 81)."""
+    import dlib
+
+    blank = np.zeros((16, 16), np.uint8)
+    return int(load_predictor(path)(blank, dlib.rectangle(2, 2, 13, 13)).num_parts)
+
+
+def _predictor() -> Any:
+    return load_predictor()
 
 
 def _hog() -> Any:
@@ -70,17 +122,18 @@ def deepfakebench_points(rgb: np.ndarray, box: np.ndarray) -> np.ndarray:
     return _parts(rgb, box)[list(DEEPFAKEBENCH_POINTS)]
 
 
-def crop_landmarks(image: np.ndarray) -> np.ndarray | None:
-    """(68, 2) int64 landmarks of the first face dlib HOG (one upsampling) finds in `image`, or None.
+def crop_landmarks(image: np.ndarray, predictor: Path | None = None) -> np.ndarray | None:
+    """(N, 2) int64 landmarks of the first face dlib HOG (one upsampling) finds in `image`, or None.
 
     DeepfakeBench runs this on each aligned crop (BGR, as it saves it) and drops the frame when no
-    face is found; the points are what it saves in `landmarks/`.
+    face is found; the points are what it saves in `landmarks/`. `predictor`: a model file (its
+    81-point one); default dlib's 68-point model.
     """
     image = np.ascontiguousarray(image, dtype=np.uint8)
     rects = _hog()(image, 1)
     if len(rects) == 0:
         return None
-    shape = _predictor()(image, rects[0])
+    shape = load_predictor(predictor)(image, rects[0])
     return np.array([(p.x, p.y) for p in shape.parts()], np.int64)
 
 

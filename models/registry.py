@@ -54,7 +54,7 @@ class ModelCard:
     """A named model: its default weights, input preparation and output size, in one place."""
 
     name: str
-    kind: Literal["identity", "depth", "embedder"]
+    kind: Literal["identity", "depth", "embedder", "landmarks"]
     weights: str  # default weights: a hub id, or a file name looked up where the card's notes say
     input_size: int | None = None
     mean: tuple[float, ...] | None = None
@@ -163,6 +163,21 @@ register(
         looked_for=(
             "--set embed.checkpoint=/path/to/file_or_dir (MINTIME's own DFDC-trained B0 accepted)",
             "Hugging Face cache ($HF_HOME/hub): timm/efficientnet_b0.ra_in1k",
+        ),
+    )
+)
+register(
+    ModelCard(
+        "dlib-81",
+        "landmarks",
+        weights="shape_predictor_81_face_landmarks.dat",
+        dim=81,
+        license="third-party (DeepfakeBench's release; not dlib's own)",
+        notes="DeepfakeBench's landmark model; `faceshard export` saves its 81 points, 68 without it",
+        looked_for=(
+            "faceshard export --landmarks-model /path/to/shape_predictor_81_face_landmarks.dat",
+            "<DeepfakeBench checkout (--run-from)>/preprocessing/dlib_tools/",
+            "$XDG_CACHE_HOME/faceshard/ (XDG_CACHE_HOME defaults to ~/.cache)",
         ),
     )
 )

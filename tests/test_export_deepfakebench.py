@@ -168,6 +168,14 @@ def dfb_align(rgb: np.ndarray, rect: Any, detector: Any, predictor: Any) -> tupl
     return cropped, np.array([[points.part(i).x, points.part(i).y] for i in range(points.num_parts)])
 
 
+@pytest.fixture(scope="module", autouse=True)
+def no_local_81_point_model(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Where a user's 81-point model would be found ($XDG_CACHE_HOME/faceshard): empty in these tests."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+        yield
+
+
 # ---- clips -------------------------------------------------------------------------------------
 
 
@@ -379,6 +387,10 @@ def test_deepfakebench_rules_open_every_exported_frame_and_landmark(
     assert summary["run_from"] == str(run_from.resolve())
     assert str(run_from.resolve()) in (out / "README_DEEPFAKEBENCH.md").read_text()
     assert "lmdb: false" in (out / "train_config.override.yaml").read_text()
+    readme = (out / "README_DEEPFAKEBENCH.md").read_text()
+    # its own rearrange.py's Celeb-DF train and DFDC val are not reproduced: the README says so
+    assert ("rearrange.py:310" in readme) == ("Celeb-DF-v2" in summary["datasets"])
+    assert ("rearrange.py:391" in readme) == ("DFDC" in summary["datasets"])
     assert summary["label_dict_to_add"] == {"mine_Fake": 1, "mine_Real": 0}
     assert summary["differs_from_deepfakebench"] == []  # the store records no settings
     DFB_LABEL_DICT.update(summary["label_dict_to_add"])  # what the README tells the user to add
@@ -575,3 +587,302 @@ def test_unused_face_rows_are_not_exported(tmp_path: Path, face_pngs: dict[str, 
     assert summary["differs_from_deepfakebench"] == ["detect.keep=all (DeepfakeBench: largest)"]
     assert "detect.keep=all" in Path(summary["readme"]).read_text()
     assert pc.sum(pc.equal(tables["faces"]["face"], 0)).as_py() == 1
+
+
+# ---- masks: FF++ mask videos through the whole per-video path and the export ------------------------
+
+
+def dfb_extract(bgr: np.ndarray, mask: np.ndarray | None, detector: Any, predictor: Any) -> tuple:
+    """extract_aligned_face_dlib (preprocess.py:120-204) with its mask: (crop, landmarks, mask) or Nones."""
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    faces = detector(rgb, 1)
+    if not len(faces):
+        return None, None, None
+    face = max(faces, key=lambda rect: rect.width() * rect.height())
+    shape = predictor(rgb, face)
+    src = np.array([[shape.part(i).x, shape.part(i).y] for i in (37, 44, 30, 49, 55)], np.float32)
+    tform = sktransform.SimilarityTransform()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        tform.estimate(src, dfb_template())
+    M = tform.params[0:2, :]
+    cropped = cv2.cvtColor(cv2.resize(cv2.warpAffine(rgb, M, (256, 256)), (256, 256)), cv2.COLOR_RGB2BGR)
+    if mask is not None:
+        mask = cv2.resize(cv2.warpAffine(mask, M, (256, 256)), (256, 256))
+    found = detector(cropped, 1)
+    if len(found) == 0:
+        return None, None, None
+    points = predictor(cropped, found[0])
+    return cropped, np.array([[p.x, p.y] for p in points.parts()]), mask
+
+
+def dfb_facecrop(video: Path, mask_video: Path | None, detector: Any, predictor: Any) -> dict[int, tuple]:
+    """facecrop (preprocess.py:256-341), fixed_num_frames 32: {frame: (crop, landmarks, binary mask)}."""
+    cap_org = cv2.VideoCapture(str(video))
+    cap_mask = cv2.VideoCapture(str(mask_video)) if mask_video is not None else None
+    count = int(cap_org.get(cv2.CAP_PROP_FRAME_COUNT))
+    idxs = np.linspace(0, count - 1, 32, endpoint=True, dtype=int)
+    saved = {}
+    for cnt in range(count):
+        ret_org, frame_org = cap_org.read()
+        ret_mask, frame_mask = cap_mask.read() if cap_mask is not None else (True, None)
+        if not ret_org or not ret_mask:
+            break
+        if cnt not in idxs:
+            continue
+        cropped, landmarks, mask = dfb_extract(frame_org, frame_mask, detector, predictor)
+        if cropped is None:
+            continue
+        binary = cv2.threshold(mask, 1, 255, cv2.THRESH_BINARY)[1] if mask is not None else None
+        saved[cnt] = (cropped, landmarks, binary)
+    return saved
+
+
+def test_ffpp_masks_are_cropped_as_deepfakebench_preprocess_crops_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An FF++ tree with mask videos (one full, one shorter than its fake, one fake without) → our
+    intake, our per-video build path (deepfakebench preset) and the export; read back with
+    DeepfakeBench's mask path rule, each mask equals preprocess.py's own crop of the mask video, the
+    frames past a short mask's end are left out as its loop leaves them, and videos without a mask
+    video have no mask file (its loader then gives zeros)."""
+    from faceshard.config import load_config
+    from faceshard.intake import build_manifest
+    from faceshard.storage.schema import rows_to_tables, table_schemas
+    from faceshard.tasks.pipeline import VideoProcessor
+    from tests.clips import write_video
+
+    base = skimage.data.astronaut()[16:400, 64:448]  # 384 × 384, the face near the top middle
+    shifts = [(2 * k, -3 * k) for k in range(6)]
+    frames = [np.ascontiguousarray(np.roll(base, s, axis=(0, 1))) for s in shifts]
+    masks = []
+    for k, (dy, dx) in enumerate(shifts):
+        mask = np.zeros_like(base)
+        cv2.ellipse(mask, (150 + dx, 90 + dy), (55 + k, 70), 0, 0, 360, (255, 255, 255), -1)
+        cv2.circle(mask, (150 + dx, 150 + dy), 12, (1, 1, 1), -1)  # at the threshold: dropped
+        masks.append(mask)
+    root = tmp_path / "FaceForensics++"
+    layout = {
+        "original_sequences/youtube/c23/videos/000.mp4": (frames, None),
+        "manipulated_sequences/Deepfakes/c23/videos/000_001.mp4": (frames[::-1], masks[::-1]),
+        "manipulated_sequences/Face2Face/c23/videos/000_001.mp4": (frames, masks[:3]),  # mask ends early
+        "manipulated_sequences/FaceSwap/c23/videos/000_001.mp4": (frames, None),
+    }
+    mask_files = {}
+    for relative, (clip, mask_clip) in layout.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_video(path, clip)
+        if mask_clip is not None:
+            mask_file = path.parents[2] / "masks" / "videos" / path.name
+            mask_file.parent.mkdir(parents=True, exist_ok=True)
+            mask_files[relative] = write_video(mask_file, mask_clip)
+    intake = build_manifest("ffpp", root)
+    assert any("Deepfakes 1/1, Face2Face 1/1, FaceSwap 0/1" in note for note in intake.notes), intake.notes
+    tasks = [
+        VideoTask(r["video_id"], r["path"], r["label"], r["method"], r["split"], dataset="ffpp")
+        for r in intake.frame.to_dicts()
+    ]
+    processor = VideoProcessor(load_config("deepfakebench", overrides=["identity.enabled=false"]), "cpu")
+    results = [processor(task, 0) for task in tasks]
+    out = Output.open(str(tmp_path / "store"), config={"crop": {"save": True}}, weights={})
+    (plan,) = plan_shards(tasks, len(tasks))
+    out.set_plan([plan])
+    tables = rows_to_tables(
+        [r.video for r in results],
+        [f for r in results for f in r.faces],
+        [i for r in results for i in r.identities],
+        table_schemas(with_crop=True),
+    )
+    out.commit_shard(plan, tables, {})
+
+    result = CliRunner().invoke(
+        app, ["export", str(tmp_path / "store"), "--out", str(tmp_path / "dfb"), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["mask_problems"] == [] and summary["videos_with_masks"] == 2
+    detector, predictor = dlib_models()
+    monkeypatch.chdir(tmp_path / "dfb")
+    index = json.loads(Path(summary["datasets"]["FaceForensics++"]).read_text())["FaceForensics++"]
+    listed = [
+        (name, info)
+        for by_split in index.values()
+        for split in by_split.values()
+        for name, info in split["c23"].items()
+    ]
+    opened = 0
+    for relative, (_, mask_clip) in layout.items():
+        method = relative.split("/")[1]
+        theirs = dfb_facecrop(root / relative, mask_files.get(relative), detector, predictor)
+        key = "000" if method == "youtube" else "000_001"
+        entries = [
+            (name, info) for name, info in listed if name == key and f"/{method}/" in info["frames"][0]
+        ]
+        ((_, info),) = entries
+        paths = dfb_sorted(info["frames"])
+        assert [int(Path(p).stem) for p in paths] == sorted(theirs)  # the frames its preprocess writes
+        if method == "Face2Face":
+            assert sorted(theirs) == [0, 1, 2]  # its loop stopped where the mask video ended
+        for path in paths:
+            mask_path, landmark_path = dfb_side_paths(dfb_resolve(path))
+            crop, landmarks, binary = theirs[int(Path(path).stem)]
+            np.testing.assert_array_equal(cv2.imread(path), crop)
+            np.testing.assert_array_equal(np.load(landmark_path), landmarks)
+            if mask_clip is None:
+                assert not os.path.exists(mask_path)  # load_mask (abstract_dataset.py:342): zeros
+                continue
+            np.testing.assert_array_equal(cv2.imread(mask_path), binary)  # the file preprocess.py:340 writes
+            assert 0 < (cv2.imread(mask_path, 0) > 0).mean() < 1  # load_mask reads it as gray (338)
+            opened += 1
+        if method in ("Deepfakes", "Face2Face"):
+            assert sorted(info["masks"]) == sorted(p.replace("frames", "masks") for p in paths)
+        elif method == "FaceSwap":
+            assert info["masks"] == []  # rearrange.py:197-198: no mask folder, an empty list
+    assert opened == summary["masks"] == 6 + 3
+    assert summary["frames_dropped_mask_ended"] == 3
+    assert "Videos with masks: 2" in Path(summary["readme"]).read_text()
+
+
+# ---- 81 landmarks: DeepfakeBench's predictor file, when the user has it --------------------------
+
+
+def train_81_point_predictor(path: Path, crops: list[bytes]) -> Path:
+    """A tiny 81-point dlib predictor trained here on the aligned crops (68 points + 13 above the brows)."""
+    import dlib
+
+    detector, predictor68 = dlib_models()
+    images, objects = [], []
+    for png in crops:
+        for bgr in (cv2.imdecode(np.frombuffer(png, np.uint8), 1), None):
+            bgr = bgr if bgr is not None else np.ascontiguousarray(images[-1][:, ::-1])
+            rect = detector(bgr, 1)[0]
+            points = [(p.x, p.y) for p in predictor68(bgr, rect).parts()]
+            top = min(y for _, y in points[17:27]) - 15
+            left, right = points[0][0], points[16][0]
+            points += [(left + (right - left) * j // 12, top - abs(6 - j) * 2) for j in range(13)]
+            images.append(bgr)
+            objects.append([dlib.full_object_detection(rect, [dlib.point(x, y) for x, y in points])])
+    options = dlib.shape_predictor_training_options()
+    options.tree_depth, options.cascade_depth, options.num_trees_per_cascade_level = 2, 2, 4
+    options.oversampling_amount, options.feature_pool_size, options.num_threads = 2, 40, 1
+    dlib.train_shape_predictor(images, objects, options).save(str(path))
+    return path
+
+
+def dfb_crop_landmarks(bgr: np.ndarray, predictor_file: Path) -> np.ndarray:
+    """preprocess.py:196-202 with its 81-point file: HOG (1 upsampling) on the crop, the first face,
+    `face_utils.shape_to_np` (imutils: dtype "int", one row per part)."""
+    import dlib
+
+    rect = dlib.get_frontal_face_detector()(bgr, 1)[0]
+    shape = dlib.shape_predictor(str(predictor_file))(bgr, rect)
+    return np.array([(shape.part(i).x, shape.part(i).y) for i in range(shape.num_parts)], dtype="int")
+
+
+def test_81_point_landmarks_when_deepfakebench_model_is_there_else_68_said_once(
+    tmp_path: Path, face_pngs: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = train_81_point_predictor(tmp_path / "shape_predictor_81_face_landmarks.dat", face_pngs["faces"])
+    videos = [VideoTask("g0", "/d/DFDC/test/g0.mp4", 1, None, "test", dataset="dfdc")]
+    out = Output.open(str(tmp_path / "store"), config={"crop": {"save": True}}, weights={})
+    (plan,) = plan_shards(videos, 1)
+    out.set_plan([plan])
+    tables = fake_shard_tables(plan, faces_per_video=3, emb_dim=None, with_crop=True)
+    faces = tables["faces"]
+    index = faces.schema.get_field_index("crop")
+    tables["faces"] = faces.set_column(
+        index, faces.schema.field(index), pa.array(face_pngs["faces"], pa.binary())
+    )
+    out.commit_shard(plan, tables, {})
+    store = str(tmp_path / "store")
+
+    def export(run_from: Path, *extra: str) -> tuple[dict[str, Any], str]:
+        args = ["export", store, "--out", str(run_from / "dfb"), "--run-from", str(run_from), *extra]
+        result = CliRunner().invoke(app, [*args, "--json"])
+        assert result.exit_code == 0, result.output
+        plain = CliRunner().invoke(app, args)
+        assert plain.exit_code == 0, plain.output
+        return json.loads(result.stdout), plain.output
+
+    def landmark_files(run_from: Path, summary: dict[str, Any]) -> list[tuple[np.ndarray, np.ndarray]]:
+        monkeypatch.chdir(run_from)
+        pairs = []
+        for _, _, path in dfb_collect(summary["dataset_json_folder"], "DFDC", "test"):
+            _, landmark_path = dfb_side_paths(dfb_resolve(path))
+            pairs.append(
+                (cv2.imread(path), np.load(landmark_path))
+            )  # load_landmark (abstract_dataset.py:376)
+        return pairs
+
+    # 1. given on the command line, and 2. where DeepfakeBench's README puts it in its checkout
+    checkout = tmp_path / "DeepfakeBench"
+    (checkout / "preprocessing/dlib_tools").mkdir(parents=True)
+    (checkout / "preprocessing/dlib_tools/shape_predictor_81_face_landmarks.dat").write_bytes(
+        model.read_bytes()
+    )
+    for run_from, extra in ((tmp_path / "explicit", ["--landmarks-model", str(model)]), (checkout, [])):
+        run_from.mkdir(exist_ok=True)
+        summary, printed = export(run_from, *extra)
+        assert summary["landmark_points"] == 81 and summary["landmarks_note"] is None
+        assert "68 points" not in printed
+        pairs = landmark_files(run_from, summary)
+        assert len(pairs) == 3
+        for image, landmarks in pairs:
+            assert landmarks.shape == (81, 2) and landmarks.dtype == np.int64  # what shape_to_np saves
+            np.testing.assert_array_equal(landmarks, dfb_crop_landmarks(image, model))
+        assert "81 points" in Path(summary["readme"]).read_text()
+
+    # 3. nowhere: 68 points, said once in the summary, once on the terminal and in the README
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    summary, printed = export(bare)
+    assert summary["landmark_points"] == 68
+    assert printed.count("68 points") == 1 and "shape_predictor_81_face_landmarks.dat" in printed
+    assert summary["landmarks_note"] in Path(summary["readme"]).read_text()
+    assert all(landmarks.shape == (68, 2) for _, landmarks in landmark_files(bare, summary))
+
+    # a 68-point file given as the 81-point model is refused before anything is written
+    from faceshard.models.landmarks import predictor_path
+
+    wrong = CliRunner().invoke(
+        app, ["export", store, "--out", str(tmp_path / "x"), "--landmarks-model", str(predictor_path())]
+    )
+    assert wrong.exit_code == 3 and "68-point predictor" in wrong.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_mask_is_not_written_where_the_stored_crop_is_not_the_align_crop_of_the_video(
+    tmp_path: Path, face_pngs: dict[str, Any]
+) -> None:
+    """The aligned transform is recomputed from the video; a crop it does not reproduce (another file
+    or crop method) gets no mask and is reported, never a mask warped with a guessed transform."""
+    from tests.clips import write_video
+
+    frames = [np.ascontiguousarray(skimage.data.astronaut()[:384, 64:448]) for _ in range(2)]
+    video = tmp_path / "FaceForensics++/manipulated_sequences/Deepfakes/c23/videos/000_001.mp4"
+    mask = tmp_path / "FaceForensics++/manipulated_sequences/Deepfakes/masks/videos/000_001.mp4"
+    for path, clip in ((video, frames), (mask, [np.full_like(f, 255) for f in frames])):
+        path.parent.mkdir(parents=True)
+        write_video(path, clip)
+    task = VideoTask("Deepfakes/000_001", str(video), 1, "Deepfakes", "train", dataset="ffpp")
+    out = Output.open(str(tmp_path / "store"), config={"crop": {"save": True}}, weights={})
+    (plan,) = plan_shards([task], 1)
+    out.set_plan([plan])
+    tables = fake_shard_tables(plan, faces_per_video=1, emb_dim=None, with_crop=True)
+    faces = tables["faces"]
+    index = faces.schema.get_field_index("crop")  # the astronaut's crop from the full photo, not this frame
+    tables["faces"] = faces.set_column(
+        index, faces.schema.field(index), pa.array(face_pngs["faces"][:1], pa.binary())
+    )
+    out.commit_shard(plan, tables, {})
+    result = CliRunner().invoke(
+        app, ["export", str(tmp_path / "store"), "--out", str(tmp_path / "dfb"), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["frames"] == 1 and summary["masks"] == 0
+    (problem,) = summary["mask_problems"]
+    assert str(video) in problem and "1 of 1 crops" in problem
+    assert not list((tmp_path / "dfb").rglob("masks/*/*.png"))
+    assert "Mask not written" in Path(summary["readme"]).read_text()

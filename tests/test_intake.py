@@ -285,6 +285,26 @@ def test_dfdc_metadata_labels_splits_and_originals(tmp_path: Path) -> None:
     assert set(intake.frame["dataset"]) == {"dfdc"}
 
 
+def test_dfdc_test_set_labels_csv_is_the_test_split(tmp_path: Path) -> None:
+    """DFDC's test set (videos + `labels.csv`, filename,label with 1 = fake) is read as DeepfakeBench's
+    rearrange.py:376-381 reads it (labels = ['DFDC_Real', 'DFDC_Fake'][label], the test split)."""
+    dfdc_part(tmp_path / "train", "dfdc_train_part_0", {"aaa.mp4": {"label": "REAL", "split": "train"}})
+    for name in ("eee.mp4", "fff.mp4"):
+        touch(tmp_path / "test" / name)
+    (tmp_path / "test" / "labels.csv").write_text("filename,label\neee.mp4,0\nfff.mp4,1\nggg.mp4,1\n")
+    intake = build_manifest("dfdc", tmp_path, split="none")
+    assert {v: (r["label"], r["split"], Path(r["path"]).parent.name) for v, r in rows(intake).items()} == {
+        "aaa": (0, "train", "dfdc_train_part_0"),
+        "eee": (0, "test", "test"),
+        "fff": (1, "test", "test"),
+        "ggg": (1, "test", "test"),
+    }
+    assert any("ggg.mp4" in note and "not on disk" in note for note in intake.notes)
+    (tmp_path / "test" / "labels.csv").write_text("filename,label\neee.mp4,FAKE\n")
+    with pytest.raises(ManifestError, match=r"labels\.csv: label must be 0 \(real\) or 1 \(fake\)"):
+        build_manifest("dfdc", tmp_path)
+
+
 def test_dfdc_duplicate_ids_say_where_they_collide(tmp_path: Path) -> None:
     dfdc_part(tmp_path, "part_0", {"aaa.mp4": {"label": "REAL", "split": "train", "original": None}})
     dfdc_part(tmp_path, "part_0_copy", {"aaa.mp4": {"label": "REAL", "split": "train", "original": None}})

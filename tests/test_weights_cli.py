@@ -33,7 +33,7 @@ def test_every_preset_is_listed_with_each_role_it_runs() -> None:
     report = json.loads(done.stdout)
     assert [p["preset"] for p in report["presets"]] == ["demo", "mintime", "megatron", "deepfakebench"]
     assert set(by_role(report, "megatron")) == {"detector", "identity", "depth", "embed"}
-    assert set(by_role(report, "deepfakebench")) == {"detector", "identity"}
+    assert set(by_role(report, "deepfakebench")) == {"detector", "identity", "export landmarks"}
     demo = by_role(report, "demo")
     assert demo["identity"]["status"] == "present" and "face_recognition_models" in demo["identity"]["source"]
     assert demo["depth"]["status"] == "random"  # the demo preset allows random init, and says so
@@ -77,3 +77,26 @@ def test_check_passes_once_the_weights_are_given(tmp_path: Path) -> None:
 def test_check_passes_for_presets_that_run_offline(preset: str) -> None:
     done = run("--preset", preset, "--check")
     assert done.exit_code == 0, done.output
+
+
+def test_deepfakebench_81_point_model_is_a_fallback_until_the_user_puts_it_in_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Export-only: missing, `faceshard export` writes 68 points (the build and --check are unaffected)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    done = run("--preset", "deepfakebench", "--check", "--json")
+    assert done.exit_code == 0, done.output
+    row = by_role(json.loads(done.stdout), "deepfakebench")["export landmarks"]
+    assert row["status"] == "fallback" and row["model"] == "dlib-81"
+    assert "68 points" in row["how"] and str(tmp_path / "faceshard") in row["how"]
+    model = tmp_path / "faceshard" / "shape_predictor_81_face_landmarks.dat"
+    model.parent.mkdir()
+    model.write_bytes(b"stand-in: fingerprinted by content, never loaded here")
+    row = by_role(json.loads(run("--preset", "deepfakebench", "--json").stdout), "deepfakebench")[
+        "export landmarks"
+    ]
+    assert (
+        row["status"] == "present"
+        and row["source"] == str(model)
+        and row["fingerprint"].startswith("sha256:")
+    )

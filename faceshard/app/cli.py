@@ -584,14 +584,28 @@ def export(
     compression: Annotated[
         str | None, typer.Option(help="FF++ compression level key (default: read from each video's path)")
     ] = None,
+    landmarks_model: Annotated[
+        Path | None,
+        typer.Option(
+            help="DeepfakeBench's shape_predictor_81_face_landmarks.dat (default: looked for in "
+            "<run-from>/preprocessing/dlib_tools, then $XDG_CACHE_HOME/faceshard; else 68 points)"
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print what was written as JSON")] = False,
 ) -> None:
-    """Export crops as DeepfakeBench's preprocessing lays them out: frames/, landmarks/, dataset_json/."""
+    """Export crops as DeepfakeBench's preprocessing lays them out: frames/, landmarks/, dataset_json/ (and FF++ masks/)."""
     from faceshard.app.export import export_deepfakebench
     from faceshard.errors import StorageError
 
     try:
-        result = export_deepfakebench(uri, out, run_from=run_from, dataset=dataset, compression=compression)
+        result = export_deepfakebench(
+            uri,
+            out,
+            run_from=run_from,
+            dataset=dataset,
+            compression=compression,
+            landmarks_model=landmarks_model,
+        )
     except (ValueError, StorageError, FileNotFoundError) as exc:
         _fail(str(exc))
     if as_json:
@@ -603,6 +617,15 @@ def export(
             f"{result['frames_dropped_no_face_in_crop']} dropped: no face in the aligned crop)"
         )
         stdout.print(f"run DeepfakeBench from {result['run_from']}; see {result['readme']}")
+        if result["videos_with_masks"]:
+            stdout.print(
+                f"masks: {result['masks']} of {result['videos_with_masks']} videos "
+                f"({result['frames_dropped_mask_ended']} frames left out: past the end of their mask video)"
+            )
+        if result["landmarks_note"]:
+            console.print(f"[yellow]note:[/] {escape(result['landmarks_note'])}")
+        for problem in result["mask_problems"]:
+            console.print(f"[yellow]mask not written:[/] {escape(problem)}")
         for difference in result["differs_from_deepfakebench"]:
             console.print(f"[yellow]not DeepfakeBench's preprocessing:[/] {escape(difference)}")
         if result["label_dict_to_add"]:
@@ -698,7 +721,13 @@ def weights(
 
 
 def _print_weights(reports: list[dict[str, Any]], caches: dict[str, str]) -> None:
-    colour = {"present": "green", "random": "yellow", "download": "cyan", "missing": "red"}
+    colour = {
+        "present": "green",
+        "random": "yellow",
+        "download": "cyan",
+        "missing": "red",
+        "fallback": "yellow",
+    }
     table = Table(title="faceshard weights (nothing downloaded)")
     for column in ("preset", "role", "model", "status", "where"):
         table.add_column(column)

@@ -8,7 +8,9 @@ registry's card (`models.registry.MODELS`) says what the model is. A role is
 * `random`: missing, and the configuration allows a seeded random init (outputs marked random);
 * `download`: missing from the cache, and the hub is reachable (HF_HUB_OFFLINE unset): the first
   build fetches it;
-* `missing`: the build would refuse; `how` says where to put the file or which `--set` names it.
+* `missing`: the build would refuse; `how` says where to put the file or which `--set` names it;
+* `fallback`: an export-only model is missing (DeepfakeBench's 81-point landmarks): the build is not
+  affected, and `faceshard export` writes dlib's 68 points instead and says so.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 from faceshard.config import BuildConfig
 from faceshard.models import registry
 
-RUNNABLE = ("present", "random", "download")
+RUNNABLE = ("present", "random", "download", "fallback")
 
 
 @contextlib.contextmanager
@@ -90,12 +92,33 @@ def weights_report(cfg: BuildConfig) -> dict[str, Any]:
                 if row["status"] == "missing" and online and hub:
                     row["status"] = "download"
             rows.append(row)
+    if cfg.crop.save and cfg.crop.method.startswith("align"):
+        rows.append(_export_landmarks_row())
     return {
         "preset": cfg.preset,
         "can_run": all(r["status"] in RUNNABLE for r in rows),
         "allow_random_weights": allow_random,
         "weights": rows,
     }
+
+
+def _export_landmarks_row() -> dict[str, Any]:
+    """`faceshard export`'s landmark model (DeepfakeBench's 81 points) for a build it can export."""
+    from faceshard.models.landmarks import landmarks_81_weights
+
+    card = registry.MODELS["dlib-81"]
+    row: dict[str, Any] = {
+        "role": "export landmarks",
+        "model": card.name,
+        "default_weights": card.weights,
+        "notes": card.notes,
+        "license": card.license,
+    }
+    try:
+        info = landmarks_81_weights()
+        return row | {"status": "present", "source": info.source, "fingerprint": info.fingerprint}
+    except registry.WeightsUnavailableError as exc:
+        return row | {"status": "fallback", "source": None, "how": str(exc)}
 
 
 def cache_locations() -> dict[str, str]:

@@ -6,6 +6,9 @@ original 000's footage with 003's face: source 000, donor 003. DeepFakeDetection
 `01_02__scene__XXXXXXXX.mp4` show actor 01's `01__scene.mp4` with actor 02's face: source
 `01__scene`, donor unknown (an actor, not a video). Official `train/val/test.json` hold pairs
 `[["071", "054"], …]`: both originals and every fake of the pair (071_054, 054_071) go to that split.
+Deepfakes, Face2Face, FaceSwap, NeuralTextures and DeepFakeDetection ship manipulation masks as videos,
+`manipulated_sequences/<Method>/masks/videos/<fake stem>.mp4`, frame for frame with the fake: the
+scan reports how many fakes have one, and `faceshard export` crops them (`mask_videos`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ COMPRESSIONS = {"c0": ("raw", "c0"), "raw": ("raw", "c0"), "c23": ("c23",), "c40
 SPLIT_FILES = ("train", "val", "test")
 _PAIR_FAKE = re.compile(r"^(\d+)_(\d+)$")
 _ACTOR_FAKE = re.compile(r"^(\d+)_\d+__(.+)__[0-9A-Za-z]+$")
+# DeepfakeBench preprocessing/preprocess.py:449-451: the methods whose `masks/` it crops (not FaceShifter).
+MASK_METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures", "DeepFakeDetection")
 
 
 @register_format("ffpp", options=("compression", "splits"))
@@ -55,6 +60,7 @@ def scan(root: Path, compression: str = "c23", splits: Path | None = None) -> In
             f"videos in {{original,manipulated}}_sequences/*/{'|'.join(COMPRESSIONS[compression])}/videos/*.mp4 "
             f"(compressions present: {', '.join(present) or 'none'}; choose one with --compression)",
         )
+    notes.extend(_mask_notes(rows))
     if unparsed:
         notes.append(
             f"{len(unparsed)} fake(s) named neither NNN_MMM nor AA_BB__scene__ID: source unknown: {sample(unparsed)}"
@@ -65,6 +71,48 @@ def scan(root: Path, compression: str = "c23", splits: Path | None = None) -> In
         frame, split_notes = _official_splits(frame, split_dir)
         notes.extend(split_notes)
     return Intake(frame, notes)
+
+
+def method_folder(video: str | Path) -> Path | None:
+    """`…/manipulated_sequences/<Method>` of an FF++ fake whose method ships masks, else None."""
+    parts = Path(video).parts
+    if "manipulated_sequences" not in parts:
+        return None
+    at = parts.index("manipulated_sequences") + 1
+    if at >= len(parts) - 1 or parts[at] not in MASK_METHODS:
+        return None
+    return Path(*parts[: at + 1])
+
+
+def mask_videos(method: Path) -> dict[str, Path]:
+    """{fake stem: mask video} under `<Method>/masks/`, found as DeepfakeBench finds them.
+
+    preprocess.py:364 lists `masks/**/*.mp4` sorted, and 385 takes the first whose stem is the
+    video's; FF++ ships them as `masks/videos/<stem>.mp4`.
+    """
+    found: dict[str, Path] = {}
+    folder = method / "masks"
+    for path in sorted(folder.rglob("*.mp4")) if folder.is_dir() else []:
+        found.setdefault(path.stem, path)
+    return found
+
+
+def _mask_notes(rows: dict[str, list]) -> list[str]:
+    """How many fakes of each masked method have a mask video (the export writes their `masks/`)."""
+    counts: dict[str, list[int]] = {}
+    listed: dict[Path, dict[str, Path]] = {}
+    for path, method in zip(rows["path"], rows["method"], strict=True):
+        folder = method_folder(path) if method else None
+        if folder is None:
+            continue
+        masks = listed.setdefault(folder, mask_videos(folder))
+        count = counts.setdefault(method, [0, 0])
+        count[0] += Path(path).stem in masks
+        count[1] += 1
+    if not any(have for have, _ in counts.values()):
+        return []
+    shown = ", ".join(f"{method} {have}/{total}" for method, (have, total) in sorted(counts.items()))
+    return [f"manipulation mask videos (<Method>/masks/): {shown}; `faceshard export` crops them into masks/"]
 
 
 def _links(stem: str) -> tuple[str | None, str | None]:
