@@ -854,7 +854,7 @@ class Output:
             combined = pa.concat_tables(parts)
             # Back into manifest order (stable within a video) so a retried shard reads like a fresh one.
             rank = [order[v] for v in combined["video_id"].to_pylist()]
-            merged[name] = combined.take(sorted(range(len(rank)), key=rank.__getitem__))
+            merged[name] = combined.take(pa.array(sorted(range(len(rank)), key=rank.__getitem__), pa.int64()))
         return self.commit_shard(plan, merged, stats)
 
     def record_failure(self, plan: ShardPlan, error: str) -> None:

@@ -67,21 +67,21 @@ def memory_from(source: CommittedSource) -> SourceMemory | str:
         video["fps"], video["width"], video["height"], video["n_frames_container"], n_frames=video["n_frames"]
     )
     memory = SourceMemory(source.video_id, info=info, usable=True)
-    frames = sorted((row for row in source.rows if row["face"] is None), key=lambda row: row["seq"])
+    frames = sorted((row for row in source.rows if row.get("face") is None), key=lambda row: row["seq"])
     for row in frames:
         boxes = np.asarray(row["boxes"], np.float32).reshape(-1, 4)
         memory.detections[row["frame"]] = Detections(boxes, np.asarray(row["scores"], np.float32))
         memory.order.append(row["frame"])
     for row in source.rows:
-        if row["face"] is None:
+        if row.get("face") is None:
             continue
         key = (row["frame"], row["face"])
-        if row["identity"] is not None:
+        if row.get("identity") is not None:
             memory.identity[key] = row["identity"]
-        if row["thumb"] is not None:
+        if row.get("thumb") is not None:
             pixels = np.frombuffer(row["thumb"], np.uint8).reshape(THUMB_SIDE, THUMB_SIDE, 3)
             memory.thumbs[key] = pixels.astype(np.float32) / 255
-        if row["id_embedding"] is not None:
+        if row.get("id_embedding") is not None:
             memory.embeddings[key] = np.asarray(row["id_embedding"], np.float32)
     return memory
 
