@@ -84,7 +84,7 @@ class BuildPlan:
         """The committed shard of each of `video_ids` that one holds (the others are left out)."""
         rows = self.shards.filter(
             pl.col("shard").is_in(self.committed)
-            & pl.col("video_id").is_in(pl.Series(video_ids, dtype=pl.String))
+            & pl.col("video_id").is_in(pl.Series(video_ids, dtype=pl.String).implode())
         )
         return dict(zip(rows["video_id"].to_list(), rows["shard"].to_list(), strict=True))
 
