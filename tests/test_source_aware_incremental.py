@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 
-from faceshard.app.synth import load_truth, make_ffpp_corpus
+from faceshard.app.synth import make_ffpp_corpus
 from faceshard.config import BuildConfig, load_config
 from faceshard.flows import plan as planning
 from faceshard.records import Detections, Frame, VideoInfo
@@ -141,12 +141,12 @@ def _rows(out: Path, table: str) -> dict[tuple, dict]:
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, str]], dict]:
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, str]]]:
     """2 sources (2 persons, 1 person) with 4 aligned fakes each, 20 frames a clip."""
     manifest = make_ffpp_corpus(tmp_path_factory.mktemp("ffpp"), n_sources=2, misaligned=False, frames=FRAMES)
     with manifest.open() as fh:
         rows = list(csv.DictReader(fh))
-    return manifest, rows, load_truth(manifest.parent)
+    return manifest, rows
 
 
 def setup_cfg() -> BuildConfig:
@@ -163,7 +163,7 @@ def setup(corpus) -> tuple[VideoProcessor, BuildConfig]:
 def builds(corpus, setup, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The whole corpus in one source-aware build; and the sources alone, then the whole manifest again
     into the same output with the sources' files moved away (they must not be needed)."""
-    manifest, rows, _ = corpus
+    manifest, rows = corpus
     processor, cfg = setup
     work = tmp_path_factory.mktemp("builds")
     one = _build(manifest, work / "one", processor, cfg)
@@ -181,7 +181,7 @@ def builds(corpus, setup, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
 
 
 def test_added_fakes_reuse_their_committed_sources_without_opening_them(corpus, builds) -> None:
-    _, rows, truth = corpus
+    _, rows = corpus
     second = builds["second"]
     fakes = sorted(r["video_id"] for r in rows if r["source"])
     assert len(fakes) == 8
@@ -228,7 +228,7 @@ def _side_table_dropped(original: Any) -> Any:
 
 def test_an_output_without_source_detections_falls_back_and_says_why(corpus, setup, tmp_path) -> None:
     """An output whose shards were committed without the side table (an older faceshard)."""
-    manifest, rows, _ = corpus
+    manifest, rows = corpus
     here = manifest.parent  # manifests list paths under their own folder
     processor, cfg = setup
     source = next(r for r in rows if not r["source"] and r["video_id"].endswith("1"))
@@ -249,7 +249,7 @@ def test_an_output_without_source_detections_falls_back_and_says_why(corpus, set
 
 
 def test_a_failed_source_makes_its_fakes_fall_back(corpus, setup, tmp_path) -> None:
-    manifest, rows, _ = corpus
+    manifest, rows = corpus
     processor, cfg = setup
     source = next(r for r in rows if not r["source"] and r["video_id"].endswith("1"))
     fake = next(r for r in rows if r["source"] == source["video_id"])
