@@ -116,7 +116,9 @@ class Opened:
         return self.probe(path, *args, **kwargs)
 
 
-def _build(manifest: Path, out: Path, processor: VideoProcessor, cfg: BuildConfig) -> dict[str, Any]:
+def _build(
+    manifest: Path, out: Path, processor: VideoProcessor, cfg: BuildConfig, retry_failed: bool = False
+) -> dict[str, Any]:
     """One `faceshard build` of `manifest` into `out`, in process: the flow's planning, the shard worker
     and the commit; returns the shard stats, detector frames and paths opened."""
     videos = load_manifest(str(manifest))
@@ -127,8 +129,8 @@ def _build(manifest: Path, out: Path, processor: VideoProcessor, cfg: BuildConfi
         with Output.open(str(out), config=cfg, weights=WEIGHTS) as output:
             plan = planning.plan_output(output, videos, cfg, prune=False)
             output.apply_plan(plan)
-            todo = planning.shards_to_run(output, videos, plan, False)
-            stats = [shard_task.process_shard(shard, cfg, output) for shard in todo]
+            todo = planning.shards_to_run(output, videos, plan, retry_failed)
+            stats = [shard_task.process_shard(shard, cfg, output, retry_failed) for shard in todo]
     return {"stats": stats, "detector_frames": processor.counted.frames - before, "opened": opened.paths}
 
 
@@ -263,3 +265,34 @@ def test_a_failed_source_makes_its_fakes_fall_back(corpus, setup, tmp_path) -> N
     row = videos[(fake["video_id"],)]
     assert (row["status"], row["detections"]) == ("ok", "detector")
     assert row["detections_note"].startswith(f"source {source['video_id']} not reused: source failed: ")
+
+
+def test_a_retried_fake_reuses_its_source_committed_in_the_same_shard(corpus, setup, tmp_path) -> None:
+    """`--retry-failed` redoes only the failed fake: its source, committed in the shard, is read back."""
+    manifest, rows = corpus
+    processor, cfg = setup
+    here = manifest.parent
+    source = next(r for r in rows if not r["source"] and r["video_id"].endswith("1"))
+    fake = next(r for r in rows if r["source"] == source["video_id"])
+    listed = _write_manifest(here / "retry.csv", [source, fake])
+    fake_path = str(here / fake["path"])
+    os.rename(fake_path, fake_path + ".away")
+    try:
+        _build(listed, tmp_path / "out", processor, cfg)
+    finally:
+        os.rename(fake_path + ".away", fake_path)
+    assert _rows(tmp_path / "out", "videos")[(fake["video_id"],)]["status"] == "error"
+    side_before = read_table_rows(tmp_path / "out")
+    retried = _build(listed, tmp_path / "out", processor, cfg, retry_failed=True)
+    assert retried["opened"] == [fake_path] and retried["stats"][0]["committed_sources"] == 1
+    row = _rows(tmp_path / "out", "videos")[(fake["video_id"],)]
+    assert (row["status"], row["detections"], row["detections_note"]) == ("ok", "source", None), row
+    assert read_table_rows(tmp_path / "out") == side_before  # the source's detections kept as they were
+
+
+def read_table_rows(out: Path) -> list[dict]:
+    """Every committed `detections` row of the output (the side table; readers of rows never see it)."""
+    state = read_state(*fsio.open_fs(str(out)))
+    with Output.open(str(out), config=setup_cfg(), weights=WEIGHTS) as output:
+        tables = [output.committed_rows(shard, "detections") for shard in sorted(state.markers)]
+    return [row for table in tables for row in table.drop_columns(["shard"]).to_pylist()]
