@@ -25,6 +25,7 @@ from faceshard.storage.commit import Output, read_state
 from faceshard.storage.detections import CommittedSource, detections_table
 from faceshard.storage.manifest import load_manifest
 from faceshard.storage.reader import read_table
+from faceshard.storage.status import dataset_status
 from faceshard.tasks import pipeline
 from faceshard.tasks import shard as shard_task
 from faceshard.tasks.pipeline import VideoProcessor
@@ -208,6 +209,8 @@ def test_added_fakes_reuse_their_committed_sources_without_opening_them(corpus, 
     with Output.open(str(builds["work"] / "inc"), config=setup_cfg(), weights=WEIGHTS) as output:
         assert output.cleanup()["removed"] == 0  # committed side-table files are never collected
     assert sorted((builds["work"] / "inc").glob("detections/split=*/shard=*/*.parquet")) == side_files
+    status = dataset_status(str(builds["work"] / "inc"), verify=True)  # side files verified as the rest
+    assert status["ok"] and not status["corrupt_files"] and not status["problems"], status
 
 
 def test_the_incremental_rows_equal_the_one_build_rows(builds) -> None:
