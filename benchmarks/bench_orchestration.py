@@ -43,7 +43,7 @@ class StandInProcessor:
         self.weights = {"detector": {"name": "stand-in", "source": "benchmark", "fingerprint": "stand-in:1"}}
         self.dims: dict[str, Any] = {}  # no embedding columns
 
-    def __call__(self, video: Any, shard_id: int) -> Any:
+    def __call__(self, video: Any, shard_id: int, group: Any = None) -> Any:
         from faceshard.storage.schema import video_row
         from faceshard.tasks.pipeline import VideoResult
 

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import polars as pl
@@ -66,10 +66,24 @@ def retry_shards(output: Output, manifest: Manifest, plan: BuildPlan) -> list[in
 
 
 def shards_to_run(output: Output, manifest: Manifest, plan: BuildPlan, retry_failed: bool) -> list[ShardPlan]:
-    """ShardPlans (VideoTasks from the current manifest) of the pending shards, plus retried ones."""
+    """ShardPlans (VideoTasks from the current manifest) of the pending shards, plus retried ones, each
+    told where the sources of its fakes that other shards committed already are (`ShardPlan.sources`)."""
     wanted = set(plan.todo) | (set(retry_shards(output, manifest, plan)) if retry_failed else set())
     rows = plan.shards.filter(pl.col("shard").is_in(sorted(wanted))).sort("shard", maintain_order=True)
-    return manifest.shard_plans(rows)
+    shards = manifest.shard_plans(rows)
+    outside = {shard.shard_id: _sources_elsewhere(shard) for shard in shards}
+    if not any(outside.values()):
+        return shards
+    where = plan.committed_shard_of(sorted(set().union(*outside.values())))
+    return [
+        replace(shard, sources={s: where[s] for s in sorted(outside[shard.shard_id]) if s in where})
+        for shard in shards
+    ]
+
+
+def _sources_elsewhere(shard: ShardPlan) -> set[str]:
+    ids = {video.video_id for video in shard.videos}
+    return {video.source for video in shard.videos if video.source and video.source not in ids}
 
 
 PhaseListener = Callable[[str, float, str], None]

@@ -29,6 +29,7 @@ from faceshard.storage.records import (
     DATA_FILE_RE,
     LEASE_FILE_RE,
     PLAN_FILE_RE,
+    SIDE_TABLE_NAMES,
     STAGING_ENTRY_RE,
     STATE_DIR,
     TABLE_NAMES,
@@ -108,7 +109,7 @@ def delete(fs: AbstractFileSystem, root: str, state: LogState, paths: Iterable[s
 def candidates(fs: AbstractFileSystem, root: str) -> list[str]:
     """Every faceshard-named path present (listing only): what `collect` considers."""
     found: list[str] = []
-    for name in TABLE_NAMES:
+    for name in (*TABLE_NAMES, *SIDE_TABLE_NAMES):
         found += [p for p in _relative_listing(fs, root, name) if DATA_FILE_RE.match(p)]
     staging = {"/".join(p.split("/")[:3]) for p in _relative_listing(fs, root, f"{STATE_DIR}/staging")}
     found += sorted(p for p in staging if STAGING_ENTRY_RE.match(p))

@@ -9,6 +9,7 @@ Layout under the output root (any fsspec URL):
     _faceshard/staging/<attempt>/<table>/...         files of a commit not yet moved into place
     _faceshard/staging/tmp-e000007/                  local atomic-write temporaries of epoch 7
     {videos,faces,identities}/split=<s>/shard=000042/part-<attempt>.parquet
+    detections/split=<s>/shard=000042/part-<attempt>.parquet   a side table (storage/schema.py), if any
 
 Commit of one shard (every data file name carries a unique attempt id with the writer's epoch):
   1. each file is written under `_faceshard/staging/<attempt>/` (local: temp file, fsync, rename;
@@ -62,6 +63,7 @@ from faceshard.storage.schema import (
     PARTITION_COLUMNS,
     SCHEMA_VERSION,
     SCHEMA_VERSION_KEY,
+    SIDE_TABLES,
     TABLE_KEY,
     TABLES,
     schema_version_of,
@@ -77,8 +79,8 @@ STAGING_DIR = f"{STATE_DIR}/staging"
 LEGACY_COMMITS_DIR = f"{STATE_DIR}/commits"  # layout 2 (per-shard markers), see storage/repair.py
 PLAN_FORMAT = 3
 # Tables in the order a commit moves their files into place: a shard shows up in `videos` (the
-# table readers start from) only when its faces and identities are there already.
-PUBLISH_ORDER = ("identities", "faces", "videos")
+# table readers start from) only when its faces, identities and side tables are there already.
+PUBLISH_ORDER = (*SIDE_TABLES, "identities", "faces", "videos")
 FORMAT = "faceshard"
 ROW_GROUP_TARGET_BYTES = 64 << 20
 MAX_ERROR_CHARS = 20_000
@@ -653,7 +655,7 @@ class Output:
             return
         wanted = pa.array(keep, pa.string())
         tables = {}
-        for name in TABLES:
+        for name in _tables_of(marker):
             rows = _without_partitions(self.committed_rows(shard_id, name))
             tables[name] = rows.filter(pc.is_in(rows["video_id"], value_set=wanted))
         videos = self.committed_rows(shard_id, "videos", ["video_id", "path", "label", "method", "error"])
@@ -751,13 +753,13 @@ class Output:
     # -- reading committed rows
 
     def committed_rows(self, shard_id: int, table: str, columns: list[str] | None = None) -> pa.Table:
-        """The committed rows of one shard's table, with `split` and `shard` columns."""
-        if table not in TABLES:
-            raise ValueError(f"unknown table {table!r}; one of {', '.join(TABLES)}")
+        """The committed rows of one shard's table (or side table), with `split` and `shard` columns."""
+        if table not in (*TABLES, *SIDE_TABLES):
+            raise ValueError(f"unknown table {table!r}; one of {', '.join((*TABLES, *SIDE_TABLES))}")
         marker = self.marker(shard_id)
         if marker is None:
             raise StorageError(f"{self.uri}: shard {shard_id} is not committed")
-        entries = [file_entry(marker, entry) for entry in marker["files"][table]]
+        entries = [file_entry(marker, entry) for entry in marker["files"].get(table, [])]
         result = read_files(self.fs, self.root, entries, columns)
         if result is None:
             raise StorageError(f"{self.uri}: shard {shard_id} has no {table} files")
@@ -775,7 +777,8 @@ class Output:
     ) -> dict[str, Any]:
         """Stage the shard's three tables, append its `commit` entry (the commit point), publish.
 
-        `tables` are the logical tables of `storage.schema` (partition columns included or not).
+        `tables` are the logical tables of `storage.schema` (partition columns included or not), and
+        any side tables (`SIDE_TABLES`), committed with them in the same entry.
         The videos table must hold exactly one row per planned video. Files of a previous commit
         of this shard are deleted (collector) once the new commit is in the log.
         """
@@ -786,10 +789,11 @@ class Output:
         prepared = _prepare_tables(plan, tables)
         attempt = new_attempt_id(self.lease.epoch)
         staging = f"{STAGING_DIR}/{attempt}"
-        files: dict[str, list[dict[str, Any]]] = {name: [] for name in TABLES}
+        names = _tables_of(tables)
+        files: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
         total_bytes = 0
         maybe_fault("step", "data")
-        for name in TABLES:
+        for name in names:
             for split, part in prepared[name]:
                 data = _parquet_bytes(part)
                 path = data_file_path(name, split, plan.shard_id, attempt)
@@ -818,7 +822,7 @@ class Output:
             "published": False,
             "staging": staging,
             "files": files,
-            "rows": {name: sum(f["rows"] for f in files[name]) for name in TABLES},
+            "rows": {name: sum(f["rows"] for f in files[name]) for name in names},
             "bytes": total_bytes,
             "status_counts": dict(Counter(prepared["videos_status"])),
             "stats": json.loads(canonical_json(dict(stats or {}))),
@@ -833,21 +837,24 @@ class Output:
     ) -> dict[str, Any]:
         """Commit a shard in which the videos of `tables["videos"]` were reprocessed (retry-failed).
 
-        Their committed rows (in all three tables) are replaced by the new ones, every other
+        Their committed rows (in every table, side tables too) are replaced by the new ones, every other
         video's rows are kept; the result is committed atomically as a new attempt and the
         superseded files are deleted.
         """
         replaced = pa.array(sorted(set(tables["videos"]["video_id"].to_pylist())), pa.string())
         order = {video.video_id: i for i, video in enumerate(plan.videos)}
+        committed = _tables_of(self.marker(plan.shard_id) or {"files": {}})
         merged: dict[str, pa.Table] = {}
-        for name in TABLES:
-            old = _without_partitions(self.committed_rows(plan.shard_id, name))
-            kept = old.filter(pc.invert(pc.is_in(old["video_id"], value_set=replaced)))
-            new = _without_partitions(tables[name])
-            combined = pa.concat_tables([kept, new.select(kept.column_names).cast(kept.schema)])
+        for name in dict.fromkeys([*committed, *_tables_of(tables)]):  # a side table of either
+            parts = [_without_partitions(tables[name])] if name in tables else []
+            if name in committed:
+                old = _without_partitions(self.committed_rows(plan.shard_id, name))
+                kept = old.filter(pc.invert(pc.is_in(old["video_id"], value_set=replaced)))
+                parts = [kept, *(part.select(kept.column_names).cast(kept.schema) for part in parts)]
+            combined = pa.concat_tables(parts)
             # Back into manifest order (stable within a video) so a retried shard reads like a fresh one.
             rank = [order[v] for v in combined["video_id"].to_pylist()]
-            merged[name] = combined.take(sorted(range(len(rank)), key=rank.__getitem__))
+            merged[name] = combined.take(pa.array(sorted(range(len(rank)), key=rank.__getitem__), pa.int64()))
         return self.commit_shard(plan, merged, stats)
 
     def record_failure(self, plan: ShardPlan, error: str) -> None:
@@ -936,12 +943,12 @@ class Output:
         if current is None or current["attempt"] != marker["attempt"]:
             return current or marker
         keep = set(marker_paths(marker))
-        old = {} if previous is None else {name: marker_paths(previous, (name,)) for name in TABLES}
+        old = {} if previous is None else {name: marker_paths(previous, (name,)) for name in PUBLISH_ORDER}
         self._delete([p for p in old.get("videos", []) if p not in keep], f"shard {shard} replaced")
         for name in PUBLISH_ORDER:
             self._delete([p for p in old.get(name, []) if p not in keep], f"shard {shard} replaced")
             maybe_fault("step", "publish")
-            for entry in marker["files"][name]:
+            for entry in marker["files"].get(name, []):
                 try:
                     self._move_into_place(f"{marker['staging']}/{entry['path']}", entry["path"])
                 except FileNotFoundError:
@@ -978,7 +985,7 @@ class Output:
         inside a table folder would be read as rows beside the rebuilt ones, so it refuses."""
         foreign = [
             rel
-            for name in TABLES
+            for name in (*TABLES, *SIDE_TABLES)
             for rel in (self._relative(p) for p in fsio.list_files(self.fs, self._path(name)))
             if rel.endswith(".parquet") and not is_our_data_file(rel)
         ]
@@ -1059,7 +1066,7 @@ def _prepare_tables(plan: ShardPlan, tables: Mapping[str, pa.Table]) -> dict[str
         raise ValueError(f"shard {plan.shard_id}: videos rows name another shard")
     prepared: dict[str, Any] = {"videos_status": videos["status"].to_pylist()}
     splits = list(dict.fromkeys(video.split for video in plan.videos))
-    for name in TABLES:
+    for name in _tables_of(tables):
         table = tables[name]
         version = schema_version_of(table.schema)
         if version is not None and version != SCHEMA_VERSION:
@@ -1084,6 +1091,12 @@ def _prepare_tables(plan: ShardPlan, tables: Mapping[str, pa.Table]) -> dict[str
     return prepared
 
 
+def _tables_of(given: Mapping[str, Any]) -> list[str]:
+    """The tables a commit holds (or a marker names): the row tables, then the side tables present."""
+    files = given.get("files", given)
+    return [*TABLES, *(name for name in SIDE_TABLES if name in files)]
+
+
 def _without_partitions(table: pa.Table) -> pa.Table:
     return table.select([c for c in table.column_names if c not in PARTITION_COLUMNS])
 
@@ -1096,7 +1109,7 @@ def _parquet_bytes(table: pa.Table) -> bytes:
     scalar = [
         f.name
         for f in table.schema
-        if not (pa.types.is_fixed_size_list(f.type) or pa.types.is_binary(f.type))
+        if not (pa.types.is_fixed_size_list(f.type) or pa.types.is_binary(f.type) or pa.types.is_list(f.type))
     ]
     sink = pa.BufferOutputStream()
     pq.write_table(

@@ -191,11 +191,10 @@ class LogState:
         return out
 
 
-def marker_paths(
-    marker: dict[str, Any], tables: tuple[str, ...] = ("videos", "faces", "identities")
-) -> list[str]:
+def marker_paths(marker: dict[str, Any], tables: tuple[str, ...] | None = None) -> list[str]:
+    """The data files a marker names: of `tables`, or of every table it holds (side tables too)."""
     files = marker.get("files", {})
-    return [entry["path"] for name in tables for entry in files.get(name, [])]
+    return [entry["path"] for name in (tables or tuple(files)) for entry in files.get(name, [])]
 
 
 def _parse(data: bytes, path: str, seq: int, root: str) -> Any:

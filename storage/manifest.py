@@ -12,7 +12,7 @@ import os
 import posixpath
 import stat
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from faceshard.errors import ManifestError
@@ -32,6 +32,9 @@ class ShardPlan:
 
     shard_id: int
     videos: list[VideoTask]
+    # Sources of this shard's fakes that are committed in other shards of the output (id → shard):
+    # a source-aware worker reads their detections back instead of decoding them (tasks/source_store.py).
+    sources: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,14 @@ class BuildPlan:
             out[shard] = shard_fingerprint_of(dataset_fp, shard, group["video_id"].to_list())
         return {shard: out[shard] for shard in self.shard_ids()}
 
+    def committed_shard_of(self, video_ids: list[str]) -> dict[str, int]:
+        """The committed shard of each of `video_ids` that one holds (the others are left out)."""
+        rows = self.shards.filter(
+            pl.col("shard").is_in(self.committed)
+            & pl.col("video_id").is_in(pl.Series(video_ids, dtype=pl.String).implode())
+        )
+        return dict(zip(rows["video_id"].to_list(), rows["shard"].to_list(), strict=True))
+
     def summary(self) -> dict[str, Any]:
         return {
             "videos": self.videos_total,

@@ -5,7 +5,7 @@ KeyError later), and every path a record names must be one faceshard writes, rel
 root: `../victim.txt`, an absolute path or a user's `part-0.parquet` never get past `validate`.
 
 Names faceshard writes (nothing else is ever deleted, see storage/collector.py):
-    {table}/split=<s>/shard=<NNNNNN>/part-<attempt>.parquet   data files
+    {table}/split=<s>/shard=<NNNNNN>/part-<attempt>.parquet   data files (row tables and side tables)
     _faceshard/staging/<attempt>/...                           a commit's files before publishing
     _faceshard/staging/tmp-e<epoch>/...                        local atomic-write temporaries
     _faceshard/plan-<attempt>.parquet                          a plan's (shard, video_id) rows
@@ -24,11 +24,12 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from faceshard.errors import DamagedOutput
 
 STATE_DIR = "_faceshard"
-TABLE_NAMES = ("videos", "faces", "identities")
+TABLE_NAMES = ("videos", "faces", "identities")  # every commit holds these
+SIDE_TABLE_NAMES = ("detections",)  # a commit may hold these (older ones do not): never read as rows
 ATTEMPT = r"\d{8}T\d{6}-e(\d{6,})-[0-9a-f]{12}"
 ATTEMPT_RE = re.compile(rf"^{ATTEMPT}$")
 DATA_FILE_RE = re.compile(
-    rf"^(videos|faces|identities)/split=[^/]+/shard=(\d{{6,}})/part-({ATTEMPT})\.parquet$"
+    rf"^(videos|faces|identities|detections)/split=[^/]+/shard=(\d{{6,}})/part-({ATTEMPT})\.parquet$"
 )
 STAGING_ENTRY_RE = re.compile(rf"^{STATE_DIR}/staging/(?:({ATTEMPT})|tmp-e(\d{{6,}}))$")
 PLAN_FILE_RE = re.compile(rf"^{STATE_DIR}/plan-({ATTEMPT})\.parquet$")
@@ -67,7 +68,7 @@ class Marker(Record):
     committed_at: str
     published: bool
     staging: str | None = None
-    files: dict[Literal["videos", "faces", "identities"], list[FileEntry]]
+    files: dict[Literal["videos", "faces", "identities", "detections"], list[FileEntry]]
     rows: dict[str, int]
     bytes: int = Field(ge=0)
     status_counts: dict[str, int]
@@ -76,7 +77,7 @@ class Marker(Record):
 
     @model_validator(mode="after")
     def _consistent(self) -> Marker:
-        if set(self.files) != set(TABLE_NAMES):
+        if not set(TABLE_NAMES) <= set(self.files):
             raise ValueError(f"files must list {', '.join(TABLE_NAMES)}")
         if self.staging is not None and self.staging != f"{STATE_DIR}/staging/{self.attempt}":
             raise ValueError(f"staging {self.staging!r} is not this attempt's staging folder")

@@ -43,7 +43,7 @@ from faceshard.storage.commit import (
 )
 from faceshard.storage.lease import DEFAULT_TTL_S, Lease, host_id
 from faceshard.storage.records import ATTEMPT_RE, DATA_FILE_RE, LAYOUT, Identity, Marker, Metadata
-from faceshard.storage.schema import SCHEMA_VERSION
+from faceshard.storage.schema import SCHEMA_VERSION, SIDE_TABLES
 
 
 def repair_output(
@@ -195,9 +195,9 @@ class _Repair:
             return None
         if not all(isinstance(fp, str) for fp in fingerprints):
             return None
-        files: dict[str, list[dict[str, Any]]] = {name: [] for name in TABLES}
+        files: dict[str, list[dict[str, Any]]] = {name: [] for name in (*TABLES, *SIDE_TABLES)}
         status: Counter[str] = Counter()
-        for name in TABLES:
+        for name in files:
             for path in fsio.list_files(self.fs, fsio.join(self.root, name)):
                 relative = path[len(self.root) + 1 :]
                 match = DATA_FILE_RE.match(relative)
@@ -219,6 +219,7 @@ class _Repair:
                     status.update(table["status"].to_pylist())
         if not files["videos"]:
             return None
+        files = {name: entries for name, entries in files.items() if name in TABLES or entries}
         repaired = {
             "shard": shard,
             "fingerprint": fingerprints[0],
@@ -229,7 +230,7 @@ class _Repair:
             "published": True,
             "staging": None,
             "files": files,
-            "rows": {name: sum(f["rows"] for f in files[name]) for name in TABLES},
+            "rows": {name: sum(f["rows"] for f in entries) for name, entries in files.items()},
             "bytes": sum(f["bytes"] for entries in files.values() for f in entries),
             "status_counts": dict(status),
             "stats": {"repaired": True},

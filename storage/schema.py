@@ -19,6 +19,10 @@ from faceshard.records import VideoTask
 
 SCHEMA_VERSION = 3  # 3: source-aware columns (videos.detections*, identities.source_identity, manip_*)
 TABLES = ("videos", "faces", "identities")
+# Side tables: committed with a shard's rows (same commit point) for faceshard's own later builds, never
+# part of the dataset's rows; a commit of an older faceshard has none. `detections`: what each source
+# video of a source-aware build leaves for fakes added by a later build (tasks/source_store.py).
+SIDE_TABLES = ("detections",)
 PARTITION_COLUMNS = ("split", "shard")
 PARTITION_SCHEMA = pa.schema([("split", pa.string()), ("shard", pa.int32())])
 VIDEO_STATUSES = ("ok", "no_faces", "error")
@@ -76,6 +80,22 @@ _IDENTITY_FIELDS = [
     pa.field("manip_pixel", pa.float32()),
     pa.field("manip_embed", pa.float32()),
     pa.field("manipulated", pa.bool_()),
+]
+
+_DETECTION_FIELDS = [
+    pa.field("video_id", pa.string(), nullable=False),
+    pa.field("frame", pa.int32(), nullable=False),
+    # A frame row (`face` null): the detector's answer on a frame it was asked about, face-less ones
+    # too; `seq` is its place in the order the frames were detected (sampling fallback tries included).
+    pa.field("seq", pa.int32()),
+    pa.field("boxes", pa.list_(pa.list_(pa.float32(), 4))),
+    pa.field("scores", pa.list_(pa.float32())),
+    # A face row: one kept face (frame, rank), its identity, its 32 x 32 RGB uint8 thumbnail and its
+    # identity embedding (null where the build computed none).
+    pa.field("face", pa.int16()),
+    pa.field("identity", pa.int32()),
+    pa.field("thumb", pa.binary()),
+    pa.field("id_embedding", pa.list_(pa.float32())),
 ]
 
 
@@ -148,6 +168,21 @@ def table_schemas(
         )
         for name, cols in fields.items()
     }
+
+
+def side_table_schemas() -> dict[str, pa.Schema]:
+    """The logical schemas of the side tables (partition columns last, as the row tables')."""
+    return {
+        "detections": pa.schema(
+            [*_DETECTION_FIELDS, *PARTITION_SCHEMA],
+            metadata={SCHEMA_VERSION_KEY: str(SCHEMA_VERSION).encode(), TABLE_KEY: b"detections"},
+        )
+    }
+
+
+def side_table(name: str, rows: Sequence[dict[str, Any]]) -> pa.Table:
+    """A side table of one shard from row dicts (the commit files `split`/`shard` from the plan)."""
+    return _rows_to_table(rows, side_table_schemas()[name], {}, name)
 
 
 def file_schema(schema: pa.Schema) -> pa.Schema:

@@ -38,7 +38,8 @@ class StubProcessor:
         self.sleep_s = sleep_s
         self.processed: list[str] = []
 
-    def __call__(self, video: VideoTask, shard_id: int) -> VideoResult:
+    def __call__(self, video: VideoTask, shard_id: int, group: Any = None) -> VideoResult:
+        """`group` (a source-aware build's SourceMemory) is ignored: the rows are the id's alone."""
         self.processed.append(video.video_id)
         time.sleep(self.sleep_s)
         seed = int.from_bytes(hashlib.sha256(video.video_id.encode()).digest()[:4], "little")
