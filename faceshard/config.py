@@ -140,6 +140,12 @@ class DepthConfig(_Section):
         description="image processor backend resizing the crop: pil is the resize transformers 4.44's "
         "processor made (Megatron)",
     )
+    positions: Literal["size", "scale"] = Field(
+        "size",
+        description="how DINOv2 resizes its position embeddings for a crop not processed to 518 × 518: "
+        "size (transformers 5: to the patch grid) | scale: by the factor (n + 0.1) / 37, what transformers "
+        "4.44's model did (Megatron)",
+    )
 
     @field_validator("input")
     @classmethod
@@ -245,7 +251,7 @@ ROW_NEUTRAL: dict[str, Any] = {
 # outputs already hold, so they are left out of the fingerprint there (older outputs keep theirs).
 ADDED_DEFAULTS: dict[str, dict[str, Any]] = {
     "embed": {"normalise": "model"},
-    "depth": {"normalise": "minmax", "processor": "torchvision"},
+    "depth": {"normalise": "minmax", "processor": "torchvision", "positions": "size"},
 }
 
 

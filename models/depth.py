@@ -19,6 +19,11 @@ returns as its `depth` image: `(d * 255 / d.max()).astype(uint8)`, truncated, in
 `processor` picks the image processor's backend: `torchvision` (transformers 5's default) or `pil`,
 the PIL bicubic resize transformers 4.44's DPT processor made (Megatron's input to the model).
 
+`positions` picks how the DINOv2 backbone resizes its 37 × 37 position embeddings for a crop whose
+processed shape is not 518 × 518 (a non-square crop): `size` (transformers 5: to the patch grid) or
+`scale`, the scale factor (n + 0.1) / 37 that transformers 4.44's model used (Megatron's). The two put
+the bicubic samples at different places: on such crops the maps differ well beyond float rounding.
+
 What the model is shown is `input_spec` (models/inputs.py): `native` (default; Megatron ran the
 pipeline on the plain crop), or a canvas (`isotropic:S`, `pad:S`, `pad:max`); on a canvas the map is
 cut back to the crop's place on it before being resized to the crop's size.
@@ -26,7 +31,9 @@ cut back to the crop's place on it before being resized to the crop's size.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -166,7 +173,10 @@ class DepthEstimator:
         input_spec: str = "native",
         normalise: str = "minmax",
         processor: str = "torchvision",
+        positions: str = "size",
     ) -> None:
+        if positions not in ("size", "scale"):
+            raise ValueError(f"unknown position interpolation {positions!r}; use size | scale")
         if normalise not in NORMALISERS:
             raise ValueError(f"unknown depth normalisation {normalise!r}; use {' | '.join(NORMALISERS)}")
         if processor not in ("torchvision", "pil"):
@@ -180,13 +190,18 @@ class DepthEstimator:
         self.device = resolve_device(device)
         self.batch_size = batch_size
         model, self.processor, self.weights = cached_model(
-            ("depth", model_ref, local_version(model_ref), self.device, allow_random, processor),
-            lambda: self._load(model_ref, allow_random),
+            ("depth", model_ref, local_version(model_ref), self.device, allow_random, processor, positions),
+            lambda: self._load(model_ref, allow_random, positions),
         )
         self.model = model
 
-    def _load(self, model_ref: str, allow_random: bool) -> tuple[torch.nn.Module, object, WeightsInfo]:
+    def _load(
+        self, model_ref: str, allow_random: bool, positions: str
+    ) -> tuple[torch.nn.Module, object, WeightsInfo]:
         model, processor, info = load_depth_model(model_ref, allow_random, self.backend)
+        if positions == "scale":
+            embeddings = model.backbone.embeddings  # type: ignore[union-attr]
+            embeddings.interpolate_pos_encoding = scaled_positions(embeddings)
         return model.eval().to(self.device), processor, info
 
     @property
@@ -235,6 +250,27 @@ class DepthEstimator:
         for face, depth in zip(faces, self.predict([face.crop for face in faces]), strict=True):  # type: ignore[misc]
             face.depth = depth
         return faces
+
+
+def scaled_positions(embeddings: torch.nn.Module) -> Callable[[torch.Tensor, int, int], torch.Tensor]:
+    """DINOv2's position embeddings for an input of height × width pixels, resized the way transformers
+    4.44 did: bicubic by the scale factor (n + 0.1) / side for n patches a side (transformers 5 resizes
+    to n). The grid as trained is kept for a square input of the trained size."""
+
+    def interpolate(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        table = embeddings.position_embeddings  # (1, 1 + side², dim): CLS first
+        trained = table.shape[1] - 1
+        if tokens.shape[1] - 1 == trained and height == width:
+            return table
+        side = math.sqrt(trained)
+        patch_h, patch_w = embeddings.patch_embeddings.patch_size
+        grid = table[:, 1:].reshape(1, int(side), int(side), -1).permute(0, 3, 1, 2)
+        factor = ((height // patch_h + 0.1) / side, (width // patch_w + 0.1) / side)
+        grid = F.interpolate(grid.float(), scale_factor=factor, mode="bicubic", align_corners=False)
+        grid = grid.to(table.dtype).permute(0, 2, 3, 1).reshape(1, -1, table.shape[-1])
+        return torch.cat((table[:, :1], grid), dim=1)
+
+    return interpolate
 
 
 def _on_crop(predicted: torch.Tensor, placed: Placed) -> torch.Tensor:

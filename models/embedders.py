@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from faceshard.models.inputs import check_input, place
+from faceshard.models.inputs import check_input, mintime_sequence, place
 from faceshard.models.registry import (
     MODELS,
     WeightsInfo,
@@ -415,3 +415,20 @@ class Embedder:
         for face, vector in zip(faces, self.embed(images, output="pooled"), strict=True):
             face.emb_depth = vector
         return faces
+
+
+def mintime_sequence_tokens(embedder: Embedder, slots: list[np.ndarray | None]) -> np.ndarray:
+    """MINTIME's backbone output for one sample's slots, (F, C, h, w) float32 like `forward["x"]`.
+
+    The cached tokens are each face's own `isotropic:S` canvas; MINTIME's loader pads every slot by the
+    first slot's amounts and squashes the rest (`mintime_sequence`). This re-embeds a sample's slot crops
+    (RGB, in slot order, `None` for padding) that way, with an embedder set up as the `mintime` preset's.
+    """
+    name, _, arg = embedder.input.partition(":")
+    if name != "isotropic":
+        raise ValueError(f"MINTIME's sequence canvases need an isotropic:S embedder, not {embedder.input!r}")
+    tokens = embedder.embed(mintime_sequence(slots, int(arg)), output="tokens")  # (F, h·w, C)
+    side = round(tokens.shape[1] ** 0.5)
+    return np.ascontiguousarray(tokens.astype(np.float32).transpose(0, 2, 1)).reshape(
+        len(slots), -1, side, side
+    )

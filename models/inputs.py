@@ -97,3 +97,30 @@ def place(images: list[np.ndarray], spec: str) -> list[Placed]:
 def isotropic_square(img: np.ndarray, size: int) -> np.ndarray:
     """`isotropic:S` for one image: longest side → S, then zero-padded centred to S × S."""
     return place([img], f"isotropic:{size}")[0].canvas
+
+
+def mintime_sequence(slots: list[np.ndarray | None], size: int = 224) -> list[np.ndarray]:
+    """The S × S canvases MINTIME's val transform makes of one sample's slots, taken together.
+
+    Its loader hands the whole sequence to one albumentations Compose, and its pinned albumentations
+    0.5.2 computes PadIfNeeded's amounts from the first image only and applies them to every image;
+    Resize(S, S) then squashes any image that came out of that padding other than S × S. So a slot's
+    canvas depends on slot 0's shape: a per-face cache (`isotropic:S`) holds it only when both have the
+    same isotropic shape. `None` is a padding slot (MINTIME pads with a zero S × S image). Feeding these
+    canvases to an `isotropic:S` embedder (they pass through it unchanged) gives MINTIME's tokens.
+    """
+    contents = [
+        np.zeros((size, size, 3), np.uint8) if s is None else isotropic_resize(s, size) for s in slots
+    ]
+    if not contents:
+        return []
+    rows, cols = contents[0].shape[:2]  # the first image's amounts, for all
+    top, left = (size - rows) // 2 if rows < size else 0, (size - cols) // 2 if cols < size else 0
+    bottom, right = max(size - rows, 0) - top, max(size - cols, 0) - left
+    canvases = []
+    for content in contents:
+        padded = cv2.copyMakeBorder(content, top, bottom, left, right, cv2.BORDER_CONSTANT, value=0)
+        if padded.shape[:2] != (size, size):
+            padded = cv2.resize(padded, (size, size), interpolation=cv2.INTER_LINEAR)
+        canvases.append(padded)
+    return canvases

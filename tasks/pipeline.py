@@ -234,6 +234,7 @@ class VideoProcessor:
                 input_spec=cfg.depth.input,
                 normalise=cfg.depth.normalise,
                 processor=cfg.depth.processor,
+                positions=cfg.depth.positions,
             )
         if cfg.embed.enabled:
             from faceshard.models.embedders import Embedder
