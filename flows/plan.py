@@ -162,7 +162,11 @@ def prepare_build(
             output.apply_plan(plan)
         todo = shards_to_run(output, videos, plan, retry_failed)
         todo_videos = sum(len(shard.videos) for shard in todo)
-        detail = f"{plan.shards_total} shards; {len(todo)} to process ({todo_videos} videos)"
+        detail = (
+            f"{plan.shards_total} shards; {len(todo)} to process ({todo_videos} videos)"
+            if todo
+            else f"{plan.shards_total} shards, all committed: nothing to do"
+        )
         tell("plan", time.perf_counter() - clock, detail)
     except BaseException:
         output.close()
