@@ -153,6 +153,7 @@ def prepare_build(
             wait_s=wait_s,
             lease_ttl_s=cfg.runtime.lease_ttl_s,
             lease_heartbeat_s=cfg.runtime.lease_heartbeat_s,
+            warnings=build_warnings(weights),
         )
     tell("lease", time.perf_counter() - clock, f"{out} held by this build")
     try:

@@ -56,6 +56,16 @@ heavy = sorted({{m.split(".")[0] for m in sys.modules}} & set({HEAVY!r}))
 print(json.dumps({{"code": code, "heavy": heavy}}))
 """
 
+STATUS = """
+import json, sys
+from faceshard.storage.commit import read_metadata
+from faceshard.storage.fsio import open_fs
+from faceshard.storage.status import dataset_status
+
+fs, root = open_fs(sys.argv[1])
+print(json.dumps({"metadata": read_metadata(fs, root)["warnings"], "status": dataset_status(sys.argv[1])["warnings"]}))
+"""
+
 
 def _weights_home(root: Path) -> dict[str, str]:
     """What a user with every preset's weights has offline: each hub model in the Hugging Face cache
@@ -114,8 +124,20 @@ def test_a_no_op_build_imports_no_model_library_nor_prefect_nor_ray(
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"code": 0, "heavy": []}, done.stderr[-3000:]
     assert "2 shards, all committed: nothing to do" in done.stderr
     assert "processed        │ 0" in done.stdout
-    assert ("RANDOM WEIGHTS" in done.stderr) == (weights == "random")
+    assert done.stderr.count("RANDOM WEIGHTS") == (weights == "random")  # once: the summary's warnings
     assert not (tmp_path / "prefect-home" / "prefect.db").exists()
+    # The build's warnings are in the output's metadata too, apart from `random_weights`, each once.
+    status = subprocess.run(
+        [sys.executable, "-c", STATUS, str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    recorded = json.loads(status.stdout.strip().splitlines()[-1])
+    assert [w.startswith("RANDOM WEIGHTS") for w in recorded["metadata"]] == [True] * (weights == "random")
+    assert recorded["status"] == recorded["metadata"]
 
 
 def test_the_registry_names_the_hub_weights_timm_would_load() -> None:
