@@ -167,6 +167,7 @@ def prepare_build(
             wait_s=wait_s,
             lease_ttl_s=cfg.runtime.lease_ttl_s,
             lease_heartbeat_s=cfg.runtime.lease_heartbeat_s,
+            warnings=build_warnings(weights),
         )
     tell("lease", time.perf_counter() - clock, f"{out} held by this build")
     try:
@@ -176,7 +177,11 @@ def prepare_build(
             output.apply_plan(plan)
         todo = shards_to_run(output, videos, plan, retry_failed)
         todo_videos = sum(len(shard.videos) for shard in todo)
-        detail = f"{plan.shards_total} shards; {len(todo)} to process ({todo_videos} videos)"
+        detail = (
+            f"{plan.shards_total} shards; {len(todo)} to process ({todo_videos} videos)"
+            if todo
+            else f"{plan.shards_total} shards, all committed: nothing to do"
+        )
         tell("plan", time.perf_counter() - clock, detail)
     except BaseException:
         output.close()

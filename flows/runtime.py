@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from pathlib import Path
 
 from faceshard.config import RuntimeConfig
@@ -186,9 +186,25 @@ def local_runtime(
             stopper = threading.Thread(target=server.stop, daemon=True)
             stopper.start()
         if owns_ray and ray.is_initialized():
+            stop_autoscaler_monitor()
             ray.shutdown()
         if stopper is not None:
             stopper.join()
+
+
+def stop_autoscaler_monitor() -> None:
+    """Kill the autoscaler monitor of the cluster this process started, before `ray.shutdown`.
+
+    `ray.shutdown` sends each of its processes SIGTERM and waits up to 1 s before SIGKILL; the
+    monitor ignores SIGTERM for that second (measured: shutdown 2.1-2.6 s, 0.6-1.1 s with the monitor
+    killed first, at load 20+). A local cluster's monitor has nothing to save, so it gets the SIGKILL
+    at once. Ray's node object is private API: if it moves, the shutdown is only slower.
+    """
+    with suppress(Exception):
+        from ray._private import worker
+
+        for info in worker._global_node.all_processes.get("monitor", []):
+            info.process.kill()
 
 
 def start_ray(runtime: RuntimeConfig, tell: Callable[[str, float, str], None]) -> None:

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from faceshard.models.inputs import Placed, check_input, place
+from faceshard.models.pretrained import DEPTH_RANDOM_ARCH
 from faceshard.models.registry import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -49,19 +50,16 @@ from faceshard.models.registry import (
     cached_model,
     fingerprint_dir,
     hub_offline,
-    hub_revision,
     hub_weights_info,
     is_local_ref,
     local_version,
     model_card,
-    random_weights_info,
     resolve_device,
 )
 from faceshard.records import Face
 
 DEFAULT_DEPTH_MODEL = "depth-anything/Depth-Anything-V2-Small-hf"
 DEPTH_CARD = model_card(DEFAULT_DEPTH_MODEL)
-RANDOM_ARCH = "DepthAnythingForDepthEstimation"  # DepthAnythingConfig(): the V2-Small layout
 
 
 def depth_anything_processor(
@@ -127,7 +125,7 @@ def load_depth_model(
         )
 
     (model, processor), info = build_random(
-        RANDOM_ARCH,
+        DEPTH_RANDOM_ARCH,
         random_model,
         allow_random=allow_random,
         what=model_ref,
@@ -140,24 +138,6 @@ def load_depth_model(
         cause=cause,
     )
     return model, processor, info
-
-
-def depth_weights(model_ref: str, allow_random: bool) -> WeightsInfo:
-    """What `DepthEstimator(model_ref)` will run with, decided from files where that is enough:
-    a local directory's content hash, the cached hub snapshot's commit, or `random` (allowed and
-    unreachable). Only otherwise (online and not cached: download; missing and not allowed: the
-    error naming what was tried) is the loader called."""
-    if is_local_ref(model_ref):
-        path = Path(model_ref).expanduser()
-        if path.is_dir():
-            return WeightsInfo(model_ref, str(path.resolve()), fingerprint_dir(path))
-        if allow_random:
-            return random_weights_info(RANDOM_ARCH)
-    elif hub_revision(model_ref) is not None:
-        return hub_weights_info(model_ref, model_ref)
-    elif allow_random and hub_offline():
-        return random_weights_info(RANDOM_ARCH)
-    return load_depth_model(model_ref, allow_random)[2]
 
 
 class DepthEstimator:

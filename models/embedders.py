@@ -42,6 +42,7 @@ import torch
 from PIL import Image
 
 from faceshard.models.inputs import check_input, mintime_sequence, place
+from faceshard.models.pretrained import CHECKPOINT_FILES
 from faceshard.models.registry import (
     MODELS,
     WeightsInfo,
@@ -61,7 +62,6 @@ from faceshard.records import Face
 log = logging.getLogger(__name__)
 
 DEFAULT_EMBEDDER = "repvit_m0_9.dist_300e_in1k"
-CHECKPOINT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".tar")
 
 

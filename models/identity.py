@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from faceshard.config import IdentityConfig
+from faceshard.models.pretrained import torch_home
 from faceshard.models.registry import (
     WeightsInfo,
     WeightsUnavailableError,
@@ -82,18 +83,13 @@ def facenet_weight_candidates(weights: str | None) -> list[Path]:
     """Where the vggface2 state dict is looked for: the configured file, else facenet-pytorch's cache.
 
     facenet-pytorch caches its download at `$TORCH_HOME/checkpoints/<file>`; torch.hub's own cache
-    (`torch.hub.get_dir()/checkpoints`) is also accepted for files fetched with torch.hub.
+    (`$TORCH_HOME/hub/checkpoints`) is also accepted for files fetched with torch.hub. Both are read
+    from the environment as those libraries read it, without importing them (a no-op build's check).
     """
     if weights:
         return [Path(weights).expanduser()]
-    import torch
-    from facenet_pytorch.models.inception_resnet_v1 import get_torch_home
-
-    candidates = [
-        Path(get_torch_home()) / "checkpoints" / FACENET.weights,
-        Path(torch.hub.get_dir()) / "checkpoints" / FACENET.weights,
-    ]
-    return list(dict.fromkeys(candidates))
+    home = torch_home()
+    return [home / "checkpoints" / FACENET.weights, home / "hub" / "checkpoints" / FACENET.weights]
 
 
 def facenet_weights_file(weights: str | None) -> Path:

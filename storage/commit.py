@@ -33,7 +33,7 @@ import json
 import os
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from typing import TYPE_CHECKING, Any
@@ -370,6 +370,7 @@ class Output:
         lease_ttl_s: float = DEFAULT_TTL_S,
         lease_heartbeat_s: float | None = None,
         owner: str | None = None,
+        warnings: Sequence[str] = (),
     ) -> Output:
         """Take the output's lease, then create or resume the output at `uri` for this configuration.
 
@@ -379,6 +380,7 @@ class Output:
         raises FingerprintMismatch naming the changed keys unless `rebuild`, which switches the
         output to the new fingerprint in one log entry (every shard of the old one is discarded at
         once; their files are collected). Any invalid record is a StorageError: nothing starts.
+        `warnings` (each once: the build's, e.g. random weights) are recorded in the metadata.
         """
         row_config, resolved = _config_views(config)
         weights = {name: dict(info) for name, info in weights.items()}
@@ -427,6 +429,7 @@ class Output:
                 "config": resolved,
                 "weights": weights,
                 "random_weights": sorted(n for n, w in weights.items() if w.get("random")),
+                "warnings": list(dict.fromkeys(warnings)),
             }
             if existing is not None and existing["fingerprint"] != fingerprint:
                 if not rebuild:

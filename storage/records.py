@@ -123,6 +123,7 @@ class Metadata(Record):
     config: dict[str, Any] | None
     weights: dict[str, Any]
     random_weights: list[str]
+    warnings: list[str] = Field(default_factory=list)  # the build's, each once (older outputs: none)
     reconstructed: bool = False
 
 

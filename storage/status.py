@@ -80,6 +80,7 @@ def dataset_status(
         "failed_videos": failed_videos,
         "failed_by_reason": dict(Counter(v["error"] for v in failed_videos).most_common()),
         "random_weights": list(meta.get("random_weights") or []),
+        "warnings": list(meta.get("warnings") or []),
         "stage_seconds": _stage_seconds(state),
         "lease": lease_holder(fs, root),
         "problems": problems,

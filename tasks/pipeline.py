@@ -26,6 +26,7 @@ from faceshard.config import BuildConfig
 from faceshard.errors import VideoError
 from faceshard.models.detectors import build_detector, detector_weights, resolve_device
 from faceshard.models.identity import IDENTITY_CLASSES, build_identity_embedder, identity_weights
+from faceshard.models.pretrained import depth_weights, embed_weights
 from faceshard.models.registry import WeightsUnavailableError
 from faceshard.records import Detections, Face, Frame, VideoInfo, VideoTask
 from faceshard.storage.schema import video_row
@@ -173,12 +174,8 @@ def weight_roles(cfg: BuildConfig) -> dict[str, Callable[[bool], Any]]:
     if cfg.identity.enabled:
         roles["identity"] = lambda allow: identity_weights(cfg.identity, allow)
     if cfg.depth.enabled:
-        from faceshard.models.depth import depth_weights
-
         roles["depth"] = lambda allow: depth_weights(cfg.depth.model, allow)
     if cfg.embed.enabled:
-        from faceshard.models.embedders import embed_weights
-
         roles["embed"] = lambda allow: embed_weights(cfg.embed.model, cfg.embed.checkpoint, allow)
     return roles
 

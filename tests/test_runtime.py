@@ -157,3 +157,34 @@ def test_the_server_ignores_the_terminals_ctrl_c_and_has_its_own_process_group(
         assert httpx.get(f"{server.api_url}/health").json() is True
     finally:
         server.stop()
+
+
+MONITOR_PROBE = """
+import json, signal, ray
+from faceshard.flows.runtime import stop_autoscaler_monitor
+
+ray.init(num_cpus=1, include_dashboard=False, logging_level="WARNING")
+monitor = ray._private.worker._global_node.all_processes["monitor"][0].process
+stop_autoscaler_monitor()
+code = monitor.wait(timeout=10)
+ray.shutdown()
+print(json.dumps({"monitor": code, "sigkill": -signal.SIGKILL}))
+"""
+
+
+def test_the_clusters_autoscaler_monitor_is_killed_not_waited_for() -> None:
+    """`ray.shutdown` gives the monitor a 1-s SIGTERM grace it ignores; a build's own cluster kills it
+    first (`local_runtime` calls this before `ray.shutdown`). If Ray's private node object moves, the
+    helper does nothing and this test says so."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run(
+        [sys.executable, "-c", MONITOR_PROBE],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["monitor"] == report["sigkill"]

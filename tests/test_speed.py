@@ -52,7 +52,7 @@ def test_the_driver_checks_and_fingerprints_without_model_libraries_or_prefect()
     """What the build's driver runs before Ray starts (`flows.local`: the manifest check, fingerprinting
     the weights of the MINTIME work from their files) imports neither torch nor Prefect: seconds of
     start-up on the critical path. Only the workers load the models, and Prefect is imported while
-    they start. (An embedding build's driver imports timm to resolve the model name.)"""
+    they start. (tests/test_noop_build.py checks every preset, embeddings and depth included.)"""
     code = (
         "import sys\nimport faceshard.flows.local\nfrom faceshard.config import load_config\n"
         "from faceshard.flows.plan import dataset_weights\n"

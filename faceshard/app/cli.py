@@ -16,7 +16,6 @@ from faceshard.app.cli_errors import FrontDoorGroup, fail
 from faceshard.bench import app as bench_app
 from faceshard.config import PRESETS, BuildConfig, ConfigError, load_config
 from faceshard.errors import ExitCode
-from faceshard.storage.fsio import absolute_uri, check_writable_folder
 
 app = typer.Typer(
     name="faceshard",
@@ -214,6 +213,8 @@ def build(
     if not dry_run:  # the first line at once: the rest of start-up is told phase by phase
         console.print(f"faceshard build {escape(manifest)} → {escape(out)}", highlight=False)
     cfg = resolve_build_config(preset, config, set_, shard_size)
+    from faceshard.storage.fsio import absolute_uri, check_writable_folder
+
     check_writable_folder(out)
     out = absolute_uri(out)  # the workers resolve paths in their own working directory
     from faceshard.errors import StorageError

@@ -1,7 +1,7 @@
 """`faceshard weights`: which weights a preset needs, where faceshard looks, and whether they are there.
 
 Nothing is downloaded or loaded: each role's weights are found with the very functions a build
-fingerprints them with (`tasks.pipeline.weight_roles`), with the hub in cache-only mode, and the
+fingerprints them with (`tasks.pipeline.weight_roles`, from files: `models.pretrained`), with the hub in cache-only mode, and the
 registry's card (`models.registry.MODELS`) says what the model is. A role is
 
 * `present`: its weights are on this machine (the source says where);
@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from faceshard.config import BuildConfig
@@ -125,11 +124,10 @@ def cache_locations() -> dict[str, str]:
     """The folders faceshard looks in for weights it is not given a path to."""
     from huggingface_hub import constants
 
-    torch_home = os.environ.get("TORCH_HOME") or str(
-        Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "torch"
-    )
+    from faceshard.models.pretrained import torch_home
+
     return {
         "huggingface_cache": str(constants.HF_HUB_CACHE),
-        "torch_checkpoints": str(Path(torch_home) / "checkpoints"),
+        "torch_checkpoints": str(torch_home() / "checkpoints"),
         "hub_offline": str(registry.hub_offline()).lower(),
     }
