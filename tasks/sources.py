@@ -155,16 +155,43 @@ class SourceDetections:
 
 class SourceFaces:
     """Face stage: a source records each kept face's thumbnail and identity embedding; a fake is
-    compared with the source's face at the same (frame, rank)."""
+    compared with the source's face at the same (frame, rank).
 
-    def __init__(self, memory: SourceMemory, remember: bool, metric: str | None) -> None:
+    With `embed` and `sample` > 0 (a reused fake, `sources.embed_sample`), the fake's identities are
+    carried over instead of clustered: each face takes the source's identity at its (frame, rank), and
+    the identity embedder runs only on `sample` faces per identity, evenly spread over its frames, for
+    `manip_embed`. Without, every face has its own embedding (the identity stage ran before) and the
+    fake's faces are clustered as a per-video build clusters them.
+    """
+
+    def __init__(
+        self,
+        memory: SourceMemory,
+        remember: bool,
+        metric: str | None,
+        embed: Callable[[list[Face]], list[Face]] | None = None,
+        sample: int = 0,
+    ) -> None:
         self.memory = memory
         self.remember = remember
         self.metric = metric
+        self.embed_faces = embed if sample > 0 else None
+        self.sampled = _spread(memory.identity, sample) if self.embed_faces is not None else set()
         self.pixel: dict[FaceKey, float] = {}
         self.embed: dict[FaceKey, float] = {}
 
+    @property
+    def carries_identities(self) -> bool:
+        """Whether the fake's faces took the source's identities (then they are not clustered again)."""
+        return self.embed_faces is not None
+
     def __call__(self, faces: list[Face]) -> list[Face]:
+        if self.carries_identities:
+            for face in faces:
+                face.identity = self.memory.identity.get((face.frame, face.face), -1)
+            chosen = [f for f in faces if f.crop is not None and (f.frame, f.face) in self.sampled]
+            if chosen:
+                self.embed_faces(chosen)  # type: ignore[misc]
         for face in faces:
             if face.crop is None:
                 continue
@@ -181,6 +208,20 @@ class SourceFaces:
             if other is not None and face.id_embedding is not None:
                 self.embed[key] = _distance(np.asarray(face.id_embedding, np.float32), other, self.metric)
         return faces
+
+
+def _spread(identity: dict[FaceKey, int], sample: int) -> set[FaceKey]:
+    """Per identity (−1 excluded), `sample` of its faces evenly spread over its frames (all if fewer)."""
+    by_identity: dict[int, list[FaceKey]] = defaultdict(list)
+    for key, label in identity.items():
+        if label >= 0:
+            by_identity[label].append(key)
+    chosen: set[FaceKey] = set()
+    for keys in by_identity.values():
+        keys.sort()
+        picks = np.linspace(0, len(keys) - 1, min(sample, len(keys))).round().astype(int)
+        chosen.update(keys[int(i)] for i in picks)
+    return chosen
 
 
 def _distance(a: np.ndarray, b: np.ndarray, metric: str | None) -> float:

@@ -390,7 +390,13 @@ MISALIGNED_SHIFT = 5  # frames
 
 
 def _render_group(
-    seed: int, index: int, videos_dir: Path, misaligned: bool, frames: int | None
+    seed: int,
+    index: int,
+    videos_dir: Path,
+    misaligned: bool,
+    frames: int | None,
+    fps: int = FPS,
+    size: tuple[int, int] | None = None,
 ) -> list[dict]:
     """One FF++-shaped group: a source clip (2 persons on even groups, 1 on odd ones), 4 fakes of it
     that keep every frame and swap one person's face on every frame (alternating which person), and
@@ -399,6 +405,8 @@ def _render_group(
     pool = list(_persons())
     n_persons = 2 if index % 2 == 0 else 1
     width, height = FRAME_SIZES[int(rng.integers(0, len(FRAME_SIZES)))]
+    if size is not None:
+        width, height = size
     n_frames = int(rng.integers(30, 41)) if frames is None else frames
     chosen = [pool[int(i)] for i in rng.choice(len(pool), size=n_persons, replace=False)]
     outsiders = [p for p in pool if p not in chosen]
@@ -414,22 +422,22 @@ def _render_group(
         clips.append((f"{source_id}_{method}", method, swaps, 0, n_frames, None))
     if misaligned:
         swaps = {0: (outsiders[0], every)}
-        other = FRAME_SIZES[(FRAME_SIZES.index((width, height)) + 1) % len(FRAME_SIZES)]
+        other = (width // 4 * 2, height // 4 * 2) if size else _next_size(width, height)
         clips.append((f"{source_id}_shifted", "shifted", swaps, MISALIGNED_SHIFT, n_frames, None))
         clips.append((f"{source_id}_resized", "resized", swaps, 0, n_frames, other))
         clips.append((f"{source_id}_shorter", "shorter", swaps, 0, n_frames - MISALIGNED_SHIFT, None))
     records = []
-    for video_id, method, swaps, shift, length, size in clips:
+    for video_id, method, swaps, shift, length, resized in clips:
         frames, truth_frames = _render_frames(tracks, background, length, swaps, shift)
-        if size is not None:
-            frames = [_resize(f, *size) for f in frames]
-            sx, sy = size[0] / width, size[1] / height
+        if resized is not None:
+            frames = [_resize(f, *resized) for f in frames]
+            sx, sy = resized[0] / width, resized[1] / height
             for frame in truth_frames:
                 for face in frame["faces"]:
                     x1, y1, x2, y2 = face["box"]
                     face["box"] = [round(x1 * sx), round(y1 * sy), round(x2 * sx), round(y2 * sy)]
         path = videos_dir / f"{video_id}.mp4"
-        _encode(path, frames)
+        _encode(path, frames, fps)
         fake = video_id != source_id
         records.append(
             {
@@ -439,9 +447,9 @@ def _render_group(
                 "method": method,
                 "source": source_id if fake else "",
                 "aligned": method not in MISALIGNED,
-                "width": size[0] if size else width,
-                "height": size[1] if size else height,
-                "fps": FPS,
+                "width": resized[0] if resized else width,
+                "height": resized[1] if resized else height,
+                "fps": fps,
                 "n_frames": length,
                 "persons": [t.person.name for t in tracks],
                 "swapped_tracks": sorted(swaps),
@@ -453,13 +461,24 @@ def _render_group(
     return records
 
 
+def _next_size(width: int, height: int) -> tuple[int, int]:
+    return FRAME_SIZES[(FRAME_SIZES.index((width, height)) + 1) % len(FRAME_SIZES)]
+
+
 def make_ffpp_corpus(
-    out: str | Path, n_sources: int = 4, seed: int = 0, misaligned: bool = True, frames: int | None = None
+    out: str | Path,
+    n_sources: int = 4,
+    seed: int = 0,
+    misaligned: bool = True,
+    frames: int | None = None,
+    fps: int = FPS,
+    size: tuple[int, int] | None = None,
 ) -> Path:
     """An FF++-shaped corpus: `n_sources` source clips, each with 4 aligned fakes (one person's face
     swapped on every frame; on 2-person sources the swapped person alternates) and, with `misaligned`,
     3 fakes that do not line up with it (`MISALIGNED`). The manifest links every fake to its source
-    (`video_id`, `source` columns); a group shares its split. Clips last 30-40 frames, or `frames`.
+    (`video_id`, `source` columns); a group shares its split. Clips last 30-40 frames, or `frames`, at
+    `fps`, 320x240 to 480x360 or `size` (W, H) (FF++ c23 itself: 25-30 fps, 480p-1080p, ~10-20 s).
     Returns the manifest path."""
     if not 1 <= n_sources <= MAX_VIDEOS:
         raise ValueError(f"n_sources must be in 1..{MAX_VIDEOS}, got {n_sources}")
@@ -470,7 +489,7 @@ def make_ffpp_corpus(
     splits = _splits(n_sources, seed)
     rows = []
     for index in range(n_sources):
-        for truth in _render_group(seed, index, videos_dir, misaligned, frames):
+        for truth in _render_group(seed, index, videos_dir, misaligned, frames, fps, size):
             truth = {**truth, "split": splits[index], "seed": seed}
             (truth_dir / f"{truth['video_id']}.json").write_text(json.dumps(truth, indent=1) + "\n")
             rows.append(
