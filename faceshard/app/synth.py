@@ -180,6 +180,37 @@ def _paste_swap(canvas: np.ndarray, source: _Person, box: tuple[float, float, fl
     _blend(canvas, face, _ellipse_alpha(dy1 - dy0, dx1 - dx0, feather=SWAP_FEATHER), dx0, dy0)
 
 
+# FF++'s swaps (FaceSwap, Deepfakes) replace the inner face: the convex hull of the landmarks from the
+# brows to the chin, colour-corrected to the target and blended, so hair, ears, jaw line and head pose
+# stay the source's. An inner-face swap keeps the face where it was: the donor's face box mapped onto
+# the target's, only this part of it (fractions of the box: x1, y1, x2, y2) shown, with this feather.
+INNER_FACE, INNER_FEATHER = (0.12, 0.18, 0.88, 0.98), 0.35
+
+
+def _paste_inner_swap(canvas: np.ndarray, donor: _Person, box: tuple[float, float, float, float]) -> None:
+    """FF++-style swap: the donor's inner face, on the target's face box, colour-matched and blended."""
+    fx1, fy1, fx2, fy2 = donor.face
+    ix1, iy1, ix2, iy2 = INNER_FACE
+    bw, bh = box[2] - box[0], box[3] - box[1]
+    dx0, dy0 = max(0, round(box[0] + ix1 * bw)), max(0, round(box[1] + iy1 * bh))
+    dx1 = min(canvas.shape[1], round(box[0] + ix2 * bw))
+    dy1 = min(canvas.shape[0], round(box[1] + iy2 * bh))
+    if dx1 - dx0 < 2 or dy1 - dy0 < 2:
+        return
+    fw, fh = fx2 - fx1, fy2 - fy1
+    # the donor's pixels over the same fractions of its own face box as the destination covers
+    sx0, sx1 = fx1 + (dx0 - box[0]) / bw * fw, fx1 + (dx1 - box[0]) / bw * fw
+    sy0, sy1 = fy1 + (dy0 - box[1]) / bh * fh, fy1 + (dy1 - box[1]) / bh * fh
+    patch = donor.patch[max(0, int(sy0)) : int(np.ceil(sy1)), max(0, int(sx0)) : int(np.ceil(sx1))]
+    face = _resize(patch, dx1 - dx0, dy1 - dy0)
+    alpha = _ellipse_alpha(dy1 - dy0, dx1 - dx0, feather=INNER_FEATHER)
+    target = canvas[dy0:dy1, dx0:dx1]
+    inside = alpha > 0.5
+    if inside.any():  # colour correction: the donor's skin tone moved to the target's
+        face = face - face[inside].mean(axis=0) + target[inside].mean(axis=0)
+    _blend(canvas, np.clip(face, 0, 255), alpha, dx0, dy0)
+
+
 def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
     """A plain colour with soft blotches and pixel noise, static over the clip."""
     base = rng.uniform(60, 200, size=3).astype(np.float32)
@@ -277,10 +308,12 @@ def _render_frames(
     n_frames: int,
     swaps: dict[int, tuple[_Person, range]],
     shift: int = 0,
+    inner: bool = False,
 ) -> tuple[list[np.ndarray], list[dict]]:
     """The clip's frames and per-frame truth; track k's face is swapped on the frames `swaps[k]` names.
 
-    `shift` renders frame i as the scene's frame i + shift (a fake whose frames do not line up).
+    `shift` renders frame i as the scene's frame i + shift (a fake whose frames do not line up); `inner`
+    swaps as FF++ does (`_paste_inner_swap`), else the donor's face and surroundings are pasted.
     """
     height, width = background.shape[:2]
     frames, truth_frames = [], []
@@ -293,7 +326,7 @@ def _render_frames(
             swap_source, swap_frames = swaps.get(k, (None, range(0)))
             swapped = swap_source is not None and i in swap_frames
             if swapped:
-                _paste_swap(canvas, swap_source, box)
+                (_paste_inner_swap if inner else _paste_swap)(canvas, swap_source, box)
             int_box = [round(v) for v in box]
             faces.append(
                 {
