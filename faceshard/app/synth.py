@@ -432,7 +432,8 @@ def _render_group(
     size: tuple[int, int] | None = None,
 ) -> list[dict]:
     """One FF++-shaped group: a source clip (2 persons on even groups, 1 on odd ones), 4 fakes of it
-    that keep every frame and swap one person's face on every frame (alternating which person), and
+    that keep every frame and swap one person's inner face on every frame as FF++ does
+    (`_paste_inner_swap`, alternating which person), and
     with `misaligned` the 3 MISALIGNED fakes. Returns the truth records, source first."""
     rng = np.random.default_rng([seed, 1000 + index])
     pool = list(_persons())
@@ -461,7 +462,7 @@ def _render_group(
         clips.append((f"{source_id}_shorter", "shorter", swaps, 0, n_frames - MISALIGNED_SHIFT, None))
     records = []
     for video_id, method, swaps, shift, length, resized in clips:
-        frames, truth_frames = _render_frames(tracks, background, length, swaps, shift)
+        frames, truth_frames = _render_frames(tracks, background, length, swaps, shift, inner=True)
         if resized is not None:
             frames = [_resize(f, *resized) for f in frames]
             sx, sy = resized[0] / width, resized[1] / height
