@@ -430,10 +430,11 @@ def _render_group(
     frames: int | None,
     fps: int = FPS,
     size: tuple[int, int] | None = None,
+    inner: bool = False,
 ) -> list[dict]:
     """One FF++-shaped group: a source clip (2 persons on even groups, 1 on odd ones), 4 fakes of it
-    that keep every frame and swap one person's inner face on every frame as FF++ does
-    (`_paste_inner_swap`, alternating which person), and
+    that keep every frame and swap one person's face on every frame (alternating which person; `inner`:
+    only the inner face, as FF++ does, `_paste_inner_swap`), and
     with `misaligned` the 3 MISALIGNED fakes. Returns the truth records, source first."""
     rng = np.random.default_rng([seed, 1000 + index])
     pool = list(_persons())
@@ -462,7 +463,7 @@ def _render_group(
         clips.append((f"{source_id}_shorter", "shorter", swaps, 0, n_frames - MISALIGNED_SHIFT, None))
     records = []
     for video_id, method, swaps, shift, length, resized in clips:
-        frames, truth_frames = _render_frames(tracks, background, length, swaps, shift, inner=True)
+        frames, truth_frames = _render_frames(tracks, background, length, swaps, shift, inner=inner)
         if resized is not None:
             frames = [_resize(f, *resized) for f in frames]
             sx, sy = resized[0] / width, resized[1] / height
@@ -507,13 +508,16 @@ def make_ffpp_corpus(
     frames: int | None = None,
     fps: int = FPS,
     size: tuple[int, int] | None = None,
+    inner: bool = False,
 ) -> Path:
     """An FF++-shaped corpus: `n_sources` source clips, each with 4 aligned fakes (one person's face
     swapped on every frame; on 2-person sources the swapped person alternates) and, with `misaligned`,
     3 fakes that do not line up with it (`MISALIGNED`). The manifest links every fake to its source
     (`video_id`, `source` columns); a group shares its split. Clips last 30-40 frames, or `frames`, at
     `fps`, 320x240 to 480x360 or `size` (W, H) (FF++ c23 itself: 25-30 fps, 480p-1080p, ~10-20 s).
-    Returns the manifest path."""
+    `inner` swaps only the inner face, colour-matched and blended, as FF++'s FaceSwap/Deepfakes do (MTCNN's
+    box then moves more, not less: see the README); the default pastes the donor's face with its
+    surroundings onto the face box. Returns the manifest path."""
     if not 1 <= n_sources <= MAX_VIDEOS:
         raise ValueError(f"n_sources must be in 1..{MAX_VIDEOS}, got {n_sources}")
     root = Path(out)
@@ -523,7 +527,7 @@ def make_ffpp_corpus(
     splits = _splits(n_sources, seed)
     rows = []
     for index in range(n_sources):
-        for truth in _render_group(seed, index, videos_dir, misaligned, frames, fps, size):
+        for truth in _render_group(seed, index, videos_dir, misaligned, frames, fps, size, inner):
             truth = {**truth, "split": splits[index], "seed": seed}
             (truth_dir / f"{truth['video_id']}.json").write_text(json.dumps(truth, indent=1) + "\n")
             rows.append(
