@@ -167,7 +167,8 @@ def ffpp(
     source-aware by the same processor, with the detector's frames counted."""
     manifest = make_ffpp_corpus(tmp_path_factory.mktemp("ffpp"), n_sources=2, seed=0)
     videos = load_manifest(str(manifest)).tasks()
-    processor = VideoProcessor(load_config("demo", overrides=FAST), device="cpu")
+    # 2 faces per identity (the default is 4): the synth clips sample 3-4 frames, so a sample of 4 is all
+    processor = VideoProcessor(load_config("demo", overrides=[*FAST, "sources.embed_sample=2"]), device="cpu")
     per_video = {r.video["video_id"]: r for r in process_videos(processor, videos, 0, source_aware=False)}
     processor.identity = counting = CountingEmbedder(processor.identity)
     embedded: dict[str, int] = {}
@@ -302,12 +303,12 @@ def test_the_swapped_identity_is_labelled_manipulated_and_the_other_untouched(ff
 
 def test_a_reused_fake_embeds_only_a_sample_of_its_faces(ffpp) -> None:
     """The identity embedder ran on every face of a source and of a fake that fell back, and on at most
-    `sources.embed_sample` (4) faces per identity of a reused fake."""
+    `sources.embed_sample` (2 here) faces per identity of a reused fake."""
     _, _, aware, _ = ffpp
     for result in aware.values():
         n_faces, n_ids = len(result.faces), result.video["n_identities"]
         if result.video["detections"] == "source":
-            assert result.video["embedded"] <= 4 * n_ids < n_faces, result.video
+            assert result.video["embedded"] <= 2 * n_ids < n_faces, result.video
         else:
             assert result.video["embedded"] == n_faces, result.video
 
