@@ -231,9 +231,11 @@ def test_aligned_fakes_reuse_the_source_and_give_the_per_video_rows(ffpp) -> Non
                 assert {k: a[k] for k in same} == {k: b[k] for k in same} or iou < 0.95
         source = aware[truth[video_id]["source"]]
         assert [(f["frame"], f["face"]) for f in got.faces] == [(f["frame"], f["face"]) for f in source.faces]
-    # The per-video detector's own box moves with the codec noise of a separate encode (MTCNN: an
-    # untouched face measured 0.91-1.0) and more with a swapped-in face (0.8-0.9); the reused box is the
-    # source's. Both are measured against the synth truth below: reuse must be as close to it.
+    # The goal (IoU >= 0.95 for 99 % of faces) is below MTCNN's own noise floor: the same frames
+    # encoded twice (crf 18 vs 23) give IoU >= 0.95 for only 66 % of synth faces (min 0.86) and 82 % of
+    # the real fixture's (min 0.87), before any face is swapped (README, "Source-aware builds"). The
+    # per-video box moves with that noise and more with a swapped-in face (0.8-0.9); the reused box is
+    # the source's. Both are measured against the synth truth below: reuse must be as close to it.
     print(
         f"box IoU reused vs per-video: untouched {np.percentile(untouched, [0, 50]).round(3)}, all faces"
         f" {np.percentile(ious, [0, 50]).round(3)}, >= 0.95: {np.mean(np.array(ious) >= 0.95):.1%}"
