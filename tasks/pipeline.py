@@ -89,6 +89,9 @@ class DetectionProvider(Protocol):
 
     def __call__(self, frames: list[Frame]) -> list[Detections]: ...
 
+    def finish(self) -> None:
+        """Called once the video's frames are all detected (a verifying provider checks what it held)."""
+
 
 class DetectorProvider:
     """Detections from the detector itself."""
@@ -98,6 +101,9 @@ class DetectorProvider:
 
     def __call__(self, frames: list[Frame]) -> list[Detections]:
         return self.detect([frame.rgb for frame in frames])
+
+    def finish(self) -> None:
+        """Nothing is held."""
 
 
 class CountingDetector:
@@ -396,7 +402,13 @@ class VideoProcessor:
         reason = group.mismatch(info)
         if reason is None:
             sources = self.cfg.sources
-            reuse = SourceDetections(group, self.detect.detector, sources.verify_every, sources.verify_iou)
+            reuse = SourceDetections(
+                group,
+                self.detect.detector,
+                sources.verify_every,
+                sources.verify_iou,
+                self.cfg.detect.batch_size,
+            )
             compare = SourceFaces(
                 group, remember=False, metric=self._metric, embed=self.identity, sample=sources.embed_sample
             )
@@ -444,6 +456,8 @@ class VideoProcessor:
                     faces = self.cropper(frame, dets)
                 run.found(frame.index, len(dets), faces)
             enrich(run.settled())
+        with clock("detect"):
+            detect.finish()
         enrich(run.finish(), force=True)
         return sorted(enrich.done, key=lambda face: (face.frame, face.face))
 

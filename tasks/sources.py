@@ -118,7 +118,12 @@ class SourceMemory:
 
 
 class SourceDetections:
-    """Detection provider for a fake: its source's detections, verified on a sample of frames."""
+    """Detection provider for a fake: its source's detections, verified on a sample of frames.
+
+    The first checked frame is verified at once (a shifted fake fails before it is cropped further);
+    the later ones are held and verified `batch` at a time, and the rest at `finish` (one detector call
+    instead of one per decoded batch: the sample is 1 in `every`, so about one frame a batch).
+    """
 
     def __init__(
         self,
@@ -126,11 +131,14 @@ class SourceDetections:
         detect: Callable[[list[np.ndarray]], list[Detections]],
         every: int,
         min_iou: float,
+        batch: int = 8,
     ) -> None:
         self.memory = memory
         self.detect = detect
         self.min_iou = min_iou
+        self.batch = batch
         self.check = memory.verify_frames(every)
+        self.held: list[Frame] = []
         self.verified = 0
 
     def __call__(self, frames: list[Frame]) -> list[Detections]:
@@ -138,12 +146,22 @@ class SourceDetections:
         missing = [frame.index for frame in frames if frame.index not in known]
         if missing:
             raise Misaligned(f"frame {missing[0]} was sampled but the source's frame was not")
-        sample = [frame for frame in frames if frame.index in self.check]
-        if sample:
-            for frame, found in zip(sample, self.detect([f.rgb for f in sample]), strict=True):
-                self._compare(frame.index, known[frame.index], found)
-            self.verified += len(sample)
+        self.held.extend(frame for frame in frames if frame.index in self.check)
+        if self.held and (not self.verified or len(self.held) >= self.batch):
+            self._verify()
         return [known[frame.index] for frame in frames]
+
+    def finish(self) -> None:
+        """Verify the frames still held (raises Misaligned like a call does)."""
+        if self.held:
+            self._verify()
+
+    def _verify(self) -> None:
+        held, self.held = self.held, []
+        known = self.memory.detections
+        for frame, found in zip(held, self.detect([f.rgb for f in held]), strict=True):
+            self._compare(frame.index, known[frame.index], found)
+        self.verified += len(held)
 
     def _compare(self, index: int, source: Detections, found: Detections) -> None:
         if len(source) != len(found):

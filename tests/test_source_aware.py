@@ -95,9 +95,14 @@ def test_verification_checks_one_in_n_and_every_face_count_change() -> None:
 
     provider = SourceDetections(memory, detector, every=8, min_iou=0.9)
     out = provider([Frame(i, np.zeros((64, 64, 3), np.uint8)) for i in range(5)])
-    assert [len(d) for d in out] == [1] * 5 and seen == [1]  # only frame 0 of 0-4 was checked
+    assert [len(d) for d in out] == [1] * 5 and seen == [1]  # only frame 0 of 0-4 was checked, at once
+    provider([Frame(i, np.zeros((64, 64, 3), np.uint8)) for i in (7, 8)])
+    assert seen == [1]  # later checks are held and verified in one detector call
+    provider.finish()
+    assert seen == [1, 2]
+    provider([Frame(5, np.zeros((64, 64, 3), np.uint8))])
     with pytest.raises(Misaligned, match="frame 5: 1 faces, the source has 0"):
-        provider([Frame(5, np.zeros((64, 64, 3), np.uint8))])
+        provider.finish()
     shifted = SourceDetections(
         memory,
         lambda fs: [
