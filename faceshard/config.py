@@ -197,6 +197,12 @@ class SourcesConfig(_Section):
     manipulated_pixel: float = Field(
         0.03, gt=0, description="identity labelled manipulated above this mean thumbnail difference (0-1)"
     )
+    embed_sample: int = Field(
+        4,
+        ge=0,
+        description="a reused fake takes its source's identities by box and runs the identity embedder on"
+        " only this many faces per identity (for manip_embed); 0 embeds and clusters every face of the fake",
+    )
 
 
 class RuntimeConfig(_Section):

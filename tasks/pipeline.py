@@ -32,7 +32,7 @@ from faceshard.records import Detections, Face, Frame, VideoInfo, VideoTask
 from faceshard.storage.schema import video_row
 from faceshard.tasks.crops import CropEncoder, Cropper, encode_image
 from faceshard.tasks.decode import iter_frames, probe
-from faceshard.tasks.identity import assign_identities, clustering_rule
+from faceshard.tasks.identity import assign_identities, clustering_rule, identity_rows
 from faceshard.tasks.repeats import RepeatAwareDetector, StillPictureSkipper
 from faceshard.tasks.sampling import FrameSelector, SampledDetection, make_selector
 from faceshard.tasks.size import SizeStage
@@ -90,6 +90,9 @@ class DetectionProvider(Protocol):
 
     def __call__(self, frames: list[Frame]) -> list[Detections]: ...
 
+    def finish(self) -> None:
+        """Called once the video's frames are all detected (a verifying provider checks what it held)."""
+
 
 class DetectorProvider:
     """Detections from the detector itself."""
@@ -99,6 +102,9 @@ class DetectorProvider:
 
     def __call__(self, frames: list[Frame]) -> list[Detections]:
         return self.detect([frame.rgb for frame in frames])
+
+    def finish(self) -> None:
+        """Nothing is held."""
 
 
 class CountingDetector:
@@ -342,7 +348,7 @@ class VideoProcessor:
                 height=info.height,
             )
             with clock("cluster"):
-                identity_rows = self._identities(faces)
+                identity_rows = self._identities(faces, compare)
         except VideoError as exc:
             return self._failed(row, str(exc), started, clock, counted_before)
         except ModelsUnavailable:
@@ -394,8 +400,16 @@ class VideoProcessor:
         reason = group.mismatch(info)
         if reason is None:
             sources = self.cfg.sources
-            reuse = SourceDetections(group, self.detect.detector, sources.verify_every, sources.verify_iou)
-            compare = SourceFaces(group, remember=False, metric=self._metric)
+            reuse = SourceDetections(
+                group,
+                self.detect.detector,
+                sources.verify_every,
+                sources.verify_iou,
+                self.cfg.detect.batch_size,
+            )
+            compare = SourceFaces(
+                group, remember=False, metric=self._metric, embed=self.identity, sample=sources.embed_sample
+            )
             try:
                 faces = self._chain(video, info, clock, reuse, extra=compare)
                 group.check_length(info)
@@ -425,6 +439,8 @@ class VideoProcessor:
         selector.start(info, video.path)
         run: SampledDetection[Face] = SampledDetection(selector, self.cfg.detect.batch_size)
         stages = self.face_stages()
+        if extra is not None and extra.carries_identities:  # it embeds only its sample of faces
+            stages = [(name, stage) for name, stage in stages if name != "identity"]
         if extra is not None:  # compared or remembered before `encode` drops the pixels
             stages.insert(len(stages) - 1, ("sources", extra))
         enrich = FaceStages(stages, self.face_batch, clock)
@@ -438,6 +454,8 @@ class VideoProcessor:
                     faces = self.cropper(frame, dets)
                 run.found(frame.index, len(dets), faces)
             enrich(run.settled())
+        with clock("detect"):
+            detect.finish()
         enrich(run.finish(), force=True)
         return sorted(enrich.done, key=lambda face: (face.frame, face.face))
 
@@ -450,11 +468,15 @@ class VideoProcessor:
         skip_still = sampling.strategy == "per_second" and sampling.fallback() is not None
         return DetectorProvider(self.detect_still if skip_still else self.detect)
 
-    def _identities(self, faces: list[Face]) -> list[dict[str, Any]]:
-        """Cluster the video's faces into identities (SPEC §5) and rank them; fills `Face.identity`."""
+    def _identities(self, faces: list[Face], compare: SourceFaces | None = None) -> list[dict[str, Any]]:
+        """Cluster the video's faces into identities (SPEC §5) and rank them; fills `Face.identity`.
+        A reused fake that carried its source's identities over is ranked on those, not clustered."""
         if self.identity is None or not faces:
             return []
-        rows = assign_identities(faces, self.cfg.identity, self.metric, self.threshold)
+        if compare is not None and compare.carries_identities:
+            rows = identity_rows(faces, np.array([face.identity for face in faces]))
+        else:
+            rows = assign_identities(faces, self.cfg.identity, self.metric, self.threshold)
         return [asdict(row) for row in rows]
 
 

@@ -118,7 +118,12 @@ class SourceMemory:
 
 
 class SourceDetections:
-    """Detection provider for a fake: its source's detections, verified on a sample of frames."""
+    """Detection provider for a fake: its source's detections, verified on a sample of frames.
+
+    The first checked frame is verified at once (a shifted fake fails before it is cropped further);
+    the later ones are held and verified `batch` at a time, and the rest at `finish` (one detector call
+    instead of one per decoded batch: the sample is 1 in `every`, so about one frame a batch).
+    """
 
     def __init__(
         self,
@@ -126,11 +131,14 @@ class SourceDetections:
         detect: Callable[[list[np.ndarray]], list[Detections]],
         every: int,
         min_iou: float,
+        batch: int = 8,
     ) -> None:
         self.memory = memory
         self.detect = detect
         self.min_iou = min_iou
+        self.batch = batch
         self.check = memory.verify_frames(every)
+        self.held: list[Frame] = []
         self.verified = 0
 
     def __call__(self, frames: list[Frame]) -> list[Detections]:
@@ -138,12 +146,22 @@ class SourceDetections:
         missing = [frame.index for frame in frames if frame.index not in known]
         if missing:
             raise Misaligned(f"frame {missing[0]} was sampled but the source's frame was not")
-        sample = [frame for frame in frames if frame.index in self.check]
-        if sample:
-            for frame, found in zip(sample, self.detect([f.rgb for f in sample]), strict=True):
-                self._compare(frame.index, known[frame.index], found)
-            self.verified += len(sample)
+        self.held.extend(frame for frame in frames if frame.index in self.check)
+        if self.held and (not self.verified or len(self.held) >= self.batch):
+            self._verify()
         return [known[frame.index] for frame in frames]
+
+    def finish(self) -> None:
+        """Verify the frames still held (raises Misaligned like a call does)."""
+        if self.held:
+            self._verify()
+
+    def _verify(self) -> None:
+        held, self.held = self.held, []
+        known = self.memory.detections
+        for frame, found in zip(held, self.detect([f.rgb for f in held]), strict=True):
+            self._compare(frame.index, known[frame.index], found)
+        self.verified += len(held)
 
     def _compare(self, index: int, source: Detections, found: Detections) -> None:
         if len(source) != len(found):
@@ -155,16 +173,43 @@ class SourceDetections:
 
 class SourceFaces:
     """Face stage: a source records each kept face's thumbnail and identity embedding; a fake is
-    compared with the source's face at the same (frame, rank)."""
+    compared with the source's face at the same (frame, rank).
 
-    def __init__(self, memory: SourceMemory, remember: bool, metric: str | None) -> None:
+    With `embed` and `sample` > 0 (a reused fake, `sources.embed_sample`), the fake's identities are
+    carried over instead of clustered: each face takes the source's identity at its (frame, rank), and
+    the identity embedder runs only on `sample` faces per identity, evenly spread over its frames, for
+    `manip_embed`. Without, every face has its own embedding (the identity stage ran before) and the
+    fake's faces are clustered as a per-video build clusters them.
+    """
+
+    def __init__(
+        self,
+        memory: SourceMemory,
+        remember: bool,
+        metric: str | None,
+        embed: Callable[[list[Face]], list[Face]] | None = None,
+        sample: int = 0,
+    ) -> None:
         self.memory = memory
         self.remember = remember
         self.metric = metric
+        self.embed_faces = embed if sample > 0 else None
+        self.sampled = _spread(memory.identity, sample) if self.embed_faces is not None else set()
         self.pixel: dict[FaceKey, float] = {}
         self.embed: dict[FaceKey, float] = {}
 
+    @property
+    def carries_identities(self) -> bool:
+        """Whether the fake's faces took the source's identities (then they are not clustered again)."""
+        return self.embed_faces is not None
+
     def __call__(self, faces: list[Face]) -> list[Face]:
+        if self.carries_identities:
+            for face in faces:
+                face.identity = self.memory.identity.get((face.frame, face.face), -1)
+            chosen = [f for f in faces if f.crop is not None and (f.frame, f.face) in self.sampled]
+            if chosen:
+                self.embed_faces(chosen)  # type: ignore[misc]
         for face in faces:
             if face.crop is None:
                 continue
@@ -181,6 +226,20 @@ class SourceFaces:
             if other is not None and face.id_embedding is not None:
                 self.embed[key] = _distance(np.asarray(face.id_embedding, np.float32), other, self.metric)
         return faces
+
+
+def _spread(identity: dict[FaceKey, int], sample: int) -> set[FaceKey]:
+    """Per identity (−1 excluded), `sample` of its faces evenly spread over its frames (all if fewer)."""
+    by_identity: dict[int, list[FaceKey]] = defaultdict(list)
+    for key, label in identity.items():
+        if label >= 0:
+            by_identity[label].append(key)
+    chosen: set[FaceKey] = set()
+    for keys in by_identity.values():
+        keys.sort()
+        picks = np.linspace(0, len(keys) - 1, min(sample, len(keys))).round().astype(int)
+        chosen.update(keys[int(i)] for i in picks)
+    return chosen
 
 
 def _distance(a: np.ndarray, b: np.ndarray, metric: str | None) -> float:

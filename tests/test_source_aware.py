@@ -20,19 +20,26 @@ import pytest
 
 from faceshard.app.synth import MISALIGNED, load_truth, make_ffpp_corpus
 from faceshard.config import load_config
-from faceshard.records import Detections, Frame, VideoInfo, VideoTask
+from faceshard.records import Detections, Face, Frame, VideoInfo, VideoTask
 from faceshard.storage.manifest import load_manifest
 from faceshard.storage.plan import PriorPlan, plan_build
 from faceshard.tasks.pipeline import VideoProcessor, VideoResult
 from faceshard.tasks.shard import process_videos
-from faceshard.tasks.sources import Misaligned, SourceDetections, SourceMemory, box_iou, source_groups
+from faceshard.tasks.sources import (
+    Misaligned,
+    SourceDetections,
+    SourceFaces,
+    SourceMemory,
+    box_iou,
+    source_groups,
+)
 from tests.clips import write_video
 
 FAST = ["depth.enabled=false", "embed.enabled=false", "runtime.device=cpu"]
 # Row fields that differ by design where a fake reuses its source's detections (documented in
 # tasks/sources.py and the README): the detector's score is the source's, and the provenance columns.
 REUSE_FIELDS = {"score"}
-VIDEO_NEUTRAL = {"seconds", "detections", "detections_note"}
+VIDEO_NEUTRAL = {"seconds", "detections", "detections_note", "embedded"}
 
 
 def _plan_shards(ids: list[str], sources: list[str | None], size: int) -> dict[int, list[str]]:
@@ -88,9 +95,14 @@ def test_verification_checks_one_in_n_and_every_face_count_change() -> None:
 
     provider = SourceDetections(memory, detector, every=8, min_iou=0.9)
     out = provider([Frame(i, np.zeros((64, 64, 3), np.uint8)) for i in range(5)])
-    assert [len(d) for d in out] == [1] * 5 and seen == [1]  # only frame 0 of 0-4 was checked
+    assert [len(d) for d in out] == [1] * 5 and seen == [1]  # only frame 0 of 0-4 was checked, at once
+    provider([Frame(i, np.zeros((64, 64, 3), np.uint8)) for i in (7, 8)])
+    assert seen == [1]  # later checks are held and verified in one detector call
+    provider.finish()
+    assert seen == [1, 2]
+    provider([Frame(5, np.zeros((64, 64, 3), np.uint8))])
     with pytest.raises(Misaligned, match="frame 5: 1 faces, the source has 0"):
-        provider([Frame(5, np.zeros((64, 64, 3), np.uint8))])
+        provider.finish()
     shifted = SourceDetections(
         memory,
         lambda fs: [
@@ -105,6 +117,53 @@ def test_verification_checks_one_in_n_and_every_face_count_change() -> None:
         provider([Frame(40, np.zeros((64, 64, 3), np.uint8))])
 
 
+def test_a_reused_fake_takes_the_source_identities_and_embeds_a_sample() -> None:
+    """`sources.embed_sample`: identity k of the fake is the source's identity k at the same (frame, rank);
+    the embedder runs on `sample` faces per identity, spread over its frames, and scores those only."""
+    memory = SourceMemory("src", usable=True)
+    memory.identity = {(f, 0): 0 for f in range(10)} | {(f, 1): 1 for f in range(0, 10, 2)} | {(3, 2): -1}
+    for key in memory.identity:
+        memory.thumbs[key] = np.zeros((32, 32, 3), np.float32)
+        memory.embeddings[key] = np.zeros(4, np.float32)
+    embedded: list[tuple[int, int]] = []
+
+    def embed(faces: list[Face]) -> list[Face]:
+        for face in faces:
+            face.id_embedding = np.full(4, 0.5, np.float32)
+            embedded.append((face.frame, face.face))
+        return faces
+
+    stage = SourceFaces(memory, remember=False, metric="euclidean", embed=embed, sample=3)
+    assert stage.carries_identities
+    faces = [
+        Face(f, r, np.zeros(4, np.float32), 1.0, 64, 64, crop=np.full((40, 40, 3), 255, np.uint8))
+        for f, r in sorted(memory.identity)
+    ]
+    stage(faces[:7])  # the stage sees faces a batch at a time
+    stage(faces[7:])
+    assert [face.identity for face in faces] == [memory.identity[(f.frame, f.face)] for f in faces]
+    assert sorted(embedded) == [(0, 0), (0, 1), (4, 0), (4, 1), (8, 1), (9, 0)]  # 3 per identity, spread
+    assert set(stage.embed) == set(embedded) and set(stage.pixel) == set(memory.identity)
+    assert all(v == pytest.approx(1.0) for v in stage.pixel.values())
+    off = SourceFaces(memory, remember=False, metric="euclidean", embed=embed, sample=0)
+    assert not off.carries_identities  # embed_sample=0: the fake's own faces are embedded and clustered
+
+
+class CountingEmbedder:
+    """The identity embedder, counting the faces it embeds per video (read and reset between videos)."""
+
+    def __init__(self, embedder) -> None:
+        self.embedder = embedder
+        self.faces = 0
+
+    def __call__(self, faces: list[Face]) -> list[Face]:
+        self.faces += len(faces)
+        return self.embedder(faces)
+
+    def __getattr__(self, name: str):
+        return getattr(self.embedder, name)
+
+
 @pytest.fixture(scope="module")
 def ffpp(
     tmp_path_factory: pytest.TempPathFactory,
@@ -113,9 +172,19 @@ def ffpp(
     source-aware by the same processor, with the detector's frames counted."""
     manifest = make_ffpp_corpus(tmp_path_factory.mktemp("ffpp"), n_sources=2, seed=0)
     videos = load_manifest(str(manifest)).tasks()
-    processor = VideoProcessor(load_config("demo", overrides=FAST), device="cpu")
+    # 2 faces per identity (the default is 4): the synth clips sample 3-4 frames, so a sample of 4 is all
+    processor = VideoProcessor(load_config("demo", overrides=[*FAST, "sources.embed_sample=2"]), device="cpu")
     per_video = {r.video["video_id"]: r for r in process_videos(processor, videos, 0, source_aware=False)}
-    aware = {r.video["video_id"]: r for r in process_videos(processor, videos, 0, source_aware=True)}
+    processor.identity = counting = CountingEmbedder(processor.identity)
+    embedded: dict[str, int] = {}
+
+    def count(video: VideoTask, result: VideoResult) -> None:
+        embedded[video.video_id] = counting.faces
+        counting.faces = 0
+
+    aware = {r.video["video_id"]: r for r in process_videos(processor, videos, 0, True, on_video=count)}
+    for video_id, n in embedded.items():
+        aware[video_id].video["embedded"] = n  # read by the sample test, ignored by the row comparisons
     return manifest, per_video, aware, load_truth(manifest.parent)
 
 
@@ -167,9 +236,11 @@ def test_aligned_fakes_reuse_the_source_and_give_the_per_video_rows(ffpp) -> Non
                 assert {k: a[k] for k in same} == {k: b[k] for k in same} or iou < 0.95
         source = aware[truth[video_id]["source"]]
         assert [(f["frame"], f["face"]) for f in got.faces] == [(f["frame"], f["face"]) for f in source.faces]
-    # The per-video detector's own box moves with the codec noise of a separate encode (MTCNN: an
-    # untouched face measured 0.91-1.0) and more with a swapped-in face (0.8-0.9); the reused box is the
-    # source's. Both are measured against the synth truth below: reuse must be as close to it.
+    # The issue's goal (IoU >= 0.95 for 99 % of faces) is below MTCNN's own noise floor: the same frames
+    # encoded twice (crf 18 vs 23) give IoU >= 0.95 for only 66 % of synth faces (min 0.86) and 82 % of
+    # the real fixture's (min 0.87), before any face is swapped (README, "Source-aware builds"). The
+    # per-video box moves with that noise and more with a swapped-in face (0.8-0.9); the reused box is
+    # the source's. Both are measured against the synth truth below: reuse must be as close to it.
     print(
         f"box IoU reused vs per-video: untouched {np.percentile(untouched, [0, 50]).round(3)}, all faces"
         f" {np.percentile(ious, [0, 50]).round(3)}, >= 0.95: {np.mean(np.array(ious) >= 0.95):.1%}"
@@ -235,6 +306,18 @@ def test_the_swapped_identity_is_labelled_manipulated_and_the_other_untouched(ff
             right += row["manipulated"] == (tracks[row["identity"]] in swapped)
     assert two_person >= 4  # the case that matters: one of two identities swapped
     assert right / total >= 0.95, (right, total)
+
+
+def test_a_reused_fake_embeds_only_a_sample_of_its_faces(ffpp) -> None:
+    """The identity embedder ran on every face of a source and of a fake that fell back, and on at most
+    `sources.embed_sample` (2 here) faces per identity of a reused fake."""
+    _, _, aware, _ = ffpp
+    for result in aware.values():
+        n_faces, n_ids = len(result.faces), result.video["n_identities"]
+        if result.video["detections"] == "source":
+            assert result.video["embedded"] <= 2 * n_ids < n_faces, result.video
+        else:
+            assert result.video["embedded"] == n_faces, result.video
 
 
 def test_source_aware_runs_the_detector_on_far_fewer_frames(ffpp) -> None:

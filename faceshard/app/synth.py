@@ -180,6 +180,37 @@ def _paste_swap(canvas: np.ndarray, source: _Person, box: tuple[float, float, fl
     _blend(canvas, face, _ellipse_alpha(dy1 - dy0, dx1 - dx0, feather=SWAP_FEATHER), dx0, dy0)
 
 
+# FF++'s swaps (FaceSwap, Deepfakes) replace the inner face: the convex hull of the landmarks from the
+# brows to the chin, colour-corrected to the target and blended, so hair, ears, jaw line and head pose
+# stay the source's. An inner-face swap keeps the face where it was: the donor's face box mapped onto
+# the target's, only this part of it (fractions of the box: x1, y1, x2, y2) shown, with this feather.
+INNER_FACE, INNER_FEATHER = (0.12, 0.18, 0.88, 0.98), 0.35
+
+
+def _paste_inner_swap(canvas: np.ndarray, donor: _Person, box: tuple[float, float, float, float]) -> None:
+    """FF++-style swap: the donor's inner face, on the target's face box, colour-matched and blended."""
+    fx1, fy1, fx2, fy2 = donor.face
+    ix1, iy1, ix2, iy2 = INNER_FACE
+    bw, bh = box[2] - box[0], box[3] - box[1]
+    dx0, dy0 = max(0, round(box[0] + ix1 * bw)), max(0, round(box[1] + iy1 * bh))
+    dx1 = min(canvas.shape[1], round(box[0] + ix2 * bw))
+    dy1 = min(canvas.shape[0], round(box[1] + iy2 * bh))
+    if dx1 - dx0 < 2 or dy1 - dy0 < 2:
+        return
+    fw, fh = fx2 - fx1, fy2 - fy1
+    # the donor's pixels over the same fractions of its own face box as the destination covers
+    sx0, sx1 = fx1 + (dx0 - box[0]) / bw * fw, fx1 + (dx1 - box[0]) / bw * fw
+    sy0, sy1 = fy1 + (dy0 - box[1]) / bh * fh, fy1 + (dy1 - box[1]) / bh * fh
+    patch = donor.patch[max(0, int(sy0)) : int(np.ceil(sy1)), max(0, int(sx0)) : int(np.ceil(sx1))]
+    face = _resize(patch, dx1 - dx0, dy1 - dy0)
+    alpha = _ellipse_alpha(dy1 - dy0, dx1 - dx0, feather=INNER_FEATHER)
+    target = canvas[dy0:dy1, dx0:dx1]
+    inside = alpha > 0.5
+    if inside.any():  # colour correction: the donor's skin tone moved to the target's
+        face = face - face[inside].mean(axis=0) + target[inside].mean(axis=0)
+    _blend(canvas, np.clip(face, 0, 255), alpha, dx0, dy0)
+
+
 def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
     """A plain colour with soft blotches and pixel noise, static over the clip."""
     base = rng.uniform(60, 200, size=3).astype(np.float32)
@@ -277,10 +308,12 @@ def _render_frames(
     n_frames: int,
     swaps: dict[int, tuple[_Person, range]],
     shift: int = 0,
+    inner: bool = False,
 ) -> tuple[list[np.ndarray], list[dict]]:
     """The clip's frames and per-frame truth; track k's face is swapped on the frames `swaps[k]` names.
 
-    `shift` renders frame i as the scene's frame i + shift (a fake whose frames do not line up).
+    `shift` renders frame i as the scene's frame i + shift (a fake whose frames do not line up); `inner`
+    swaps as FF++ does (`_paste_inner_swap`), else the donor's face and surroundings are pasted.
     """
     height, width = background.shape[:2]
     frames, truth_frames = [], []
@@ -293,7 +326,7 @@ def _render_frames(
             swap_source, swap_frames = swaps.get(k, (None, range(0)))
             swapped = swap_source is not None and i in swap_frames
             if swapped:
-                _paste_swap(canvas, swap_source, box)
+                (_paste_inner_swap if inner else _paste_swap)(canvas, swap_source, box)
             int_box = [round(v) for v in box]
             faces.append(
                 {
@@ -390,15 +423,25 @@ MISALIGNED_SHIFT = 5  # frames
 
 
 def _render_group(
-    seed: int, index: int, videos_dir: Path, misaligned: bool, frames: int | None
+    seed: int,
+    index: int,
+    videos_dir: Path,
+    misaligned: bool,
+    frames: int | None,
+    fps: int = FPS,
+    size: tuple[int, int] | None = None,
+    inner: bool = False,
 ) -> list[dict]:
     """One FF++-shaped group: a source clip (2 persons on even groups, 1 on odd ones), 4 fakes of it
-    that keep every frame and swap one person's face on every frame (alternating which person), and
+    that keep every frame and swap one person's face on every frame (alternating which person; `inner`:
+    only the inner face, as FF++ does, `_paste_inner_swap`), and
     with `misaligned` the 3 MISALIGNED fakes. Returns the truth records, source first."""
     rng = np.random.default_rng([seed, 1000 + index])
     pool = list(_persons())
     n_persons = 2 if index % 2 == 0 else 1
     width, height = FRAME_SIZES[int(rng.integers(0, len(FRAME_SIZES)))]
+    if size is not None:
+        width, height = size
     n_frames = int(rng.integers(30, 41)) if frames is None else frames
     chosen = [pool[int(i)] for i in rng.choice(len(pool), size=n_persons, replace=False)]
     outsiders = [p for p in pool if p not in chosen]
@@ -414,22 +457,22 @@ def _render_group(
         clips.append((f"{source_id}_{method}", method, swaps, 0, n_frames, None))
     if misaligned:
         swaps = {0: (outsiders[0], every)}
-        other = FRAME_SIZES[(FRAME_SIZES.index((width, height)) + 1) % len(FRAME_SIZES)]
+        other = (width // 4 * 2, height // 4 * 2) if size else _next_size(width, height)
         clips.append((f"{source_id}_shifted", "shifted", swaps, MISALIGNED_SHIFT, n_frames, None))
         clips.append((f"{source_id}_resized", "resized", swaps, 0, n_frames, other))
         clips.append((f"{source_id}_shorter", "shorter", swaps, 0, n_frames - MISALIGNED_SHIFT, None))
     records = []
-    for video_id, method, swaps, shift, length, size in clips:
-        frames, truth_frames = _render_frames(tracks, background, length, swaps, shift)
-        if size is not None:
-            frames = [_resize(f, *size) for f in frames]
-            sx, sy = size[0] / width, size[1] / height
+    for video_id, method, swaps, shift, length, resized in clips:
+        frames, truth_frames = _render_frames(tracks, background, length, swaps, shift, inner=inner)
+        if resized is not None:
+            frames = [_resize(f, *resized) for f in frames]
+            sx, sy = resized[0] / width, resized[1] / height
             for frame in truth_frames:
                 for face in frame["faces"]:
                     x1, y1, x2, y2 = face["box"]
                     face["box"] = [round(x1 * sx), round(y1 * sy), round(x2 * sx), round(y2 * sy)]
         path = videos_dir / f"{video_id}.mp4"
-        _encode(path, frames)
+        _encode(path, frames, fps)
         fake = video_id != source_id
         records.append(
             {
@@ -439,9 +482,9 @@ def _render_group(
                 "method": method,
                 "source": source_id if fake else "",
                 "aligned": method not in MISALIGNED,
-                "width": size[0] if size else width,
-                "height": size[1] if size else height,
-                "fps": FPS,
+                "width": resized[0] if resized else width,
+                "height": resized[1] if resized else height,
+                "fps": fps,
                 "n_frames": length,
                 "persons": [t.person.name for t in tracks],
                 "swapped_tracks": sorted(swaps),
@@ -453,14 +496,28 @@ def _render_group(
     return records
 
 
+def _next_size(width: int, height: int) -> tuple[int, int]:
+    return FRAME_SIZES[(FRAME_SIZES.index((width, height)) + 1) % len(FRAME_SIZES)]
+
+
 def make_ffpp_corpus(
-    out: str | Path, n_sources: int = 4, seed: int = 0, misaligned: bool = True, frames: int | None = None
+    out: str | Path,
+    n_sources: int = 4,
+    seed: int = 0,
+    misaligned: bool = True,
+    frames: int | None = None,
+    fps: int = FPS,
+    size: tuple[int, int] | None = None,
+    inner: bool = False,
 ) -> Path:
     """An FF++-shaped corpus: `n_sources` source clips, each with 4 aligned fakes (one person's face
     swapped on every frame; on 2-person sources the swapped person alternates) and, with `misaligned`,
     3 fakes that do not line up with it (`MISALIGNED`). The manifest links every fake to its source
-    (`video_id`, `source` columns); a group shares its split. Clips last 30-40 frames, or `frames`.
-    Returns the manifest path."""
+    (`video_id`, `source` columns); a group shares its split. Clips last 30-40 frames, or `frames`, at
+    `fps`, 320x240 to 480x360 or `size` (W, H) (FF++ c23 itself: 25-30 fps, 480p-1080p, ~10-20 s).
+    `inner` swaps only the inner face, colour-matched and blended, as FF++'s FaceSwap/Deepfakes do (MTCNN's
+    box then moves more, not less: see the README); the default pastes the donor's face with its
+    surroundings onto the face box. Returns the manifest path."""
     if not 1 <= n_sources <= MAX_VIDEOS:
         raise ValueError(f"n_sources must be in 1..{MAX_VIDEOS}, got {n_sources}")
     root = Path(out)
@@ -470,7 +527,7 @@ def make_ffpp_corpus(
     splits = _splits(n_sources, seed)
     rows = []
     for index in range(n_sources):
-        for truth in _render_group(seed, index, videos_dir, misaligned, frames):
+        for truth in _render_group(seed, index, videos_dir, misaligned, frames, fps, size, inner):
             truth = {**truth, "split": splits[index], "seed": seed}
             (truth_dir / f"{truth['video_id']}.json").write_text(json.dumps(truth, indent=1) + "\n")
             rows.append(
