@@ -249,6 +249,62 @@ def test_aligned_fakes_reuse_the_source_and_give_the_per_video_rows(ffpp) -> Non
     assert min(ious) >= 0.75, sorted(ious)[:5]
 
 
+def _matched_ious(a: list[Detections], b: list[Detections]) -> list[float]:
+    """IoU of each face of `a` with its Hungarian match in `b`, frame by frame (0 for an unmatched face)."""
+    from scipy.optimize import linear_sum_assignment
+
+    ious: list[float] = []
+    for da, db in zip(a, b, strict=True):
+        if len(da.boxes) and len(db.boxes):
+            iou = box_iou(da.boxes, db.boxes)
+            rows, cols = linear_sum_assignment(-iou)
+            ious += [float(iou[r, c]) for r, c in zip(rows, cols, strict=True)]
+        ious += [0.0] * (len(da.boxes) - min(len(da.boxes), len(db.boxes)))
+    return ious
+
+
+def _decoded(path: str) -> list[np.ndarray]:
+    with av.open(path) as container:
+        return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+
+
+def test_reused_boxes_agree_with_per_video_ones_within_the_detectors_own_noise(
+    ffpp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The issue's box goal restated against what MTCNN itself can give: the same frames encoded twice
+    and detected per video agree to IoU >= 0.95 on only part of their faces (its noise floor); on the
+    faces a swap left untouched, the reused boxes agree with the fake's per-video boxes at least as
+    often as that, and never worse than the floor's minimum (README, "Source-aware builds")."""
+    import faceshard.app.synth as synth
+    from faceshard.models.detectors import build_detector
+
+    manifest, per_video, aware, truth = ffpp
+    detector = build_detector(load_config("demo", overrides=FAST).detect, "cpu")
+    monkeypatch.setitem(synth.X264_OPTIONS, "crf", "23")  # the corpus is crf 18: the same frames, re-encoded
+    noise: list[float] = []
+    for video in load_manifest(str(manifest)).tasks():
+        if video.label == 0:
+            frames = _decoded(video.path)
+            synth._encode(tmp_path / f"{video.video_id}.mp4", frames)
+            again = _decoded(str(tmp_path / f"{video.video_id}.mp4"))
+            noise += _matched_ious(detector(frames), detector(again))  # every frame: a wider sample
+    untouched = []
+    for video_id in _aligned_fakes(truth):
+        swapped = set(truth[video_id]["swapped_tracks"])
+        for a, b in zip(aware[video_id].faces, per_video[video_id].faces, strict=True):
+            if _track_of(b, truth[video_id]) not in swapped:
+                boxes = [np.array([[f[k] for k in ("x1", "y1", "x2", "y2")]]) for f in (a, b)]
+                untouched.append(float(box_iou(*boxes)[0, 0]))
+    floor, reused = np.mean(np.array(noise) >= 0.95), np.mean(np.array(untouched) >= 0.95)
+    print(
+        f"IoU >= 0.95: per-video vs itself re-encoded {floor:.0%} of {len(noise)} faces (min {min(noise):.3f});"
+        f" reused vs per-video, untouched faces {reused:.0%} of {len(untouched)} (min {min(untouched):.3f})"
+    )
+    assert len(noise) >= 40 and len(untouched) >= 10
+    assert floor < 0.99  # the goal as the issue states it is below the detector's own noise
+    assert reused >= floor - 0.05 and min(untouched) >= min(noise) - 0.05
+
+
 def test_reused_boxes_are_as_close_to_the_truth_as_the_fakes_own(ffpp) -> None:
     _, per_video, aware, truth = ffpp
     reused, own = [], []
