@@ -140,3 +140,61 @@ def test_a_missing_landmarks_model_is_refused_before_anything_starts(tmp_path: P
     assert "crop.landmarks_model" in said and "no such file" in said
     assert not out.exists()  # nothing written
     assert not (tmp_path / "prefect-home" / "prefect.db").exists()  # no Prefect server started
+
+
+def test_weights_and_export_say_which_model_aligned_the_crops(
+    model_81: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+    from dataclasses import asdict
+
+    import pyarrow as pa
+    from typer.testing import CliRunner
+
+    from faceshard.app.cli import app
+    from faceshard.models.landmarks import align_weights
+    from faceshard.records import VideoTask
+    from faceshard.storage.commit import Output
+    from faceshard.storage.manifest import plan_shards
+    from faceshard.storage.testing import fake_shard_tables
+
+    listed = CliRunner().invoke(
+        app, ["weights", "--preset", "deepfakebench", "--set", f"crop.landmarks_model={model_81}", "--json"]
+    )
+    assert listed.exit_code == 0, listed.output
+    (report,) = json.loads(listed.stdout)["presets"]
+    roles = {row["role"]: row for row in report["weights"]}
+    assert roles["landmarks"]["status"] == "present" and roles["landmarks"]["source"] == str(model_81)
+
+    rgb = skimage.data.astronaut()
+    (face,) = Cropper(CropConfig(method="align:256", landmarks_model=str(model_81)))(
+        Frame(0, rgb), Detections(np.array([[170, 40, 300, 200]], np.float32), np.ones(1, np.float32))
+    )
+    png = cv2.imencode(".png", cv2.cvtColor(face.crop, cv2.COLOR_RGB2BGR))[1].tobytes()
+
+    def export(store: str, weights: dict[str, Any]) -> dict[str, Any]:
+        videos = [VideoTask("g0", "/d/DFDC/test/g0.mp4", 1, None, "test", dataset="dfdc")]
+        config = {"crop": {"save": True, "method": "align:256"}}
+        out = Output.open(store, config=config, weights=weights)
+        (plan,) = plan_shards(videos, 1)
+        out.set_plan([plan])
+        tables = fake_shard_tables(plan, faces_per_video=1, emb_dim=None, with_crop=True)
+        index = tables["faces"].schema.get_field_index("crop")
+        field = tables["faces"].schema.field(index)
+        tables["faces"] = tables["faces"].set_column(index, field, pa.array([png], pa.binary()))
+        out.commit_shard(plan, tables, {})
+        done = CliRunner().invoke(app, ["export", store, "--out", store + "-dfb", "--json"])
+        assert done.exit_code == 0, done.output
+        return json.loads(done.stdout)
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # no 81-point model found elsewhere
+    hint = "crop.landmarks_model=/path/to/shape_predictor_81_face_landmarks.dat"
+    on_68 = export(str(tmp_path / "on68"), {})
+    assert on_68["aligned_on"] is None and any(hint in d for d in on_68["differs_from_deepfakebench"])
+    assert hint in Path(on_68["readme"]).read_text()
+
+    on_81 = export(str(tmp_path / "on81"), {"landmarks": asdict(align_weights(model_81))})
+    assert on_81["aligned_on"] == str(model_81) and on_81["differs_from_deepfakebench"] == []
+    assert on_81["landmark_points"] == 81  # the build's model saves the landmarks too
+    readme = Path(on_81["readme"]).read_text()
+    assert hint not in readme and "aligned its crops on that model's points" in " ".join(readme.split())
