@@ -88,7 +88,7 @@ def align_weights(path: str | os.PathLike[str]) -> WeightsInfo:
     if not Path(path).expanduser().is_file():
         raise WeightsUnavailableError(
             f"crop.landmarks_model {path}: no such file (never downloaded). Put DeepfakeBench's "
-            f"{PREDICTOR_81_FILE} there, or leave the setting out to align on dlib's 68-point model"
+            f"{PREDICTOR_81_FILE} there, or leave the setting out to align on dlib's 68-point model."
         )
     return WeightsInfo("dlib-81", str(Path(path).expanduser()), fingerprint_file(path))
 
