@@ -88,6 +88,11 @@ class CropConfig(_Section):
     save: bool = Field(False, description="store encoded crops in the `crop` column")
     format: Literal["png", "jpeg"] = "png"
     jpeg_quality: int = Field(95, ge=1, le=100)
+    landmarks_model: str | None = Field(
+        None,
+        description="dlib predictor `align:S` aligns on and checks crops with (DeepfakeBench's "
+        "shape_predictor_81_face_landmarks.dat); default the 68-point one of face_recognition_models",
+    )
 
     @field_validator("method")
     @classmethod
@@ -247,6 +252,7 @@ ROW_NEUTRAL: dict[str, Any] = {
     "runtime": True,
     "preset": True,
     "shard_size": True,
+    "crop": {"landmarks_model"},
     "identity": {"weights"},
     "embed": {"checkpoint"},
     "depth": {"model"},

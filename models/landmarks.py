@@ -11,7 +11,8 @@ imported because `import face_recognition_models` needs pkg_resources (gone in s
 DeepfakeBench's preprocess.py loads `shape_predictor_81_face_landmarks.dat` instead (a third-party
 model: the 68 points plus 13 on the forehead). It is never downloaded: `find_predictor_81` looks
 for it where a user puts it (the registry card `dlib-81`), and the export saves 81 points when it is there, 68
-(and says so) when not.
+(and says so) when not. A build given it (`crop.landmarks_model`) aligns and checks its crops with it,
+as DeepfakeBench does (`align_weights` records which file did).
 """
 
 from __future__ import annotations
@@ -82,6 +83,16 @@ def landmarks_81_weights() -> WeightsInfo:
     return WeightsInfo("dlib-81", str(path), fingerprint_file(path))
 
 
+def align_weights(path: str | os.PathLike[str]) -> WeightsInfo:
+    """The predictor file `crop.landmarks_model` names, fingerprinted (never loaded, never downloaded)."""
+    if not Path(path).expanduser().is_file():
+        raise WeightsUnavailableError(
+            f"crop.landmarks_model {path}: no such file (never downloaded). Put DeepfakeBench's "
+            f"{PREDICTOR_81_FILE} there, or leave the setting out to align on dlib's 68-point model."
+        )
+    return WeightsInfo("dlib-81", str(Path(path).expanduser()), fingerprint_file(path))
+
+
 def load_predictor(path: Path | None = None) -> Any:
     """A dlib shape predictor, loaded once per process (the files are ~100 MB); default the 68-point one."""
     import dlib
@@ -98,28 +109,27 @@ def predictor_points(path: Path) -> int:
     return int(load_predictor(path)(blank, dlib.rectangle(2, 2, 13, 13)).num_parts)
 
 
-def _predictor() -> Any:
-    return load_predictor()
-
-
 def _hog() -> Any:
     import dlib
 
     return cached_model(("dlib-hog",), dlib.get_frontal_face_detector)
 
 
-def _parts(rgb: np.ndarray, box: np.ndarray) -> np.ndarray:
-    """(68, 2) float32 landmarks of the face in `box` (x1, y1, x2, y2, rounded to dlib's rectangle)."""
+def _parts(rgb: np.ndarray, box: np.ndarray, predictor: Path | None = None) -> np.ndarray:
+    """(N, 2) float32 landmarks of the face in `box` (x1, y1, x2, y2, rounded to dlib's rectangle)."""
     import dlib
 
     x1, y1, x2, y2 = (round(float(v)) for v in box[:4])
-    shape = _predictor()(np.ascontiguousarray(rgb, dtype=np.uint8), dlib.rectangle(x1, y1, x2, y2))
+    shape = load_predictor(predictor)(
+        np.ascontiguousarray(rgb, dtype=np.uint8), dlib.rectangle(x1, y1, x2, y2)
+    )
     return np.array([(p.x, p.y) for p in shape.parts()], np.float32)
 
 
-def deepfakebench_points(rgb: np.ndarray, box: np.ndarray) -> np.ndarray:
-    """(5, 2) float32: the 68-point parts 37, 44, 30, 49, 55 (0-based), DeepfakeBench's alignment points."""
-    return _parts(rgb, box)[list(DEEPFAKEBENCH_POINTS)]
+def deepfakebench_points(rgb: np.ndarray, box: np.ndarray, predictor: Path | None = None) -> np.ndarray:
+    """(5, 2) float32: parts 37, 44, 30, 49, 55 (0-based), DeepfakeBench's alignment points, of the
+    `predictor` file (its 81-point one) or of dlib's 68-point model (the same parts there)."""
+    return _parts(rgb, box, predictor)[list(DEEPFAKEBENCH_POINTS)]
 
 
 def crop_landmarks(image: np.ndarray, predictor: Path | None = None) -> np.ndarray | None:

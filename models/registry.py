@@ -173,9 +173,11 @@ register(
         weights="shape_predictor_81_face_landmarks.dat",
         dim=81,
         license="third-party (DeepfakeBench's release; not dlib's own)",
-        notes="DeepfakeBench's landmark model; `faceshard export` saves its 81 points, 68 without it",
+        notes="DeepfakeBench's landmark model; `faceshard export` saves its 81 points, 68 without it; "
+        "a build given it (crop.landmarks_model) aligns on it",
         looked_for=(
             "faceshard export --landmarks-model /path/to/shape_predictor_81_face_landmarks.dat",
+            "faceshard build --set crop.landmarks_model=/path/to/shape_predictor_81_face_landmarks.dat",
             "<DeepfakeBench checkout (--run-from)>/preprocessing/dlib_tools/",
             "$XDG_CACHE_HOME/faceshard/ (XDG_CACHE_HOME defaults to ~/.cache)",
         ),

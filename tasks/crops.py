@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -166,19 +167,22 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return np.array([[a, -b, tx], [b, a, ty]], np.float64)
 
 
-def _align(size: int, deepfakebench: bool) -> CropMethod:
+def _align(size: int, deepfakebench: bool, predictor: Path | None = None) -> CropMethod:
+    """`align:S` (DeepfakeBench's points and drop check, on `predictor`: default dlib's 68-point model)
+    or `arcface:S` (ArcFace's points on the 68-point model)."""
     template = align_template(size)
 
     def crop(rgb: np.ndarray, box: np.ndarray) -> CropResult:
         from faceshard.models import landmarks
 
         if deepfakebench:
-            matrix = deepfakebench_transform(landmarks.deepfakebench_points(rgb, box), size)
+            matrix = deepfakebench_transform(landmarks.deepfakebench_points(rgb, box, predictor), size)
         else:
             matrix = similarity_transform(landmarks.five_points(rgb, box), template)
         warped = cv2.warpAffine(rgb, matrix, (size, size), flags=cv2.INTER_LINEAR)
         # DeepfakeBench re-detects on the crop as it saves it (BGR) and drops the frame without a face.
-        if deepfakebench and landmarks.crop_landmarks(cv2.cvtColor(warped, cv2.COLOR_RGB2BGR)) is None:
+        bgr = cv2.cvtColor(warped, cv2.COLOR_RGB2BGR) if deepfakebench else None
+        if bgr is not None and landmarks.crop_landmarks(bgr, predictor) is None:
             return None
         x1, y1, x2, y2 = (float(v) for v in box[:4])
         corners = np.array([[x1, y1, 1], [x2, y1, 1], [x1, y2, 1], [x2, y2, 1]]) @ matrix.T
@@ -188,20 +192,23 @@ def _align(size: int, deepfakebench: bool) -> CropMethod:
     return crop
 
 
-CROP_METHODS: dict[str, Callable[[str | None], CropMethod]] = {
-    "mintime": lambda arg: _mintime,
-    "margin": lambda arg: _margin(float(arg or 0.0)),
-    "align": lambda arg: _align(int(arg or 256), deepfakebench=True),
-    "arcface": lambda arg: _align(int(arg or 256), deepfakebench=False),
-    "dlib_rect": lambda arg: _dlib_rect,
+# Each method from its `:arg` and the crop settings (`align` reads `landmarks_model`).
+CROP_METHODS: dict[str, Callable[[str | None, CropConfig], CropMethod]] = {
+    "mintime": lambda arg, cfg: _mintime,
+    "margin": lambda arg, cfg: _margin(float(arg or 0.0)),
+    "align": lambda arg, cfg: _align(
+        int(arg or 256), True, Path(cfg.landmarks_model).expanduser() if cfg.landmarks_model else None
+    ),
+    "arcface": lambda arg, cfg: _align(int(arg or 256), deepfakebench=False),
+    "dlib_rect": lambda arg, cfg: _dlib_rect,
 }
 
 
-def _parse(spec: str, registry: dict[str, Callable[[str | None], object]], what: str) -> object:
+def _parse(spec: str, registry: dict[str, Callable[..., object]], what: str, *settings: object) -> object:
     name, sep, arg = spec.partition(":")
     if name not in registry:
         raise ValueError(f"unknown {what} {spec!r}; choose one of {', '.join(registry)}")
-    return registry[name](arg if sep else None)
+    return registry[name](arg if sep else None, *settings)
 
 
 class Cropper:
@@ -209,7 +216,7 @@ class Cropper:
 
     def __init__(self, cfg: CropConfig) -> None:
         self.cfg = cfg
-        self._crop: CropMethod = _parse(cfg.method, CROP_METHODS, "crop method")  # type: ignore[assignment]
+        self._crop: CropMethod = _parse(cfg.method, CROP_METHODS, "crop method", cfg)  # type: ignore[assignment]
         # dlib_rect decides itself, by Megatron's slicing (inclusive corners: a 1-px box is a face there)
         self._overlap_check = cfg.method != "dlib_rect"
 

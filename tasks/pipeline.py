@@ -26,6 +26,7 @@ from faceshard.config import BuildConfig
 from faceshard.errors import VideoError
 from faceshard.models.detectors import build_detector, detector_weights, resolve_device
 from faceshard.models.identity import IDENTITY_CLASSES, build_identity_embedder, identity_weights
+from faceshard.models.landmarks import align_weights
 from faceshard.models.pretrained import depth_weights, embed_weights
 from faceshard.models.registry import WeightsUnavailableError
 from faceshard.records import Detections, Face, Frame, VideoInfo, VideoTask
@@ -148,6 +149,8 @@ def check_config(cfg: BuildConfig) -> None:
         clustering_rule(cfg.identity, embedder.metric, embedder.default_threshold)
     if cfg.embed.enabled and cfg.embed.depth and not cfg.depth.enabled:
         raise ValueError("embed.depth=true needs depth.enabled=true")
+    if cfg.crop.landmarks_model and not cfg.crop.method.startswith("align:"):
+        raise ValueError(f"crop.landmarks_model is used by crop.method=align:S only, not {cfg.crop.method}")
 
 
 def weights_manifest(cfg: BuildConfig) -> dict[str, dict[str, Any]]:
@@ -183,6 +186,8 @@ def weight_roles(cfg: BuildConfig) -> dict[str, Callable[[bool], Any]]:
         roles["depth"] = lambda allow: depth_weights(cfg.depth.model, allow)
     if cfg.embed.enabled:
         roles["embed"] = lambda allow: embed_weights(cfg.embed.model, cfg.embed.checkpoint, allow)
+    if cfg.crop.landmarks_model:  # the default 68-point model is left unrecorded, as older outputs have it
+        roles["landmarks"] = lambda allow: align_weights(cfg.crop.landmarks_model)
     return roles
 
 
@@ -288,6 +293,8 @@ class VideoProcessor:
             roles["depth"] = self.depth.weights
         if self.embedder is not None:
             roles["embed"] = self.embedder.weights
+        if self.cfg.crop.landmarks_model:
+            roles["landmarks"] = align_weights(self.cfg.crop.landmarks_model)
         return {role: asdict(info) for role, info in roles.items()}
 
     @property

@@ -154,18 +154,33 @@ DEEPFAKEBENCH_BUILD = {
 }
 
 
-def build_differences(uri: str) -> list[str]:
-    """Settings of the build at `uri` that differ from DeepfakeBench's preprocessing (empty: none)."""
+def _metadata(uri: str) -> dict[str, Any]:
     from faceshard.storage import fsio
     from faceshard.storage.commit import read_metadata
 
     fs, root = fsio.open_fs(uri)
-    config = (read_metadata(fs, root) or {}).get("config") or {}
+    return read_metadata(fs, root) or {}
+
+
+def aligned_on(uri: str) -> Path | None:
+    """The predictor file the build at `uri` aligned its crops on (`crop.landmarks_model`, recorded as
+    the weights role `landmarks`), or None: dlib's 68-point model."""
+    recorded = (_metadata(uri).get("weights") or {}).get("landmarks")
+    return Path(recorded["source"]) if recorded else None
+
+
+def build_differences(uri: str) -> list[str]:
+    """Settings of the build at `uri` that differ from DeepfakeBench's preprocessing (empty: none)."""
+    metadata = _metadata(uri)
+    config = metadata.get("config") or {}
     found = []
     for (section, key), wanted in DEEPFAKEBENCH_BUILD.items():
         value = (config.get(section) or {}).get(key)
         if value is not None and value != wanted:
             found.append(f"{section}.{key}={value} (DeepfakeBench: {wanted})")
+    method = (config.get("crop") or {}).get("method") or ""
+    if method.startswith("align:") and "landmarks" not in (metadata.get("weights") or {}):
+        found.append(ALIGNED_ON_68_SETTING)
     return found
 
 
@@ -187,6 +202,9 @@ def export_deepfakebench(
 
     out = Path(out).resolve()
     run_from = Path(run_from).resolve() if run_from is not None else out
+    build_predictor = aligned_on(uri)
+    if landmarks_model is None and build_predictor is not None and build_predictor.is_file():
+        landmarks_model = build_predictor  # the 81-point file the build aligned on saves the landmarks too
     predictor, landmarks_note = _landmark_model(landmarks_model, run_from)
     videos = {row["video_id"]: row for row in read_table(uri, "videos").to_pylist()}
     try:
@@ -202,7 +220,7 @@ def export_deepfakebench(
             by_video.setdefault(row["video_id"], []).append(row)
     per_video: dict[str, list[str]] = {}
     mask_refs: dict[str, list[str]] = {}
-    masks = _Masks()
+    masks = _Masks(build_predictor)
     dropped = 0
     for video_id, rows in by_video.items():
         kept = []
@@ -262,6 +280,7 @@ def export_deepfakebench(
         "landmark_points": 81 if predictor else 68,
         "landmark_model": str(predictor) if predictor else "dlib shape_predictor_68_face_landmarks.dat",
         "landmarks_note": landmarks_note,
+        "aligned_on": str(build_predictor) if build_predictor else None,
         # e.g. keep=all: a frame whose largest face was dropped exports the next one, where DeepfakeBench drops it
         "differs_from_deepfakebench": build_differences(uri),
     }
@@ -312,20 +331,24 @@ def _decode(path: str, frames: set[int]) -> dict[int, np.ndarray]:
 
 
 def aligned_mask(
-    rgb: np.ndarray, box: np.ndarray, crop_bgr: np.ndarray, mask_rgb: np.ndarray
+    rgb: np.ndarray,
+    box: np.ndarray,
+    crop_bgr: np.ndarray,
+    mask_rgb: np.ndarray,
+    predictor: Path | None = None,
 ) -> bytes | None:
     """The PNG mask preprocess.py writes for this face, or None when the crop is not `align:S` of `rgb`.
 
     The aligned transform is recomputed from the frame and the stored box as the build computed it
     (the same points and estimate), and trusted only if it reproduces the stored crop exactly. Then
     the mask frame (BGR, as it reads it) takes the frame's warp, resize and a threshold at 1
-    (preprocess.py:171-173, 339-340).
+    (preprocess.py:171-173, 339-340). `predictor`: the file the build aligned on (default 68 points).
     """
     from faceshard.models.landmarks import deepfakebench_points
     from faceshard.tasks.crops import deepfakebench_transform
 
     size = crop_bgr.shape[0]
-    matrix = deepfakebench_transform(deepfakebench_points(rgb, box), size)
+    matrix = deepfakebench_transform(deepfakebench_points(rgb, box, predictor), size)
     warped = cv2.cvtColor(cv2.warpAffine(rgb, matrix, (size, size)), cv2.COLOR_RGB2BGR)
     if warped.shape != crop_bgr.shape or not np.array_equal(warped, crop_bgr):
         return None
@@ -338,7 +361,8 @@ def aligned_mask(
 class _Masks:
     """FF++ mask videos cropped frame by frame with each face's aligned transform (SPEC §8 masks)."""
 
-    def __init__(self) -> None:
+    def __init__(self, predictor: Path | None = None) -> None:
+        self.predictor = predictor  # the build's alignment model (None: dlib's 68 points)
         self.ended = 0
         self.problems: list[str] = []
         self._listed: dict[Path, dict[str, Path]] = {}
@@ -375,7 +399,9 @@ class _Masks:
                 continue
             box = np.array([row[k] for k in BOX], np.float32)
             masks[frame] = (
-                aligned_mask(sources[frame], box, bgr, mask_frames[frame]) if frame in sources else None
+                aligned_mask(sources[frame], box, bgr, mask_frames[frame], self.predictor)
+                if frame in sources
+                else None
             )
         if missing := sum(m is None for m in masks.values()):
             self.problems.append(
@@ -440,10 +466,21 @@ def _config_snippet(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+ALIGNED_ON_68_SETTING = (
+    "crop aligned on dlib's 68-point model (DeepfakeBench: shape_predictor_81_face_landmarks.dat's points "
+    "37, 44, 30, 49, 55, a few pixels apart): build with --set "
+    "crop.landmarks_model=/path/to/shape_predictor_81_face_landmarks.dat for DeepfakeBench's exact alignment"
+)
 _ALIGNED_ON_68 = (
     "These are the 81 points DeepfakeBench's own preprocessing saves. Its crops are aligned on that "
     "model's points 37, 44, 30, 49, 55; the build aligned on dlib's 68-point model's, which may sit a "
-    "few pixels apart, so the crops can differ slightly from its own."
+    "few pixels apart, so the crops can differ slightly from its own (build with `--set "
+    "crop.landmarks_model=/path/to/shape_predictor_81_face_landmarks.dat` for its exact alignment)."
+)
+
+_ALIGNED_ON_81 = (
+    "These are the 81 points DeepfakeBench's own preprocessing saves, and the build aligned its crops on "
+    "that model's points 37, 44, 30, 49, 55 (crop.landmarks_model), as DeepfakeBench does."
 )
 
 
@@ -481,7 +518,7 @@ Datasets (use as --train_dataset / --test_dataset): {datasets}.
 Each frame is the aligned 256 px crop of the largest face (dlib points 37, 44, 30, 49, 55, scale
 1.3), kept only where dlib finds a face in the crop; `landmarks/` holds that face's
 {summary["landmark_points"]} points ((N, 2) int64, as preprocess.py saves them; model: {summary["landmark_model"]}).
-{summary["landmarks_note"] or _ALIGNED_ON_68}
+{summary["landmarks_note"] or (_ALIGNED_ON_81 if summary["aligned_on"] else _ALIGNED_ON_68)}
 
 `masks/` (beside `frames/`, same names, the loader's `replace('frames', 'masks')`) hold the
 manipulation mask of each frame of the FF++ fakes whose mask video was found

@@ -46,6 +46,7 @@ def _model_name(cfg: BuildConfig, role: str) -> str:
         "identity": cfg.identity.embedder,
         "depth": cfg.depth.model,
         "embed": cfg.embed.model,
+        "landmarks": "dlib-81",
     }[role]
 
 
@@ -57,6 +58,8 @@ def _configured_path(cfg: BuildConfig, role: str) -> str | None:
         return cfg.depth.model
     if role == "embed":
         return cfg.embed.checkpoint
+    if role == "landmarks":
+        return cfg.crop.landmarks_model
     return None
 
 
@@ -91,7 +94,7 @@ def weights_report(cfg: BuildConfig) -> dict[str, Any]:
                 if row["status"] == "missing" and online and hub:
                     row["status"] = "download"
             rows.append(row)
-    if cfg.crop.save and cfg.crop.method.startswith("align"):
+    if cfg.crop.save and cfg.crop.method.startswith("align") and not cfg.crop.landmarks_model:
         rows.append(_export_landmarks_row())
     return {
         "preset": cfg.preset,
