@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from fsspec import AbstractFileSystem
+from fsspec.asyn import AsyncFileSystem
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
@@ -26,6 +27,10 @@ T = TypeVar("T")
 
 RETRY_ATTEMPTS = 4
 RETRY_BASE_DELAY_S = 0.05
+# A remote write that has had no answer by then (this long, plus a second per MB sent) is abandoned and
+# retried (FSTimeoutError is a TimeoutError, so transient): a request a store never answers must not
+# hold a shard, and the lease it heartbeats, forever.
+REMOTE_WRITE_TIMEOUT_S = 60.0
 
 # OSError subclasses that describe the request, not the network: retrying cannot help.
 _PERMANENT_OS_ERRORS = (
@@ -137,7 +142,14 @@ def put_bytes(fs: AbstractFileSystem, path: str, data: bytes, staging_dir: str) 
 
 def _put_remote(fs: AbstractFileSystem, path: str, data: bytes) -> None:
     maybe_fault("put", path.rsplit("/", 1)[-1])
-    fs.pipe_file(path, data)
+    fs.pipe_file(path, data, **_deadline(fs, data))
+
+
+def _deadline(fs: AbstractFileSystem, data: bytes) -> dict[str, float]:
+    """fsspec's own per-call timeout, which only its async stores (s3fs, gcsfs, adlfs) take."""
+    if not isinstance(fs, AsyncFileSystem):
+        return {}
+    return {"timeout": REMOTE_WRITE_TIMEOUT_S + len(data) / 1e6}
 
 
 def _put_local(path: str, data: bytes, staging_dir: str) -> None:
@@ -177,7 +189,7 @@ def create_if_absent(fs: AbstractFileSystem, path: str, data: bytes) -> bool:
 
 def _create_remote(fs: AbstractFileSystem, path: str, data: bytes) -> None:
     maybe_fault("put", path.rsplit("/", 1)[-1])
-    fs.pipe_file(path, data, mode="create")
+    fs.pipe_file(path, data, mode="create", **_deadline(fs, data))
 
 
 def _create_local(path: str, data: bytes) -> bool:

@@ -99,3 +99,47 @@ def test_s3_transient_errors_are_classified() -> None:
     assert not fsio.is_transient(FileNotFoundError("gone"))
     assert not fsio.is_transient(PermissionError("denied"))
     assert not fsio.is_transient(ValueError("bug"))
+
+
+def test_a_write_the_store_never_answers_is_abandoned_and_retried(monkeypatch) -> None:
+    """A real socket that accepts every request and never answers (a store that hangs): each write
+    gives up at its deadline and is retried, and the last attempt's timeout reaches the caller, instead
+    of holding the shard (and the lease it heartbeats) forever."""
+    import socket
+    import threading
+    import time
+
+    import s3fs
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def accept_and_stay_silent() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(conn)
+
+    threading.Thread(target=accept_and_stay_silent, daemon=True).start()
+    monkeypatch.setattr(fsio, "REMOTE_WRITE_TIMEOUT_S", 1.0)
+    fs = s3fs.S3FileSystem(
+        key="testing",
+        secret="testing",
+        endpoint_url=f"http://127.0.0.1:{listener.getsockname()[1]}",
+        skip_instance_cache=True,
+        config_kwargs={"retries": {"max_attempts": 1}},
+    )
+    started = time.monotonic()
+    try:
+        with pytest.raises(TimeoutError):
+            fsio.create_if_absent(fs, f"{BUCKET}/_faceshard/log/0000000001.json", b"{}")
+        with pytest.raises(TimeoutError):
+            fsio.put_bytes(fs, f"{BUCKET}/ds/faces/part.parquet", b"x" * 1000, staging_dir="unused")
+    finally:
+        listener.close()
+        for conn in accepted:
+            conn.close()
+    assert time.monotonic() - started < 60
+    assert len(accepted) >= 2 * fsio.RETRY_ATTEMPTS  # every attempt reached the store and was abandoned
