@@ -27,10 +27,12 @@ T = TypeVar("T")
 
 RETRY_ATTEMPTS = 4
 RETRY_BASE_DELAY_S = 0.05
-# A remote write that has had no answer by then (this long, plus a second per MB sent) is abandoned and
-# retried (FSTimeoutError is a TimeoutError, so transient): a request a store never answers must not
-# hold a shard, and the lease it heartbeats, forever.
+# A call to a remote store that has had no answer by then is abandoned and retried (fsspec's
+# FSTimeoutError is a TimeoutError, so transient): a request a store never answers must not hold a
+# shard, and the lease it heartbeats, forever. A write gets its time plus a second per MB sent.
 REMOTE_WRITE_TIMEOUT_S = 60.0
+REMOTE_READ_TIMEOUT_S = 120.0  # one object read, or deleted
+REMOTE_LISTING_TIMEOUT_S = 600.0  # a listing, many objects read at once, a recursive delete
 
 # OSError subclasses that describe the request, not the network: retrying cannot help.
 _PERMANENT_OS_ERRORS = (
@@ -142,14 +144,25 @@ def put_bytes(fs: AbstractFileSystem, path: str, data: bytes, staging_dir: str) 
 
 def _put_remote(fs: AbstractFileSystem, path: str, data: bytes) -> None:
     maybe_fault("put", path.rsplit("/", 1)[-1])
-    fs.pipe_file(path, data, **_deadline(fs, data))
+    fs.pipe_file(path, data, **_deadline(fs, REMOTE_WRITE_TIMEOUT_S + len(data) / 1e6))
 
 
-def _deadline(fs: AbstractFileSystem, data: bytes) -> dict[str, float]:
-    """fsspec's own per-call timeout, which only its async stores (s3fs, gcsfs, adlfs) take."""
-    if not isinstance(fs, AsyncFileSystem):
-        return {}
-    return {"timeout": REMOTE_WRITE_TIMEOUT_S + len(data) / 1e6}
+def _deadline(fs: AbstractFileSystem, seconds: float) -> dict[str, float]:
+    """fsspec's own per-call timeout, which only its async stores (s3fs, gcsfs, adlfs) take.
+
+    The HTTP clients' own read timeouts are not enough: aiohttp waits for an `Expect: 100-continue`
+    answer with no timer at all, and a pooled connection left inconsistent by one answer can stall
+    the next request on it.
+    """
+    return {"timeout": seconds} if isinstance(fs, AsyncFileSystem) else {}
+
+
+def _read_deadline(fs: AbstractFileSystem) -> dict[str, float]:
+    return _deadline(fs, REMOTE_READ_TIMEOUT_S)
+
+
+def _listing_deadline(fs: AbstractFileSystem) -> dict[str, float]:
+    return _deadline(fs, REMOTE_LISTING_TIMEOUT_S)
 
 
 def _put_local(path: str, data: bytes, staging_dir: str) -> None:
@@ -189,7 +202,7 @@ def create_if_absent(fs: AbstractFileSystem, path: str, data: bytes) -> bool:
 
 def _create_remote(fs: AbstractFileSystem, path: str, data: bytes) -> None:
     maybe_fault("put", path.rsplit("/", 1)[-1])
-    fs.pipe_file(path, data, mode="create", **_deadline(fs, data))
+    fs.pipe_file(path, data, mode="create", **_deadline(fs, REMOTE_WRITE_TIMEOUT_S + len(data) / 1e6))
 
 
 def _create_local(path: str, data: bytes) -> bool:
@@ -213,7 +226,7 @@ def _create_local(path: str, data: bytes) -> bool:
 
 def read_bytes(fs: AbstractFileSystem, path: str) -> bytes:
     """The whole object at `path`; FileNotFoundError when absent."""
-    return retrying(fs.cat_file, path)
+    return retrying(fs.cat_file, path, **_read_deadline(fs))
 
 
 def read_optional(fs: AbstractFileSystem, path: str) -> bytes | None:
@@ -228,7 +241,7 @@ def read_many(fs: AbstractFileSystem, paths: list[str]) -> dict[str, bytes]:
     """Several small objects at once (concurrent on object stores); missing ones are left out."""
     if not paths:
         return {}
-    found = retrying(fs.cat, paths, on_error="return")
+    found = retrying(fs.cat, paths, on_error="return", **_listing_deadline(fs))
     out: dict[str, bytes] = {}
     for path, value in found.items():
         if isinstance(value, bytes):
@@ -251,7 +264,7 @@ def list_files_with_age(fs: AbstractFileSystem, path: str) -> dict[str, float | 
     """Like `list_files`, with each file's age in seconds (None where the store does not say)."""
     fs.invalidate_cache(path)
     try:
-        found = retrying(fs.find, path, detail=True)
+        found = retrying(fs.find, path, detail=True, **_listing_deadline(fs))
     except FileNotFoundError:
         return {}
     now = time.time()
@@ -281,15 +294,15 @@ def remove_files(fs: AbstractFileSystem, paths: Iterable[str]) -> None:
     """Delete files, tolerating ones already gone (a crashed cleanup may have removed them)."""
     for path in paths:
         with contextlib.suppress(FileNotFoundError):
-            retrying(fs.rm_file, path)
+            retrying(fs.rm_file, path, **_read_deadline(fs))
 
 
 def remove_tree(fs: AbstractFileSystem, path: str) -> None:
     """Delete a directory/prefix and everything below it, if present."""
     fs.invalidate_cache(path)
     try:
-        if retrying(fs.exists, path):
-            retrying(fs.rm, path, recursive=True)
+        if retrying(fs.exists, path, **_read_deadline(fs)):
+            retrying(fs.rm, path, recursive=True, **_listing_deadline(fs))
     except FileNotFoundError:
         pass
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from processes import stacks_of_session, stop_session
 
 REPO = Path(__file__).resolve().parents[1]
 # The real clips beside the repository; FACESHARD_FIXTURES points elsewhere (a user's clone has no
@@ -74,15 +75,24 @@ def faceshard_cli(
     # The session's in-process server is not the subprocess's: it starts its own unless `env` names one.
     full_env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | (env or {})
     exe = Path(sys.executable).with_name("faceshard")
-    return subprocess.run(
+    with subprocess.Popen(
         [str(exe), *args],
         env=full_env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
-        check=False,
         cwd=cwd,
-    )
+        start_new_session=True,
+    ) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            stacks = stacks_of_session(proc.pid)  # where it hung, for the failure report
+            stop_session(proc)
+            pytest.fail(
+                f"`faceshard {' '.join(args)}` still ran after {timeout:.0f} s; its stacks:\n{stacks}"
+            )
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 @contextlib.contextmanager

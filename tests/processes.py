@@ -60,3 +60,29 @@ def stop_session(leader: subprocess.Popen, grace: float = 5.0) -> None:
         if not session_members(leader.pid):
             break
     leader.wait(timeout=10)
+
+
+def stacks_of_session(session: int, limit: int = 40_000) -> str:
+    """Every thread's Python stack in every live process of `session` (py-spy, installed with
+    ray[default]) and of this process: what a test that timed out shows of where the time went."""
+    import faulthandler
+    import shutil
+    import sys
+    import tempfile
+
+    parts = []
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    for pid in session_members(session):
+        try:
+            args = (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+            dumped = subprocess.run(
+                [spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30
+            )
+            parts.append(f"== pid {pid}: {args}\n{dumped.stdout}{dumped.stderr}")
+        except (OSError, subprocess.SubprocessError) as exc:
+            parts.append(f"== pid {pid}: no stack ({exc})")
+    with tempfile.TemporaryFile("w+") as handle:
+        faulthandler.dump_traceback(handle, all_threads=True)
+        handle.seek(0)
+        parts.append(f"== the test process ({os.getpid()})\n{handle.read()}")
+    return "\n".join(parts)[-limit:]

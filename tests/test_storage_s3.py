@@ -101,10 +101,10 @@ def test_s3_transient_errors_are_classified() -> None:
     assert not fsio.is_transient(ValueError("bug"))
 
 
-def test_a_write_the_store_never_answers_is_abandoned_and_retried(monkeypatch) -> None:
-    """A real socket that accepts every request and never answers (a store that hangs): each write
-    gives up at its deadline and is retried, and the last attempt's timeout reaches the caller, instead
-    of holding the shard (and the lease it heartbeats) forever."""
+def test_a_call_the_store_never_answers_is_abandoned_and_retried(monkeypatch) -> None:
+    """A real socket that accepts every request and never answers (a store that hangs): each write,
+    read and listing gives up at its deadline and is retried, and the last attempt's timeout reaches
+    the caller, instead of holding the shard (and the lease it heartbeats) forever."""
     import socket
     import threading
     import time
@@ -123,7 +123,8 @@ def test_a_write_the_store_never_answers_is_abandoned_and_retried(monkeypatch) -
             accepted.append(conn)
 
     threading.Thread(target=accept_and_stay_silent, daemon=True).start()
-    monkeypatch.setattr(fsio, "REMOTE_WRITE_TIMEOUT_S", 1.0)
+    for deadline in ("REMOTE_WRITE_TIMEOUT_S", "REMOTE_READ_TIMEOUT_S", "REMOTE_LISTING_TIMEOUT_S"):
+        monkeypatch.setattr(fsio, deadline, 1.0)
     fs = s3fs.S3FileSystem(
         key="testing",
         secret="testing",
@@ -137,9 +138,13 @@ def test_a_write_the_store_never_answers_is_abandoned_and_retried(monkeypatch) -
             fsio.create_if_absent(fs, f"{BUCKET}/_faceshard/log/0000000001.json", b"{}")
         with pytest.raises(TimeoutError):
             fsio.put_bytes(fs, f"{BUCKET}/ds/faces/part.parquet", b"x" * 1000, staging_dir="unused")
+        with pytest.raises(TimeoutError):
+            fsio.read_optional(fs, f"{BUCKET}/_faceshard/log/0000000001.json")
+        with pytest.raises(TimeoutError):
+            fsio.list_files(fs, f"{BUCKET}/_faceshard/log")
     finally:
         listener.close()
         for conn in accepted:
             conn.close()
     assert time.monotonic() - started < 60
-    assert len(accepted) >= 2 * fsio.RETRY_ATTEMPTS  # every attempt reached the store and was abandoned
+    assert len(accepted) >= 4 * fsio.RETRY_ATTEMPTS  # every attempt reached the store and was abandoned
