@@ -67,8 +67,16 @@ _TRANSIENT_CODES = {
 
 
 def open_fs(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[AbstractFileSystem, str]:
-    """The filesystem and root path of `uri` (a local path or any fsspec URL), without a trailing slash."""
-    fs, path = url_to_fs(uri, **(storage_options or {}))
+    """The filesystem and root path of `uri` (a local path or any fsspec URL), without a trailing slash.
+
+    A store with a listings cache (s3fs, gcsfs, adlfs) gets it switched off: s3fs answers a read of
+    an object from a listing it cached earlier, so an entry another writer added since was "not
+    found" for as long as the process lived, and the log's readers and appenders never saw it.
+    """
+    options = dict(storage_options or {})
+    fs, path = url_to_fs(uri, **options)
+    if getattr(getattr(fs, "dircache", None), "use_listings_cache", False):
+        fs, path = url_to_fs(uri, **{**options, "use_listings_cache": False})
     path = path.rstrip("/") or "/"
     if isinstance(fs, LocalFileSystem):
         path = os.path.abspath(path)

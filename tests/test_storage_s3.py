@@ -93,6 +93,34 @@ def test_s3_round_trip_with_a_retried_transient_write(s3_options, monkeypatch) -
     assert status["totals"]["faces"] == 24
 
 
+def test_an_entry_another_process_wrote_is_read_after_this_process_listed_the_folder(s3_options) -> None:
+    """s3fs answers a read from a listing it cached: an entry a second writer added after this process
+    listed the log was "not found" for as long as the process lived, and a build appending to the log
+    looped forever on it (the S3 build of tests/test_resilience.py hung this way, in CI too)."""
+    import json
+    import subprocess
+    import sys
+
+    fs, root = fsio.open_fs(f"s3://{BUCKET}/second-writer", s3_options)
+    log = f"{root}/_faceshard/log"
+    fsio.put_bytes(fs, f"{log}/0000000001.json", b"first", staging_dir="unused")
+    assert fsio.list_files(fs, log) == [f"{log}/0000000001.json"]  # this process has listed the log
+    second_writer = (
+        "import json, sys\n"
+        "from faceshard.storage import fsio\n"
+        "fs, root = fsio.open_fs(sys.argv[1], json.loads(sys.argv[2]))\n"
+        "assert fsio.create_if_absent(fs, root + '/_faceshard/log/0000000002.json', b'theirs')\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", second_writer, f"s3://{BUCKET}/second-writer", json.dumps(s3_options)],
+        check=True,
+        timeout=120,
+    )
+    assert fsio.read_optional(fs, f"{log}/0000000002.json") == b"theirs"
+    assert not fsio.create_if_absent(fs, f"{log}/0000000002.json", b"mine")  # lost, and told so
+    assert fsio.list_files(fs, log) == [f"{log}/0000000001.json", f"{log}/0000000002.json"]
+
+
 def test_s3_transient_errors_are_classified() -> None:
     assert fsio.is_transient(_transient_error())
     assert fsio.is_transient(ConnectionResetError())
