@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -45,12 +46,10 @@ def process_shard_task(
     Each finished video is put in the driver's `inbox` (a `VideoInbox` actor), without waiting; a
     shard that starts after the user stopped the build returns `{"shard": id, "stopped": True}`.
     """
-    import ray
-
     from faceshard.models.registry import random_weights_told_elsewhere
     from faceshard.tasks.shard import process_shard
 
-    if inbox is not None and ray.get(inbox.stopped.remote()):
+    if inbox is not None and build_stopped(inbox):
         return {"shard": plan.shard_id, "stopped": True}
 
     def tell(video: Any, result: Any) -> None:
@@ -64,6 +63,20 @@ def process_shard_task(
         retry_failed=retry_failed,
         on_video=tell if inbox is not None else None,
     )
+
+
+def build_stopped(inbox: Any) -> bool:
+    """Whether the driver has stopped the build, asked of its `VideoInbox` without giving up the CPU.
+
+    A `ray.get` on a task's main thread releases the task's CPU while it waits, and Ray hands that CPU
+    to a queued shard on another worker: three shards ran at once on 2 CPUs, the third on a fresh
+    worker loading every model again (the 21-clip build: 49.6 s, 41.8 s without). Asked from a helper
+    thread, the wait holds the CPU.
+    """
+    import ray
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return bool(pool.submit(ray.get, inbox.stopped.remote()).result())
 
 
 @flow(

@@ -188,3 +188,46 @@ def test_the_clusters_autoscaler_monitor_is_killed_not_waited_for() -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["monitor"] == report["sigkill"]
+
+
+STOP_CHECK_PROBE = """
+import json, os, sys, time, ray
+from faceshard.flows.build import build_stopped
+
+ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR")
+
+class SlowInbox:  # a VideoInbox that answers late, as one does on a busy machine
+    def stopped(self):
+        time.sleep(3)
+        return False
+
+inbox = ray.remote(num_cpus=0)(SlowInbox).remote()
+idle = ray.remote(num_cpus=0)(lambda: (time.sleep(1), os.getpid())[1])
+ray.get([idle.remote() for _ in range(3)])  # idle workers a released CPU could go to
+
+def shard(ask):
+    started = time.time()
+    ask(inbox)
+    time.sleep(0.5)
+    return started, time.time()
+
+def overlapped(ask):
+    task = ray.remote(num_cpus=1)(shard)
+    (a0, a1), (b0, b1) = sorted(ray.get([task.remote(ask), task.remote(ask)]))
+    return b0 < a1
+
+print(json.dumps({
+    "helper": overlapped(build_stopped),
+    "main_thread_get": overlapped(lambda inbox: ray.get(inbox.stopped.remote())),
+}))
+"""
+
+
+def test_a_shard_asking_whether_the_build_stopped_keeps_its_cpu(tmp_path: Path) -> None:
+    """On a 1-CPU cluster, two shards that each ask a slow inbox whether the build stopped run one after
+    the other. A plain `ray.get` on the task's main thread gives the CPU up while it waits, and Ray
+    starts the queued shard beside it on another worker (in a real build: 3 shards at once on 2 CPUs,
+    the third loading every model again); `build_stopped` asks from a helper thread and keeps it."""
+    stdout = run_in_fresh_driver(STOP_CHECK_PROBE, tmp_path / "home")
+    report = json.loads(stdout.strip().splitlines()[-1])
+    assert report == {"helper": False, "main_thread_get": True}
