@@ -29,6 +29,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +54,11 @@ from faceshard.storage.records import (
 
 LOG_DIR = f"{STATE_DIR}/log"
 _ENTRY_FILE = re.compile(r"/(\d{10})\.json$")
+
+
+# An append that loses the race this many times in a row without the log growing gives up: the
+# store answers "exists" to the create and "absent" to the read (s3fs's stale listing cache did).
+APPEND_STUCK_LIMIT = 20
 
 
 class Superseded(StorageError):
@@ -301,6 +307,7 @@ def _append(
     fs: AbstractFileSystem, root: str, state: LogState, epoch: int, kind: str, payload: dict[str, Any]
 ) -> int:
     refresh(fs, root, state)
+    stuck = 0  # lost races in a row that showed no new entry
     while True:
         seq = state.head + 1
         entry = {"seq": seq, "epoch": epoch, "kind": kind, "at": _now(), **payload}
@@ -316,6 +323,14 @@ def _append(
                 raise superseded(root, epoch, state)
             return seq
         refresh(fs, root, state)
+        stuck = stuck + 1 if state.head < seq else 0
+        if stuck >= APPEND_STUCK_LIMIT:
+            raise StorageError(
+                f"{path}: the store refuses to create log entry {seq} as existing, yet returns no entry"
+                f" there ({stuck} tries); a cache or a proxy between this process and the store is"
+                " answering. Nothing was committed by this step; run the build again."
+            )
+        time.sleep(min(1.0, 0.05 * stuck))
 
 
 def superseded(root: str, epoch: int, state: LogState) -> Superseded:

@@ -558,3 +558,21 @@ def test_load_faces_reads_an_output_without_pooled_embeddings(tmp_path: Path) ->
         MissingColumnsError, match=re.escape("--set embed.enabled=true --set embed.output=pooled --rebuild")
     ):
         load_faces(uri, columns=("emb_rgb",))
+
+
+def test_an_append_the_store_answers_exists_and_absent_to_ends_in_one_error(tmp_path: Path, monkeypatch) -> None:
+    """A store (or a cache before it) that refuses every log entry as existing yet returns none: the
+    append gives up with a StorageError naming the entry, instead of looping (as it did on s3fs's
+    stale listing cache), and nothing is committed."""
+    from faceshard.storage import log as log_module
+
+    uri = str(tmp_path / "out")
+    plans = plan_shards(fake_videos(4), 2)
+    out = _open(uri)
+    out.set_plan(plans)
+    monkeypatch.setattr(log_module.fsio, "create_if_absent", lambda fs, path, data: False)
+    monkeypatch.setattr(log_module.time, "sleep", lambda seconds: None)
+    with pytest.raises(StorageError, match=r"refuses to create log entry \d+ as existing"):
+        out.commit_shard(plans[0], fake_shard_tables(plans[0]), {})
+    monkeypatch.undo()
+    assert dataset_status(uri)["committed"] == 0
