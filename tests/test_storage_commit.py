@@ -560,7 +560,9 @@ def test_load_faces_reads_an_output_without_pooled_embeddings(tmp_path: Path) ->
         load_faces(uri, columns=("emb_rgb",))
 
 
-def test_an_append_the_store_answers_exists_and_absent_to_ends_in_one_error(tmp_path: Path, monkeypatch) -> None:
+def test_an_append_the_store_answers_exists_and_absent_to_ends_in_one_error(
+    tmp_path: Path, monkeypatch
+) -> None:
     """A store (or a cache before it) that refuses every log entry as existing yet returns none: the
     append gives up with a StorageError naming the entry, instead of looping (as it did on s3fs's
     stale listing cache), and nothing is committed."""
