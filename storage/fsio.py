@@ -75,7 +75,7 @@ def open_fs(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[Ab
     """
     options = dict(storage_options or {})
     fs, path = url_to_fs(uri, **options)
-    if getattr(getattr(fs, "dircache", None), "use_listings_cache", False):
+    if not is_local(fs) and getattr(getattr(fs, "dircache", None), "use_listings_cache", False):
         fs, path = url_to_fs(uri, **{**options, "use_listings_cache": False})
     path = path.rstrip("/") or "/"
     if isinstance(fs, LocalFileSystem):
@@ -152,7 +152,7 @@ def put_bytes(fs: AbstractFileSystem, path: str, data: bytes, staging_dir: str) 
 
 def _put_remote(fs: AbstractFileSystem, path: str, data: bytes) -> None:
     maybe_fault("put", path.rsplit("/", 1)[-1])
-    fs.pipe_file(path, data, **_deadline(fs, REMOTE_WRITE_TIMEOUT_S + len(data) / 1e6))
+    fs.pipe_file(path, data, **_write_deadline(fs, data))
 
 
 def _deadline(fs: AbstractFileSystem, seconds: float) -> dict[str, float]:
@@ -163,6 +163,10 @@ def _deadline(fs: AbstractFileSystem, seconds: float) -> dict[str, float]:
     the next request on it.
     """
     return {"timeout": seconds} if isinstance(fs, AsyncFileSystem) else {}
+
+
+def _write_deadline(fs: AbstractFileSystem, data: bytes) -> dict[str, float]:
+    return _deadline(fs, REMOTE_WRITE_TIMEOUT_S + len(data) / 1e6)
 
 
 def _read_deadline(fs: AbstractFileSystem) -> dict[str, float]:
@@ -210,7 +214,7 @@ def create_if_absent(fs: AbstractFileSystem, path: str, data: bytes) -> bool:
 
 def _create_remote(fs: AbstractFileSystem, path: str, data: bytes) -> None:
     maybe_fault("put", path.rsplit("/", 1)[-1])
-    fs.pipe_file(path, data, mode="create", **_deadline(fs, REMOTE_WRITE_TIMEOUT_S + len(data) / 1e6))
+    fs.pipe_file(path, data, mode="create", **_write_deadline(fs, data))
 
 
 def _create_local(path: str, data: bytes) -> bool:

@@ -5,10 +5,14 @@ machine other engineers' clusters share."""
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -65,11 +69,6 @@ def stop_session(leader: subprocess.Popen, grace: float = 5.0) -> None:
 def stacks_of_session(session: int, limit: int = 40_000) -> str:
     """Every thread's Python stack in every live process of `session` (py-spy, installed with
     ray[default]) and of this process: what a test that timed out shows of where the time went."""
-    import faulthandler
-    import shutil
-    import sys
-    import tempfile
-
     parts = []
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     for pid in session_members(session):
